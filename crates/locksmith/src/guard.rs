@@ -1,0 +1,536 @@
+//! [`LockGuard`]: a held lock, its lease, and how it ends.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::lease::{Lease, Token};
+use crate::name::{LockName, Namespace};
+use crate::options::check_duration;
+use crate::store::{ExtendMode, Extended, Released, Store};
+
+/// Why a guard was lost (see [`LockGuard::lost`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// The store answered that the token no longer holds the lock: it was cleared, reset,
+    /// or expired and taken over.
+    Revoked,
+    /// The local deadline passed (the last confirmed lease minus a safety margin) without a
+    /// renewal reaching the store, so the lease may have expired.
+    Expired,
+    /// `max_hold` was reached; the watchdog stopped renewing.
+    MaxHold,
+}
+
+impl fmt::Display for LossReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LossReason::Revoked => "the store says this token no longer holds it",
+            LossReason::Expired => "the lease ran out before a renewal reached the store",
+            LossReason::MaxHold => "max_hold was reached",
+        })
+    }
+}
+
+/// The state of a grant as this process knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    Held {
+        /// The lease's end as this process can vouch for it: the send time of the last
+        /// confirmed grant/extend plus its TTL. `None`: never expires.
+        expires_at: Option<Instant>,
+        /// When the guard counts as lost unless renewed: `expires_at` minus the safety
+        /// margin, capped at `max_hold`.
+        deadline: Option<Instant>,
+    },
+    Lost(LossReason),
+    /// Released, dropped or leaked: no longer tracked, never reported lost.
+    Done,
+}
+
+/// The safety margin kept between the local deadline and the lease's end: a tenth of the
+/// TTL, at most one second.
+pub(crate) fn margin(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_secs(1))
+}
+
+/// What the guard, its watchdog and its `lost()` futures share.
+pub(crate) struct Held {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) ns: Namespace,
+    pub(crate) name: LockName,
+    pub(crate) token: Token,
+    pub(crate) fence: u64,
+    pub(crate) min_hold: Option<Duration>,
+    pub(crate) max_hold_at: Option<Instant>,
+    /// The TTL renewals use; `extend` replaces it. `None`: never expires.
+    pub(crate) ttl: Mutex<Option<Duration>>,
+    pub(crate) status: watch::Sender<Status>,
+}
+
+impl Held {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        ns: Namespace,
+        name: LockName,
+        token: Token,
+        fence: u64,
+        sent: Instant,
+        ttl: Option<Duration>,
+        min_hold: Option<Duration>,
+        max_hold: Option<Duration>,
+    ) -> Held {
+        let max_hold_at = max_hold.and_then(|m| sent.checked_add(m));
+        let held = Held {
+            store,
+            ns,
+            name,
+            token,
+            fence,
+            min_hold,
+            max_hold_at,
+            ttl: Mutex::new(ttl),
+            status: watch::channel(Status::Done).0,
+        };
+        held.status.send_replace(held.held_status(sent, ttl));
+        held
+    }
+
+    pub(crate) fn ttl(&self) -> Option<Duration> {
+        *self.ttl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The status after a grant or extend sent at `sent` with lease `ttl`.
+    pub(crate) fn held_status(&self, sent: Instant, ttl: Option<Duration>) -> Status {
+        self.status_until(ttl.and_then(|t| sent.checked_add(t)), ttl)
+    }
+
+    /// The status of a lease known to last at least until `expires_at`.
+    pub(crate) fn status_until(&self, expires_at: Option<Instant>, ttl: Option<Duration>) -> Status {
+        let deadline = match (expires_at, ttl) {
+            (Some(e), Some(t)) => Some(e.checked_sub(margin(t)).unwrap_or(e)),
+            _ => None,
+        };
+        let deadline = match (deadline, self.max_hold_at) {
+            (Some(d), Some(m)) => Some(d.min(m)),
+            (d, m) => d.or(m),
+        };
+        Status::Held {
+            expires_at,
+            deadline,
+        }
+    }
+
+    /// Records a confirmed lease, unless the guard has meanwhile been lost or finished.
+    pub(crate) fn confirm(&self, status: Status) {
+        self.status.send_if_modified(|s| {
+            if matches!(s, Status::Held { .. }) {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Marks the guard lost, unless it has already been lost or finished.
+    pub(crate) fn mark_lost(&self, reason: LossReason) {
+        let changed = self.status.send_if_modified(|s| {
+            if matches!(s, Status::Held { .. }) {
+                *s = Status::Lost(reason);
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            metrics::counter!("locksmith_lost_total", "store" => self.store.kind()).increment(1);
+            tracing::warn!(lock = %self.name, fence = self.fence, %reason, "lock lost");
+        }
+    }
+
+    /// The reason the guard is lost at `now`, if it is.
+    pub(crate) fn loss_at(&self, status: Status, now: Instant) -> Option<LossReason> {
+        match status {
+            Status::Lost(reason) => Some(reason),
+            Status::Done => None,
+            Status::Held { deadline, .. } => match deadline {
+                Some(d) if d <= now => Some(self.reason_at_deadline(d)),
+                _ => None,
+            },
+        }
+    }
+
+    pub(crate) fn reason_at_deadline(&self, deadline: Instant) -> LossReason {
+        if self.max_hold_at.is_some_and(|m| m <= deadline) {
+            LossReason::MaxHold
+        } else {
+            LossReason::Expired
+        }
+    }
+
+    /// Ends tracking; returns the status it had.
+    fn finish(&self) -> Status {
+        self.status.send_replace(Status::Done)
+    }
+}
+
+/// A held lock. Dropping it releases the lock (best effort, without blocking).
+///
+/// The guard knows when its lease ends: [`lost`](LockGuard::lost) resolves and
+/// [`is_held`](LockGuard::is_held) turns false when the store answers that the token no
+/// longer holds the lock, when renewals cannot reach the store before the lease could have
+/// expired (the last confirmed send time plus the TTL, minus a safety margin of a tenth of the
+/// TTL, at most 1 s), or at `max_hold`. A clean release never counts as lost.
+///
+/// # Drop behaviour
+///
+/// `Drop` never blocks and needs no runtime: it hands the release to the store
+/// (`Store::release_detached`), honouring `min_hold`. Use [`release`](LockGuard::release)
+/// to see errors. A lock still held when the process exits (or aborts) stays until its lease
+/// expires; a lock made with `.no_expiry()` stays until someone clears it.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> locksmith::Result<()> {
+/// use std::time::Duration;
+/// use locksmith::Locksmith;
+///
+/// let lm = Locksmith::connect("memory://").await?;
+/// let guard = lm.lock("report").ttl(Duration::from_secs(30)).acquire().await?;
+/// assert!(guard.is_held());
+/// guard.extend(Duration::from_secs(60)).await?;
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "if unused the lock is released immediately"]
+#[clippy::has_significant_drop]
+pub struct LockGuard {
+    held: Arc<Held>,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.held.name)
+            .field("fence", &self.held.fence)
+            .field("held", &self.is_held())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    pub(crate) fn new(held: Arc<Held>, renew: bool, granted_at: Instant) -> LockGuard {
+        let watchdog =
+            renew.then(|| tokio::spawn(crate::watchdog::run(held.clone(), granted_at)));
+        LockGuard { held, watchdog }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        self.held.name.as_str()
+    }
+
+    /// The fencing token of this grant.
+    pub fn fence(&self) -> u64 {
+        self.held.fence
+    }
+
+    /// The secret token that holds the lock (see [`Token`]).
+    pub fn token(&self) -> &Token {
+        &self.held.token
+    }
+
+    /// The name and fence, for the work done under the lock.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            name: self.held.name.clone(),
+            fence: self.held.fence,
+        }
+    }
+
+    /// Time left on the lease as this process can vouch for it (a lower bound). `None` for a
+    /// lock that never expires; zero once lost.
+    pub fn expires_in(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let status = *self.held.status.borrow();
+        if self.held.loss_at(status, now).is_some() {
+            return Some(Duration::ZERO);
+        }
+        match status {
+            Status::Held { expires_at, .. } => {
+                expires_at.map(|e| e.saturating_duration_since(now))
+            }
+            _ => Some(Duration::ZERO),
+        }
+    }
+
+    /// Whether the lease is still held as far as this process knows: not lost, not past its
+    /// local deadline.
+    pub fn is_held(&self) -> bool {
+        let status = *self.held.status.borrow();
+        matches!(status, Status::Held { .. })
+            && self.held.loss_at(status, Instant::now()).is_none()
+    }
+
+    /// Resolves when the lease is lost, with the reason; never resolves for a guard that is
+    /// released, dropped or leaked first. The future owns what it needs, so it can be
+    /// awaited beside work that uses the guard, or after the guard is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; call it again for a new future.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> locksmith::Result<()> {
+    /// use std::time::Duration;
+    /// use locksmith::{Locksmith, LossReason};
+    ///
+    /// let lm = Locksmith::connect("memory://").await?;
+    /// let guard = lm.lock("job").ttl(Duration::from_millis(50)).acquire().await?;
+    /// // No renewal: the lease runs out, minus a safety margin.
+    /// assert_eq!(guard.lost().await, LossReason::Expired);
+    /// assert!(!guard.is_held());
+    /// # Ok(()) }
+    /// ```
+    pub fn lost(&self) -> impl Future<Output = LossReason> + Send + 'static {
+        let held = self.held.clone();
+        let mut rx = held.status.subscribe();
+        async move {
+            loop {
+                let status = *rx.borrow_and_update();
+                if let Some(reason) = held.loss_at(status, Instant::now()) {
+                    held.mark_lost(reason);
+                    return reason;
+                }
+                let deadline = match status {
+                    Status::Held { deadline, .. } => deadline,
+                    _ => None,
+                };
+                let changed = async {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                match deadline {
+                    Some(d) => {
+                        tokio::select! {
+                            _ = changed => {}
+                            _ = tokio::time::sleep_until(d.into()) => {}
+                        }
+                    }
+                    None => changed.await,
+                }
+            }
+        }
+    }
+
+    fn check_held(&self) -> Result<()> {
+        if self.is_held() {
+            Ok(())
+        } else {
+            Err(Error::NotHeld {
+                name: self.held.name.to_string(),
+            })
+        }
+    }
+
+    /// Sets the lease to end `ttl` from now (store clock), shortening it if `ttl` is less than
+    /// what is left. With `Renew::Auto`, later renewals use this TTL too. Never moves the lease
+    /// past `max_hold`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] if the lease was lost (the guard then reports lost),
+    /// [`Error::InvalidOption`] for a zero or oversized TTL or a lock that never expires,
+    /// [`Error::Store`] if the store failed (the lease is unchanged as far as we know).
+    ///
+    /// # Cancel safety
+    ///
+    /// If cancelled, the lease may or may not have been extended; the guard keeps its
+    /// previous, conservative view of it.
+    pub async fn extend(&self, ttl: Duration) -> Result<()> {
+        if ttl.is_zero() {
+            return Err(Error::invalid_option(
+                "ttl",
+                "extend(0) would end the lease now — call release() instead",
+            ));
+        }
+        check_duration("ttl", ttl)?;
+        self.check_never_expiring("extend")?;
+        self.check_held()?;
+        let sent = Instant::now();
+        let ttl = match self.held.max_hold_at {
+            Some(m) => ttl.min(m.saturating_duration_since(sent)),
+            None => ttl,
+        };
+        if ttl.is_zero() {
+            self.held.mark_lost(LossReason::MaxHold);
+            return self.check_held();
+        }
+        let answer = self
+            .held
+            .store
+            .extend(&self.held.ns, &self.held.name, &self.held.token, ExtendMode::Set(ttl))
+            .await?;
+        self.apply_extended(answer, || {
+            *self.held.ttl.lock().unwrap_or_else(|e| e.into_inner()) = Some(ttl);
+            self.held.held_status(sent, Some(ttl))
+        })
+    }
+
+    /// Adds `d` to the lease: it ends at the later of its current end and now, plus `d`
+    /// (store clock). Never shortens it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`extend`](LockGuard::extend).
+    pub async fn renew_by(&self, d: Duration) -> Result<()> {
+        check_duration("renew_by", d)?;
+        self.check_never_expiring("renew_by")?;
+        self.check_held()?;
+        let sent = Instant::now();
+        let answer = self
+            .held
+            .store
+            .extend(&self.held.ns, &self.held.name, &self.held.token, ExtendMode::Add(d))
+            .await?;
+        self.apply_extended(answer, || {
+            let status = *self.held.status.borrow();
+            match status {
+                Status::Held {
+                    expires_at: Some(old),
+                    ..
+                } => {
+                    // The store's new end is at least this late.
+                    let end = old.max(sent).checked_add(d).unwrap_or(old);
+                    self.held.status_until(Some(end), self.held.ttl())
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn check_never_expiring(&self, what: &'static str) -> Result<()> {
+        if self.held.ttl().is_none() {
+            return Err(Error::invalid_option(
+                "ttl",
+                format!("{what}: lock {:?} never expires, so its lease cannot change — release it instead", self.held.name.as_str()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply_extended(&self, answer: Extended, status: impl FnOnce() -> Status) -> Result<()> {
+        match answer {
+            Extended::Extended { .. } => {
+                self.held.confirm(status());
+                Ok(())
+            }
+            Extended::NotHeld => {
+                self.held.mark_lost(LossReason::Revoked);
+                self.check_held()
+            }
+            Extended::NotExpirable => Err(Error::invalid_option(
+                "ttl",
+                format!(
+                    "lock {:?} never expires in the store, so its lease cannot change",
+                    self.held.name.as_str()
+                ),
+            )),
+        }
+    }
+
+    /// Releases the lock and reports the outcome. With `min_hold`, a lock held for less than
+    /// that stays until `acquired_at + min_hold` (this token can no longer use it) and this
+    /// returns `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] if the lease was lost before the release (the store row is still
+    /// removed if this token holds it); [`Error::Store`] if the store failed — the lock then
+    /// stays until its lease expires.
+    ///
+    /// # Cancel safety
+    ///
+    /// If cancelled, the release may or may not have happened; the lease expires in any
+    /// case.
+    pub async fn release(mut self) -> Result<()> {
+        self.stop_watchdog();
+        let held = self.held.clone();
+        let status = held.finish();
+        let lost = held.loss_at(status, Instant::now()).is_some() || status == Status::Done;
+        let answer = held
+            .store
+            .release(&held.ns, &held.name, &held.token, held.min_hold)
+            .await;
+        tracing::debug!(lock = %held.name, fence = held.fence, ?answer, "released");
+        match answer {
+            _ if lost => Err(Error::NotHeld {
+                name: held.name.to_string(),
+            }),
+            Ok(Released::Released | Released::Kept) => Ok(()),
+            Ok(Released::NotHeld) => Err(Error::NotHeld {
+                name: held.name.to_string(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps the lock held until its lease expires (or forever, for `.no_expiry()`), stops
+    /// any renewal, and returns the token so another process can
+    /// [`resume`](crate::Locksmith::resume) it or release it later.
+    pub fn leak(mut self) -> Token {
+        self.stop_watchdog();
+        self.held.finish();
+        self.held.token.clone()
+    }
+
+    fn stop_watchdog(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop_watchdog();
+        if self.held.finish() != Status::Done {
+            let h = &self.held;
+            h.store
+                .release_detached(&h.ns, &h.name, &h.token, h.min_hold);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn bounds() {
+        assert_send_sync::<LockGuard>();
+        assert_send_sync::<crate::Locksmith>();
+    }
+
+    #[test]
+    fn margins() {
+        assert_eq!(margin(Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(margin(Duration::from_millis(300)), Duration::from_millis(30));
+    }
+}

@@ -1,0 +1,185 @@
+//! What a grant is made of: the secret [`Token`], the [`Lease`] a body fences its writes with,
+//! and the [`LockInfo`] anyone may see.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::error::{Error, Result};
+
+/// The longest token accepted by [`Token::from_str`], in bytes.
+pub const MAX_TOKEN_LEN: usize = 128;
+
+/// The secret that proves ownership of a lock: a random UUID v4 unless you bring your own.
+///
+/// Release, extend and renew succeed only with the token. Its `Debug` output is redacted and
+/// it has no `Display`, so it does not end up in logs by accident; [`Token::expose`] gives the
+/// text for the few places that must hand it on (the CLI's `acquire`, a job queue).
+///
+/// # Examples
+///
+/// ```
+/// use locksmith::Token;
+///
+/// let t = Token::new();
+/// assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+/// let same: Token = t.expose().parse()?;
+/// assert_eq!(same, t);
+/// # Ok::<(), locksmith::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Token(Arc<str>);
+
+impl Token {
+    /// A fresh random token (UUID v4, 122 random bits from the operating system).
+    pub fn new() -> Token {
+        Token(Arc::from(uuid::Uuid::new_v4().to_string()))
+    }
+
+    /// The token's text. Treat it as a secret.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Token {
+    fn default() -> Self {
+        Token::new()
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl FromStr for Token {
+    type Err = Error;
+
+    /// Accepts 1 to 128 printable ASCII characters without spaces (so tokens from
+    /// python-redis-lock and other tools can be used).
+    fn from_str(s: &str) -> Result<Token> {
+        if s.is_empty() || s.len() > MAX_TOKEN_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::invalid_option(
+                "token",
+                format!(
+                    "a token is 1 to {MAX_TOKEN_LEN} printable ASCII characters without spaces \
+                     (got {} bytes) — pass the token printed by `acquire` or use Token::new()",
+                    s.len()
+                ),
+            ));
+        }
+        Ok(Token(Arc::from(s)))
+    }
+}
+
+/// What the work under a lock needs to fence its writes: the lock's name and its fencing
+/// token.
+///
+/// The fence is strictly greater than every fence granted before for the same name on the
+/// same store, so a resource that remembers the highest fence it has seen can reject writes
+/// from a holder whose lease has ended (`UPDATE … WHERE last_fence <= $fence`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub(crate) name: crate::LockName,
+    pub(crate) fence: u64,
+}
+
+impl Lease {
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// The fencing token of this grant.
+    pub fn fence(&self) -> u64 {
+        self.fence
+    }
+}
+
+/// What anyone may know about a lock: who holds it, since when and until when. Never the
+/// token.
+///
+/// Durations are computed by the store from its own clock; the absolute times are for display
+/// only (they mix the store's clock with this machine's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// The lock's name.
+    pub name: String,
+    /// The holder's label (`.owner(…)`, by default the program's name).
+    pub owner: String,
+    /// The holder's host name.
+    pub host: String,
+    /// The holder's process id.
+    pub pid: u32,
+    /// The fencing token of the current grant.
+    pub fence: u64,
+    /// How long ago the lock was granted.
+    pub held_for: Duration,
+    /// How long until the lease expires; `None` for a lock that never expires. Zero when
+    /// expired.
+    pub expires_in: Option<Duration>,
+    /// Whether the lease has expired (the row is still there until someone takes the lock
+    /// over or purges it).
+    pub expired: bool,
+    /// Whether the holder has released the lock and `min_hold` keeps it until `expires_in`.
+    pub released: bool,
+    /// When the lock was granted (display only).
+    pub acquired_at: SystemTime,
+    /// When the lease expires (display only); `None` when it never expires.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl fmt::Display for LockInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} on {} (pid {}, fence {}, held for {}",
+            self.owner,
+            self.host,
+            self.pid,
+            self.fence,
+            DisplayDuration(self.held_for)
+        )?;
+        match (self.expired, self.expires_in) {
+            (true, _) => f.write_str(", expired")?,
+            (false, Some(d)) => write!(f, ", expires in {}", DisplayDuration(d))?,
+            (false, None) => f.write_str(", never expires")?,
+        }
+        if self.released {
+            f.write_str(", released but kept by min_hold")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Formats a duration to millisecond precision for messages.
+pub(crate) struct DisplayDuration(pub(crate) Duration);
+
+impl fmt::Display for DisplayDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms < 1000 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{:.1}s", self.0.as_secs_f64())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        assert!("P4qyOxpMBDH5f9Uh6iAkbm2a".parse::<Token>().is_ok());
+        assert!("".parse::<Token>().is_err());
+        assert!("a b".parse::<Token>().is_err());
+        assert!("x".repeat(129).parse::<Token>().is_err());
+        assert_ne!(Token::new(), Token::new());
+    }
+}

@@ -1,0 +1,532 @@
+//! Named, leased, fenced locks on the store you already run.
+//!
+//! A lock is a name in a store — in-process memory today; an embedded SQLite file,
+//! PostgreSQL, MySQL/MariaDB and Redis as they land — held by a secret [`Token`] under a
+//! lease that expires unless renewed. Every grant carries a fencing token ([`Lease::fence`])
+//! that is strictly greater than every fence granted before for that name, so the resource
+//! you protect can reject writes from a holder whose lease ended without it knowing.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> locksmith::Result<()> {
+//! use std::time::Duration;
+//! use locksmith::{Locksmith, Renew, Wait};
+//!
+//! let lm = Locksmith::connect("memory://").await?;
+//!
+//! // Hold a lock while work runs; the watchdog renews it; a lost lease stops the work.
+//! let rows = lm
+//!     .lock("billing/invoice-42")
+//!     .ttl(Duration::from_secs(30))
+//!     .renew(Renew::Auto)
+//!     .wait(Wait::For(Duration::from_secs(5)))
+//!     .run(|lease| async move {
+//!         // UPDATE invoices SET … WHERE id = 42 AND last_fence <= lease.fence()
+//!         1
+//!     })
+//!     .await?;
+//! assert_eq!(rows, 1);
+//!
+//! // Or keep the guard yourself; dropping it releases the lock.
+//! let guard = lm.lock("reports").try_acquire().await?.expect("free");
+//! println!("holding {} with fence {}", guard.name(), guard.fence());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Semantics, on every store
+//!
+//! - **Lease.** A lock expires `ttl` (default 60 s) after its grant or last renewal;
+//!   `.no_expiry()` asks for one that never does. An expired lock is free: the next
+//!   acquirer takes it over atomically, with a higher fence. The store's clock decides
+//!   expiry; clients measure their own deadlines on a monotonic clock.
+//! - **Contention.** [`try_acquire`](LockBuilder::try_acquire) returns `Ok(None)` when the
+//!   lock is held. [`acquire`](LockBuilder::acquire) waits like a mutex by default;
+//!   [`Wait::No`] fails at once with [`Error::Locked`] and the holder's info, and
+//!   [`Wait::For`] with [`Error::Timeout`] after a real deadline. Waiters are woken by the
+//!   store, served first-come first-served within a process, and re-poll at least every
+//!   second and at the holder's expiry, so a lost notification costs latency, never a hang.
+//! - **Loss.** With [`Renew::Auto`] a watchdog extends the lease every `ttl / 3`. A guard
+//!   is *lost* — [`LockGuard::lost`] resolves, [`LockGuard::is_held`] turns false — when the
+//!   store says its token no longer holds the lock, when renewals cannot reach the store
+//!   before the lease could have expired, or at `max_hold`. A clean release never is.
+//! - **Keep after completion.** `min_hold` keeps a released lock until
+//!   `acquired_at + min_hold`: "run at most once per period".
+//! - **Admin.** [`Locksmith::inspect`], [`list`](Locksmith::list) (paged, by prefix),
+//!   [`clear`](Locksmith::clear), [`reset_all`](Locksmith::reset_all),
+//!   [`purge_expired`](Locksmith::purge_expired) and [`set_locks`](Locksmith::set_locks)
+//!   (django-lockmgr's multi-lock set/renew) never show tokens and never leave their
+//!   namespace.
+//!
+//! # Stores
+//!
+//! | URL | store | wake-ups |
+//! |---|---|---|
+//! | `memory://` | private to this [`Locksmith`] and its clones | in-process notification |
+//! | `memory://NAME` | shared by everything in this process that connects to `NAME` | in-process notification |
+//!
+//! Every URL takes `?namespace=NAME` to isolate tenants or test runs on a shared store.
+//!
+//! # Drop, exit and crashes
+//!
+//! Dropping a [`LockGuard`] releases the lock without blocking. A process that exits or
+//! aborts with locks held leaves them to expire with their lease (or, for `.no_expiry()`
+//! locks, until an operator clears them). A paused holder (GC, swap, SIGSTOP) may outlive
+//! its lease without noticing until it runs again: that is what fences are for.
+
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use std::fmt;
+use std::sync::Arc;
+
+mod error;
+mod guard;
+mod lease;
+mod name;
+mod options;
+mod registry;
+pub mod store;
+mod wait;
+mod watchdog;
+
+pub use error::{BoxError, Error, Result};
+pub use guard::{LockGuard, LossReason};
+pub use lease::{Lease, LockInfo, MAX_TOKEN_LEN, Token};
+pub use name::{LockName, MAX_NAME_LEN, MAX_NAMESPACE_LEN, Namespace};
+pub use options::{
+    DEFAULT_PAGE, DEFAULT_TTL, Expired, ListQuery, MAX_DURATION, MAX_PAGE, Page, Renew,
+    SetAction, SetCounts, SetOutcome, SetPolicy, SetStatus, Wait,
+};
+pub use store::Capabilities;
+pub use wait::{AcquireAllBuilder, LockBuilder};
+
+use store::Store;
+
+/// The environment variable [`Locksmith::from_env`] reads.
+pub const URL_ENV: &str = "LOCKSMITH_URL";
+
+/// A handle to a lock store: cheap to clone, shared by every lock it hands out.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> locksmith::Result<()> {
+/// use locksmith::Locksmith;
+///
+/// let lm = Locksmith::connect("memory://shared?namespace=tests").await?;
+/// assert_eq!(lm.namespace(), "tests");
+/// assert_eq!(lm.store_kind(), "memory");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Locksmith {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) ns: Namespace,
+    pub(crate) owner: Arc<str>,
+    pub(crate) host: Arc<str>,
+    pub(crate) pid: u32,
+    url: String,
+}
+
+impl fmt::Debug for Locksmith {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locksmith")
+            .field("url", &self.inner.url)
+            .field("namespace", &self.inner.ns)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_owner() -> Arc<str> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|s| options::check_owner(s).is_ok())
+        .unwrap_or_else(|| "locksmith".to_string())
+        .into()
+}
+
+fn host_name() -> Arc<str> {
+    gethostname::gethostname().to_string_lossy().into()
+}
+
+/// A parsed store URL.
+struct StoreUrl<'a> {
+    scheme: &'a str,
+    body: &'a str,
+    namespace: Namespace,
+}
+
+const SCHEMES: &str = "memory://, memory://NAME";
+
+fn parse_url(url: &str) -> Result<StoreUrl<'_>> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(Error::config(format!(
+            "store URL {url:?} has no scheme — use one of {SCHEMES} (e.g. memory://)"
+        )));
+    };
+    let (body, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut namespace = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "namespace" if namespace.is_none() => namespace = Some(Namespace::new(&value)?),
+            "namespace" => {
+                return Err(Error::config(format!(
+                    "store URL {url:?} gives namespace twice — keep one"
+                )));
+            }
+            other => {
+                return Err(Error::config(format!(
+                    "store URL {url:?} has unknown parameter {other:?} — the only parameter is ?namespace=NAME"
+                )));
+            }
+        }
+    }
+    Ok(StoreUrl {
+        scheme,
+        body,
+        namespace: namespace.unwrap_or_default(),
+    })
+}
+
+fn open_store(url: &StoreUrl<'_>, raw: &str) -> Result<Arc<dyn Store>> {
+    match url.scheme {
+        #[cfg(feature = "memory")]
+        "memory" => Ok(if url.body.is_empty() {
+            store::memory::MemoryStore::new()
+        } else {
+            store::memory::MemoryStore::named(url.body)
+        }),
+        #[cfg(not(feature = "memory"))]
+        "memory" => Err(Error::config(
+            "the memory store is not built in — enable locksmith's `memory` cargo feature",
+        )),
+        "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" | "redis" | "rediss" => {
+            Err(Error::config(format!(
+                "the {} store is not available in this version of locksmith yet — use {SCHEMES}",
+                url.scheme
+            )))
+        }
+        other => Err(Error::config(format!(
+            "unknown store scheme {other:?} in {raw:?} — use one of {SCHEMES}"
+        ))),
+    }
+}
+
+impl Locksmith {
+    /// Connects to the store at `url`.
+    ///
+    /// | URL | store |
+    /// |---|---|
+    /// | `memory://` | a private in-process store, shared by this handle's clones |
+    /// | `memory://NAME` | the process-wide in-process store `NAME` |
+    ///
+    /// Every URL takes `?namespace=NAME` (ASCII letters, digits, `-_.:/`, at most 64 bytes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a malformed URL, an unknown scheme or parameter, a store not
+    /// built into this version, or a bad namespace; [`Error::Store`] if the store cannot be
+    /// reached.
+    pub async fn connect(url: &str) -> Result<Locksmith> {
+        let parsed = parse_url(url)?;
+        let store = open_store(&parsed, url)?;
+        Ok(Locksmith::with_store(store, parsed.namespace, url))
+    }
+
+    /// Connects to the store named by the `LOCKSMITH_URL` environment variable.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Locksmith::connect); [`Error::Config`] when the variable is unset (the
+    /// embedded SQLite default arrives with the SQLite store) or not UTF-8.
+    pub async fn from_env() -> Result<Locksmith> {
+        match std::env::var(URL_ENV) {
+            Ok(url) => Locksmith::connect(&url).await,
+            Err(std::env::VarError::NotPresent) => Err(Error::config(format!(
+                "{URL_ENV} is not set — set it to a store URL such as memory://"
+            ))),
+            Err(std::env::VarError::NotUnicode(_)) => Err(Error::config(format!(
+                "{URL_ENV} is not valid UTF-8 — set it to a store URL such as memory://"
+            ))),
+        }
+    }
+
+    /// Wraps a [`Store`] you built yourself.
+    pub fn with_store(store: Arc<dyn Store>, namespace: Namespace, url: &str) -> Locksmith {
+        Locksmith {
+            inner: Arc::new(Inner {
+                store,
+                ns: namespace,
+                owner: default_owner(),
+                host: host_name(),
+                pid: std::process::id(),
+                url: url.to_string(),
+            }),
+        }
+    }
+
+    fn derive(&self, ns: Namespace, owner: Arc<str>) -> Locksmith {
+        Locksmith {
+            inner: Arc::new(Inner {
+                store: self.inner.store.clone(),
+                ns,
+                owner,
+                host: self.inner.host.clone(),
+                pid: self.inner.pid,
+                url: self.inner.url.clone(),
+            }),
+        }
+    }
+
+    /// The same store in another namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a bad namespace.
+    pub fn with_namespace(&self, namespace: &str) -> Result<Locksmith> {
+        Ok(self.derive(Namespace::new(namespace)?, self.inner.owner.clone()))
+    }
+
+    /// The same store with another default owner label (default: the program's name).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for an empty label, one over 255 bytes, or one with NUL.
+    pub fn with_owner(&self, owner: &str) -> Result<Locksmith> {
+        options::check_owner(owner)?;
+        Ok(self.derive(self.inner.ns.clone(), owner.into()))
+    }
+
+    /// The namespace this handle works in (empty by default).
+    pub fn namespace(&self) -> &str {
+        self.inner.ns.as_str()
+    }
+
+    /// The store's kind, e.g. `"memory"`.
+    pub fn store_kind(&self) -> &'static str {
+        self.inner.store.kind()
+    }
+
+    /// What the store can do.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.store.capabilities()
+    }
+
+    /// Starts building an acquisition of the lock `name` (validated when acquired).
+    pub fn lock(&self, name: impl Into<String>) -> LockBuilder {
+        LockBuilder::new(self.clone(), name.into())
+    }
+
+    /// Starts building an all-or-nothing acquisition of several locks.
+    pub fn acquire_all<I, S>(&self, names: I) -> AcquireAllBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        AcquireAllBuilder::new(self.clone(), names.into_iter().map(Into::into).collect())
+    }
+
+    /// Re-attaches to a lock held by `token` — one handed over by another process or by
+    /// [`LockGuard::leak`] — without changing its lease. The guard does not auto-renew; its
+    /// lease is what the store reports as left; dropping it releases the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] if the token does not hold the lock (any more).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> locksmith::Result<()> {
+    /// use locksmith::Locksmith;
+    ///
+    /// let lm = Locksmith::connect("memory://").await?;
+    /// let token = lm.lock("deploy").acquire().await?.leak();
+    /// // … later, maybe in another process:
+    /// let guard = lm.resume("deploy", token).await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn resume(&self, name: &str, token: Token) -> Result<LockGuard> {
+        wait::resume(&self.inner, LockName::new(name)?, token).await
+    }
+
+    /// What anyone may know about the lock `name`: `None` when there is no row; an expired
+    /// row is `Some` with `expired = true`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::Store`].
+    pub async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        self.inner
+            .store
+            .inspect(&self.inner.ns, &LockName::new(name)?)
+            .await
+    }
+
+    /// One page of locks in this namespace, by name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a page size outside 1 to [`MAX_PAGE`]; [`Error::Store`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> locksmith::Result<()> {
+    /// use locksmith::{ListQuery, Locksmith};
+    ///
+    /// let lm = Locksmith::connect("memory://").await?;
+    /// let _a = lm.lock("jobs/a").acquire().await?;
+    /// let _b = lm.lock("jobs/b").acquire().await?;
+    /// let mut query = ListQuery::prefix("jobs/").limit(1);
+    /// let mut names = vec![];
+    /// loop {
+    ///     let page = lm.list(query.clone()).await?;
+    ///     names.extend(page.items.into_iter().map(|i| i.name));
+    ///     match page.next {
+    ///         Some(after) => query = query.after(after),
+    ///         None => break,
+    ///     }
+    /// }
+    /// assert_eq!(names, ["jobs/a", "jobs/b"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn list(&self, query: ListQuery) -> Result<Page> {
+        query.validate()?;
+        self.inner.store.list(&self.inner.ns, &query).await
+    }
+
+    /// Force-releases the named locks whoever holds them, waking their waiters. Returns, per
+    /// name, whether a live lock was removed. Their holders find out at their next renewal
+    /// (or local deadline).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::Store`].
+    pub async fn clear<I, S>(&self, names: I) -> Result<Vec<(String, bool)>>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        let valid = names.iter().map(LockName::new).collect::<Result<Vec<_>>>()?;
+        let existed = self.inner.store.force_release(&self.inner.ns, &valid).await?;
+        Ok(names.into_iter().zip(existed).collect())
+    }
+
+    /// Removes every lock in this namespace (and only this one), waking their waiters.
+    /// Returns how many rows were removed, expired ones included.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`].
+    pub async fn reset_all(&self) -> Result<u64> {
+        self.inner.store.reset_all(&self.inner.ns).await
+    }
+
+    /// Removes the expired rows of this namespace; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`].
+    pub async fn purge_expired(&self) -> Result<u64> {
+        self.inner.store.purge_expired(&self.inner.ns).await
+    }
+
+    /// django-lockmgr's `set_lock`: creates free locks and renews held ones (whoever holds
+    /// them) in one atomic step, as `policy` says. See [`SetPolicy`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Locked`] when `policy.fail` is set and a name is held (nothing changed);
+    /// [`Error::InvalidName`] for a bad, repeated or missing name; [`Error::InvalidOption`];
+    /// [`Error::Store`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> locksmith::Result<()> {
+    /// use locksmith::{Locksmith, SetAction, SetPolicy};
+    ///
+    /// let lm = Locksmith::connect("memory://").await?;
+    /// let _held = lm.lock("b").acquire().await?;
+    /// let out = lm.set_locks(["a", "b"], SetPolicy::default()).await?;
+    /// assert_eq!(out.statuses[0].action, SetAction::Created);
+    /// assert_eq!(out.statuses[1].action, SetAction::Renewed);
+    /// assert_eq!(out.created_tokens.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_locks<I, S>(&self, names: I, policy: SetPolicy) -> Result<SetOutcome>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        policy.validate()?;
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        let names = wait::validate_names(&names)?;
+        let owner = policy.owner.as_deref().map(Arc::from);
+        let claims: Vec<_> = names
+            .into_iter()
+            .map(|name| store::Claim {
+                name,
+                token: Token::new(),
+                owner: owner.clone().unwrap_or_else(|| self.inner.owner.clone()),
+                host: self.inner.host.clone(),
+                pid: self.inner.pid,
+                ttl: policy.ttl,
+            })
+            .collect();
+        self.inner
+            .store
+            .set_locks(&self.inner.ns, &claims, &policy)
+            .await
+    }
+
+    /// How many acquirers in this process are queued for `name` on this store and
+    /// namespace (zero when nobody waits).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`].
+    pub fn local_waiters(&self, name: &str) -> Result<usize> {
+        Ok(registry::queued(
+            &self.inner.store,
+            &self.inner.ns,
+            &LockName::new(name)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn urls() {
+        assert!(Locksmith::connect("memory://").await.is_ok());
+        let lm = Locksmith::connect("memory://x?namespace=a-b").await.unwrap();
+        assert_eq!(lm.namespace(), "a-b");
+        for bad in [
+            "memory",
+            "nope://x",
+            "memory://?namespace=a&namespace=b",
+            "memory://?ns=a",
+            "memory://?namespace=a%20b",
+            "sqlite://",
+        ] {
+            let err = Locksmith::connect(bad).await.unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! Lock options, their validation, and the query and policy types of the admin calls.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::lease::{DisplayDuration, LockInfo, Token};
+
+/// The lease of a lock acquired without `.ttl(…)`: 60 seconds.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+
+/// The longest duration any option accepts (100 years): longer ones could overflow a
+/// deadline or a store's time column. Use `.no_expiry()` or `Wait::Forever` instead.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// How long `acquire` waits for a held lock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Wait {
+    /// Do not wait: a held lock is [`Error::Locked`] with the holder's info.
+    No,
+    /// Wait at most this long (a real deadline, not restarted by wake-ups), then
+    /// [`Error::Timeout`].
+    For(Duration),
+    /// Wait until the lock is free, like a mutex. The default of `acquire`.
+    #[default]
+    Forever,
+}
+
+/// Whether the lease is renewed in the background while the guard lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Renew {
+    /// The lease ends `ttl` after the grant (or the last `extend`). The default.
+    #[default]
+    Off,
+    /// A watchdog extends the lease to `ttl` every `ttl / 3` until the guard is released or
+    /// dropped, or `max_hold` is reached.
+    Auto,
+}
+
+/// The options shared by `lock(…)` and `acquire_all(…)`, as the caller set them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Options {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) no_expiry: bool,
+    pub(crate) wait: Option<Wait>,
+    pub(crate) renew: Renew,
+    pub(crate) min_hold: Option<Duration>,
+    pub(crate) max_hold: Option<Duration>,
+    pub(crate) owner: Option<String>,
+    pub(crate) token: Option<Token>,
+}
+
+/// Options after validation, ready to use.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    /// `None`: the lock never expires.
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) wait: Wait,
+    pub(crate) renew: Renew,
+    pub(crate) min_hold: Option<Duration>,
+    pub(crate) max_hold: Option<Duration>,
+    pub(crate) owner: Option<Arc<str>>,
+    pub(crate) token: Option<Token>,
+}
+
+pub(crate) fn check_duration(option: &'static str, d: Duration) -> Result<()> {
+    if d > MAX_DURATION || Instant::now().checked_add(d).is_none() {
+        return Err(Error::invalid_option(
+            option,
+            format!(
+                "{d:?} is longer than the 100-year limit — use .no_expiry() or Wait::Forever for \"no limit\""
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_owner(owner: &str) -> Result<()> {
+    if owner.is_empty() || owner.len() > 255 || owner.contains('\0') {
+        return Err(Error::invalid_option(
+            "owner",
+            "an owner label is 1 to 255 bytes without NUL — pass a short label such as the job's name",
+        ));
+    }
+    Ok(())
+}
+
+impl Options {
+    /// Applies DESIGN §1's rules; `default_wait` is what the calling method uses when no
+    /// `.wait(…)` was given.
+    pub(crate) fn validate(&self, default_wait: Wait) -> Result<Plan> {
+        let ttl = match (self.ttl, self.no_expiry) {
+            (Some(_), true) => {
+                return Err(Error::invalid_option(
+                    "ttl",
+                    "a TTL and .no_expiry() contradict each other — keep one",
+                ));
+            }
+            (Some(ttl), false) if ttl.is_zero() => {
+                return Err(Error::invalid_option(
+                    "ttl",
+                    "the TTL is zero, so the lock would expire as it is granted — use at least a few milliseconds (default 60s)",
+                ));
+            }
+            (Some(ttl), false) => {
+                check_duration("ttl", ttl)?;
+                Some(ttl)
+            }
+            (None, true) => None,
+            (None, false) => Some(DEFAULT_TTL),
+        };
+        if self.renew == Renew::Auto && ttl.is_none() {
+            return Err(Error::invalid_option(
+                "renew",
+                "Renew::Auto renews a lease, but .no_expiry() has none — drop one of them",
+            ));
+        }
+        if let Some(min_hold) = self.min_hold {
+            check_duration("min_hold", min_hold)?;
+            if let Some(ttl) = ttl
+                && min_hold > ttl
+                && self.renew != Renew::Auto
+            {
+                return Err(Error::invalid_option(
+                    "min_hold",
+                    format!(
+                        "min_hold ({}) is longer than the TTL ({}) without renewal, so the lease would end first — raise the TTL or add .renew(Renew::Auto)",
+                        DisplayDuration(min_hold),
+                        DisplayDuration(ttl)
+                    ),
+                ));
+            }
+        }
+        if let Some(max_hold) = self.max_hold {
+            check_duration("max_hold", max_hold)?;
+            if self.renew != Renew::Auto {
+                return Err(Error::invalid_option(
+                    "max_hold",
+                    "max_hold limits automatic renewal — add .renew(Renew::Auto), or use the TTL alone",
+                ));
+            }
+            if let Some(ttl) = ttl
+                && max_hold < ttl
+            {
+                return Err(Error::invalid_option(
+                    "max_hold",
+                    format!(
+                        "max_hold ({}) is below the TTL ({}) — raise max_hold or lower the TTL",
+                        DisplayDuration(max_hold),
+                        DisplayDuration(ttl)
+                    ),
+                ));
+            }
+        }
+        let wait = self.wait.unwrap_or(default_wait);
+        if let Wait::For(d) = wait {
+            check_duration("wait", d)?;
+        }
+        if let Some(owner) = &self.owner {
+            check_owner(owner)?;
+        }
+        Ok(Plan {
+            ttl,
+            wait,
+            renew: self.renew,
+            min_hold: self.min_hold.filter(|d| !d.is_zero()),
+            max_hold: self.max_hold,
+            owner: self.owner.as_deref().map(Arc::from),
+            token: self.token.clone(),
+        })
+    }
+}
+
+/// Which rows [`Locksmith::list`](crate::Locksmith::list) returns with respect to expiry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expired {
+    /// Only live locks (the default).
+    #[default]
+    Exclude,
+    /// Live and expired rows.
+    Include,
+    /// Only expired rows (what `purge_expired` would remove).
+    Only,
+}
+
+/// The default page size of [`ListQuery`].
+pub const DEFAULT_PAGE: usize = 100;
+
+/// The largest page [`ListQuery`] accepts.
+pub const MAX_PAGE: usize = 10_000;
+
+/// What [`Locksmith::list`](crate::Locksmith::list) returns: one page of locks whose names
+/// start with `prefix`, in byte order of name, after the name `after`.
+///
+/// # Examples
+///
+/// ```
+/// use locksmith::{Expired, ListQuery};
+///
+/// let q = ListQuery::prefix("jobs/").expired(Expired::Include).limit(50);
+/// assert_eq!(q.limit, 50);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListQuery {
+    /// Only names starting with this (empty: all).
+    pub prefix: String,
+    /// Which rows to return with respect to expiry.
+    pub expired: Expired,
+    /// Start after this name (exclusive): pass the previous [`Page::next`].
+    pub after: Option<String>,
+    /// At most this many items (1 to [`MAX_PAGE`], default [`DEFAULT_PAGE`]).
+    pub limit: usize,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            prefix: String::new(),
+            expired: Expired::Exclude,
+            after: None,
+            limit: DEFAULT_PAGE,
+        }
+    }
+}
+
+impl ListQuery {
+    /// All live locks, first page.
+    pub fn all() -> ListQuery {
+        ListQuery::default()
+    }
+
+    /// Live locks whose names start with `prefix`.
+    pub fn prefix(prefix: impl Into<String>) -> ListQuery {
+        ListQuery {
+            prefix: prefix.into(),
+            ..ListQuery::default()
+        }
+    }
+
+    /// Sets which rows to return with respect to expiry.
+    pub fn expired(mut self, expired: Expired) -> ListQuery {
+        self.expired = expired;
+        self
+    }
+
+    /// Starts after `name` (exclusive).
+    pub fn after(mut self, name: impl Into<String>) -> ListQuery {
+        self.after = Some(name.into());
+        self
+    }
+
+    /// Sets the page size.
+    pub fn limit(mut self, limit: usize) -> ListQuery {
+        self.limit = limit;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.limit == 0 || self.limit > MAX_PAGE {
+            return Err(Error::invalid_option(
+                "limit",
+                format!(
+                    "a page holds 1 to {MAX_PAGE} locks (got {}) — page with Page::next instead",
+                    self.limit
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One page of [`Locksmith::list`](crate::Locksmith::list).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Page {
+    /// The locks, ordered by name.
+    pub items: Vec<LockInfo>,
+    /// Pass this as [`ListQuery::after`] for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+impl Page {
+    /// Builds a page (for store implementations).
+    pub fn new(items: Vec<LockInfo>, next: Option<String>) -> Page {
+        Page { items, next }
+    }
+}
+
+/// django-lockmgr's `set_lock` policy for [`Locksmith::set_locks`](crate::Locksmith::set_locks).
+///
+/// For each name: a free lock is created (`create`) or skipped; a held lock — whoever holds
+/// it — is renewed (`renew`: its expiry becomes the later of the current one and
+/// `now + ttl`, or never with `no_expiry`) or skipped; with `fail`, any held name rolls back
+/// the whole call and returns [`Error::Locked`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use locksmith::SetPolicy;
+///
+/// let only_renew = SetPolicy::default().create(false).ttl(Duration::from_secs(600));
+/// assert!(only_renew.renew && !only_renew.create);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetPolicy {
+    /// Create locks that are free (default true).
+    pub create: bool,
+    /// Renew locks that are held, whoever holds them (default true).
+    pub renew: bool,
+    /// Roll everything back and fail if any name is held (default false).
+    pub fail: bool,
+    /// The lease to set; `None` never expires (default 60 s).
+    pub ttl: Option<Duration>,
+    /// The owner label of created locks (default: the program's name).
+    pub owner: Option<String>,
+}
+
+impl Default for SetPolicy {
+    fn default() -> Self {
+        SetPolicy {
+            create: true,
+            renew: true,
+            fail: false,
+            ttl: Some(DEFAULT_TTL),
+            owner: None,
+        }
+    }
+}
+
+impl SetPolicy {
+    /// Whether to create free locks.
+    pub fn create(mut self, create: bool) -> SetPolicy {
+        self.create = create;
+        self
+    }
+
+    /// Whether to renew held locks.
+    pub fn renew(mut self, renew: bool) -> SetPolicy {
+        self.renew = renew;
+        self
+    }
+
+    /// Whether a held name fails the whole call.
+    pub fn fail(mut self, fail: bool) -> SetPolicy {
+        self.fail = fail;
+        self
+    }
+
+    /// The lease to set.
+    pub fn ttl(mut self, ttl: Duration) -> SetPolicy {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Created and renewed locks never expire.
+    pub fn no_expiry(mut self) -> SetPolicy {
+        self.ttl = None;
+        self
+    }
+
+    /// The owner label of created locks.
+    pub fn owner(mut self, owner: impl Into<String>) -> SetPolicy {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(ttl) = self.ttl {
+            if ttl.is_zero() {
+                return Err(Error::invalid_option(
+                    "ttl",
+                    "the TTL is zero — give a positive TTL or use no_expiry()",
+                ));
+            }
+            check_duration("ttl", ttl)?;
+        }
+        if let Some(owner) = &self.owner {
+            check_owner(owner)?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`Locksmith::set_locks`](crate::Locksmith::set_locks) did to one name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SetAction {
+    /// The lock was free and was created.
+    Created,
+    /// The lock was held and its lease was renewed.
+    Renewed,
+    /// The lock was free and was left free (`create` off).
+    SkippedCreate,
+    /// The lock was held and was left as it was (`renew` off).
+    SkippedRenew,
+}
+
+/// One name's line in a [`SetOutcome`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetStatus {
+    /// The lock's name.
+    pub name: String,
+    /// Whether it was held before the call.
+    pub was_locked: bool,
+    /// Whether it is held after the call.
+    pub locked: bool,
+    /// What was done.
+    pub action: SetAction,
+}
+
+impl SetStatus {
+    /// Builds a status line (for store implementations).
+    pub fn new(name: impl Into<String>, was_locked: bool, locked: bool, action: SetAction) -> Self {
+        SetStatus {
+            name: name.into(),
+            was_locked,
+            locked,
+            action,
+        }
+    }
+}
+
+/// How many names got each [`SetAction`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetCounts {
+    /// Names created.
+    pub created: usize,
+    /// Names renewed.
+    pub renewed: usize,
+    /// Free names left free.
+    pub skipped_create: usize,
+    /// Held names left as they were.
+    pub skipped_renew: usize,
+}
+
+impl SetCounts {
+    /// Counts the actions of `statuses`.
+    pub fn of(statuses: &[SetStatus]) -> SetCounts {
+        let mut c = SetCounts::default();
+        for s in statuses {
+            match s.action {
+                SetAction::Created => c.created += 1,
+                SetAction::Renewed => c.renewed += 1,
+                SetAction::SkippedCreate => c.skipped_create += 1,
+                SetAction::SkippedRenew => c.skipped_renew += 1,
+            }
+        }
+        c
+    }
+}
+
+/// The result of [`Locksmith::set_locks`](crate::Locksmith::set_locks).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SetOutcome {
+    /// One line per name, in the order given.
+    pub statuses: Vec<SetStatus>,
+    /// How many names got each action.
+    pub counts: SetCounts,
+    /// The info of every name held after the call (created, renewed or skipped).
+    pub locks: Vec<LockInfo>,
+    /// The tokens of the locks this call created, by name: `resume` them to release early.
+    pub created_tokens: Vec<(String, Token)>,
+}
+
+impl SetOutcome {
+    /// Builds an outcome from its parts (for store implementations); counts are derived.
+    pub fn new(
+        statuses: Vec<SetStatus>,
+        locks: Vec<LockInfo>,
+        created_tokens: Vec<(String, Token)>,
+    ) -> SetOutcome {
+        SetOutcome {
+            counts: SetCounts::of(&statuses),
+            statuses,
+            locks,
+            created_tokens,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options::default()
+    }
+
+    #[test]
+    fn defaults() {
+        let p = opts().validate(Wait::Forever).unwrap();
+        assert_eq!(p.ttl, Some(DEFAULT_TTL));
+        assert_eq!(p.wait, Wait::Forever);
+        assert_eq!(p.renew, Renew::Off);
+    }
+
+    #[test]
+    fn rules() {
+        let bad = |o: Options, opt: &str| {
+            let e = o.validate(Wait::Forever).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidOption { option, .. } if *option == opt),
+                "{e}"
+            );
+        };
+        bad(
+            Options {
+                ttl: Some(Duration::ZERO),
+                ..opts()
+            },
+            "ttl",
+        );
+        bad(
+            Options {
+                ttl: Some(Duration::from_secs(1)),
+                no_expiry: true,
+                ..opts()
+            },
+            "ttl",
+        );
+        bad(
+            Options {
+                no_expiry: true,
+                renew: Renew::Auto,
+                ..opts()
+            },
+            "renew",
+        );
+        bad(
+            Options {
+                ttl: Some(Duration::from_secs(1)),
+                min_hold: Some(Duration::from_secs(2)),
+                ..opts()
+            },
+            "min_hold",
+        );
+        bad(
+            Options {
+                max_hold: Some(Duration::from_secs(120)),
+                ..opts()
+            },
+            "max_hold",
+        );
+        bad(
+            Options {
+                max_hold: Some(Duration::from_secs(30)),
+                renew: Renew::Auto,
+                ..opts()
+            },
+            "max_hold",
+        );
+        bad(
+            Options {
+                ttl: Some(Duration::MAX),
+                ..opts()
+            },
+            "ttl",
+        );
+        bad(
+            Options {
+                wait: Some(Wait::For(Duration::MAX)),
+                ..opts()
+            },
+            "wait",
+        );
+        // allowed: min_hold > ttl with renewal
+        Options {
+            ttl: Some(Duration::from_secs(1)),
+            min_hold: Some(Duration::from_secs(2)),
+            renew: Renew::Auto,
+            ..opts()
+        }
+        .validate(Wait::No)
+        .unwrap();
+    }
+}
