@@ -127,6 +127,17 @@ impl Held {
         }
     }
 
+    /// The TTL to ask for at `now` so the lease ends no later than one safety margin after
+    /// `max_hold` (whose local deadline is then exactly `max_hold`). Zero once `max_hold`
+    /// has passed.
+    pub(crate) fn capped_ttl(&self, ttl: Duration, now: Instant) -> Duration {
+        match self.max_hold_at {
+            Some(m) if m <= now => Duration::ZERO,
+            Some(m) => ttl.min(m - now + margin(ttl)),
+            None => ttl,
+        }
+    }
+
     /// Records a confirmed lease, unless the guard has meanwhile been lost or finished.
     pub(crate) fn confirm(&self, status: Status) {
         self.status.send_if_modified(|s| {
@@ -372,10 +383,7 @@ impl LockGuard {
         self.check_never_expiring("extend")?;
         self.check_held()?;
         let sent = Instant::now();
-        let ttl = match self.held.max_hold_at {
-            Some(m) => ttl.min(m.saturating_duration_since(sent)),
-            None => ttl,
-        };
+        let ttl = self.held.capped_ttl(ttl, sent);
         if ttl.is_zero() {
             self.held.mark_lost(LossReason::MaxHold);
             return self.check_held();

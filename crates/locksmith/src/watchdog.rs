@@ -7,8 +7,9 @@
 //!   grant or extend, plus the TTL, minus the safety margin — the guard is lost
 //!   ([`LossReason::Expired`]). The deadline is measured on this machine's monotonic clock
 //!   from the moment the request was sent, so it is never later than the store's expiry.
-//! - Renewals never extend past `max_hold`: the last one is shortened so the lease ends
-//!   there, and the guard is lost at that instant ([`LossReason::MaxHold`]).
+//! - Renewals never extend far past `max_hold`: the last one is shortened so the lease ends
+//!   one safety margin after it, and the guard is lost at `max_hold`
+//!   ([`LossReason::MaxHold`]).
 //!
 //! The task stops when the guard is released, dropped or leaked (its status leaves `Held`),
 //! and is aborted by the guard as well.
@@ -57,10 +58,7 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant) {
         }
 
         let sent = Instant::now();
-        let renew_ttl = match held.max_hold_at {
-            Some(m) => ttl.min(m.saturating_duration_since(sent)),
-            None => ttl,
-        };
+        let renew_ttl = held.capped_ttl(ttl, sent);
         if renew_ttl.is_zero() {
             continue; // the deadline is max_hold: the loop top reports it
         }

@@ -1,0 +1,516 @@
+//! Acquiring, contention, ownership and leases.
+
+use std::time::{Duration, Instant};
+
+use locksmith::{Error, Renew, Token, Wait};
+
+use super::{SOON, assert_err, assert_invalid_option, eventually, ms};
+use crate::Ctx;
+
+/// Acquire, look, release.
+pub async fn acquire_and_release(ctx: Ctx) {
+    let lm = &ctx.lm;
+    let g = lm.lock("a").owner("worker-1").acquire().await.unwrap();
+    assert_eq!(g.name(), "a");
+    assert!(g.is_held());
+    if ctx.caps().fencing {
+        assert!(g.fence() > 0);
+    }
+    let left = g.expires_in().expect("default TTL expires");
+    assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(55), "{left:?}");
+    let info = lm.inspect("a").await.unwrap().expect("row");
+    assert_eq!(info.name, "a");
+    assert_eq!(info.owner, "worker-1");
+    assert_eq!(info.pid, std::process::id());
+    assert!(!info.host.is_empty());
+    assert_eq!(info.fence, g.fence());
+    assert!(!info.expired && !info.released);
+    g.release().await.unwrap();
+    assert!(lm.inspect("a").await.unwrap().is_none());
+}
+
+/// `try_acquire` on a held lock is `Ok(None)`, from any client.
+pub async fn try_on_held_lock(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("t").acquire().await.unwrap();
+    assert!(other.lock("t").try_acquire().await.unwrap().is_none());
+    assert!(ctx.lm.lock("t").try_acquire().await.unwrap().is_none());
+    g.release().await.unwrap();
+    let g2 = other.lock("t").try_acquire().await.unwrap().expect("free now");
+    g2.release().await.unwrap();
+}
+
+/// A waiter gets the lock when the holder releases, not before.
+pub async fn wait_until_release(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("w").acquire().await.unwrap();
+    let waiter = tokio::spawn(async move { other.lock("w").acquire().await });
+    tokio::time::sleep(ms(200)).await;
+    assert!(!waiter.is_finished(), "waiter got a held lock");
+    let fence = g.fence();
+    let released = Instant::now();
+    g.release().await.unwrap();
+    let g2 = tokio::time::timeout(SOON, waiter)
+        .await
+        .expect("waiter woken")
+        .unwrap()
+        .unwrap();
+    assert!(released.elapsed() < SOON);
+    if ctx.caps().fencing {
+        assert!(g2.fence() > fence);
+    }
+}
+
+/// `Wait::No` fails with `Locked` carrying the holder's info.
+pub async fn wait_no_reports_holder(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("n").owner("holder-label").acquire().await.unwrap();
+    let err = other.lock("n").wait(Wait::No).acquire().await.unwrap_err();
+    let Error::Locked { name, holder } = &err else {
+        panic!("expected Locked, got {err:?}");
+    };
+    assert_eq!(name, "n");
+    assert_eq!(holder.owner, "holder-label");
+    assert_eq!(holder.pid, std::process::id());
+    assert_eq!(holder.fence, g.fence());
+    assert!(!holder.expired);
+    assert!(holder.expires_in.is_some_and(|d| d <= Duration::from_secs(60)));
+    assert!(err.is_locked() && err.is_contention() && err.is_retryable());
+    let msg = err.to_string();
+    assert!(msg.contains("\"n\"") && msg.contains("holder-label"), "{msg}");
+    assert!(!msg.contains(g.token().expose()), "token leaked: {msg}");
+}
+
+/// `Wait::For(d)` gives up after `d`, not before, reporting how long it waited.
+pub async fn wait_for_deadline_honoured(ctx: Ctx) {
+    let other = ctx.client().await;
+    let _g = ctx.lm.lock("d").acquire().await.unwrap();
+    let start = Instant::now();
+    let err = other
+        .lock("d")
+        .wait(Wait::For(ms(300)))
+        .acquire()
+        .await
+        .unwrap_err();
+    let elapsed = start.elapsed();
+    let Error::Timeout { name, waited } = &err else {
+        panic!("expected Timeout, got {err:?}");
+    };
+    assert_eq!(name, "d");
+    assert!(*waited >= ms(300), "waited {waited:?}");
+    assert!(elapsed >= ms(300) && elapsed < ms(300) + SOON, "{elapsed:?}");
+    assert!(err.is_timeout());
+}
+
+/// Wake-ups (here: the holder shortening its lease again and again) do not restart the
+/// waiter's deadline.
+pub async fn wait_for_not_restarted_by_wakeups(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx
+        .lm
+        .lock("wk")
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let waiter = tokio::spawn(async move {
+        other
+            .lock("wk")
+            .wait(Wait::For(ms(400)))
+            .acquire()
+            .await
+            .map(|_| ())
+    });
+    let mut ttl = Duration::from_secs(29);
+    while !waiter.is_finished() && start.elapsed() < SOON {
+        g.extend(ttl).await.unwrap();
+        ttl -= ms(10);
+        tokio::time::sleep(ms(40)).await;
+    }
+    let result = waiter.await.unwrap();
+    let elapsed = start.elapsed();
+    assert_err(result, "waiter", Error::is_timeout);
+    assert!(
+        elapsed >= ms(400) && elapsed < ms(400) + SOON / 2,
+        "deadline restarted? {elapsed:?}"
+    );
+}
+
+/// `inspect` and `list` show the holder but never its token.
+pub async fn inspect_shows_holder_without_token(ctx: Ctx) {
+    let g = ctx.lm.lock("i").owner("inspector").acquire().await.unwrap();
+    let secret = g.token().expose().to_string();
+    let info = ctx.lm.inspect("i").await.unwrap().unwrap();
+    assert_eq!(info.owner, "inspector");
+    assert!(info.held_for < SOON);
+    for shown in [
+        format!("{info:?}"),
+        info.to_string(),
+        format!("{g:?}"),
+        format!("{:?}", g.token()),
+    ] {
+        assert!(!shown.contains(&secret), "token shown in {shown}");
+    }
+    let page = ctx.lm.list(locksmith::ListQuery::all()).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert!(!format!("{page:?}").contains(&secret));
+    assert!(ctx.lm.inspect("nothing").await.unwrap().is_none());
+}
+
+/// Releasing twice through two guards of one token: the second is `NotHeld`.
+pub async fn double_release_not_held(ctx: Ctx) {
+    let g = ctx.lm.lock("dr").acquire().await.unwrap();
+    let again = ctx.lm.resume("dr", g.token().clone()).await.unwrap();
+    g.release().await.unwrap();
+    assert_err(again.release().await, "second release", Error::is_not_held);
+    assert!(ctx.lm.inspect("dr").await.unwrap().is_none());
+}
+
+/// A token that does not hold the lock can neither resume, release nor take it.
+pub async fn foreign_token_not_held(ctx: Ctx) {
+    let g = ctx.lm.lock("f").acquire().await.unwrap();
+    assert_err(
+        ctx.lm.resume("f", Token::new()).await,
+        "resume with a foreign token",
+        Error::is_not_held,
+    );
+    assert_err(
+        ctx.lm.resume("free", Token::new()).await,
+        "resume of a free lock",
+        Error::is_not_held,
+    );
+    let foreign = ctx.lm.lock("f").token(Token::new()).try_acquire().await;
+    assert!(foreign.unwrap().is_none());
+    let info = ctx.lm.inspect("f").await.unwrap().unwrap();
+    assert_eq!(info.fence, g.fence());
+    assert!(g.is_held());
+    g.release().await.unwrap();
+}
+
+/// Acquiring with the token that already holds the lock is `AlreadyHeld`, at once.
+pub async fn already_held_via_token(ctx: Ctx) {
+    let t = Token::new();
+    let g = ctx.lm.lock("ah").token(t.clone()).acquire().await.unwrap();
+    let start = Instant::now();
+    assert_err(
+        ctx.lm.lock("ah").token(t.clone()).acquire().await,
+        "acquire again",
+        Error::is_already_held,
+    );
+    assert!(start.elapsed() < SOON, "AlreadyHeld must not wait");
+    assert_err(
+        ctx.lm.lock("ah").token(t.clone()).try_acquire().await,
+        "try again",
+        Error::is_already_held,
+    );
+    assert!(g.is_held());
+    assert_eq!(g.token(), &t);
+    g.release().await.unwrap();
+}
+
+/// `resume` re-attaches to a leaked lock without changing its lease.
+pub async fn resume_reattaches(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx
+        .lm
+        .lock("r")
+        .ttl(Duration::from_secs(10))
+        .acquire()
+        .await
+        .unwrap();
+    let fence = g.fence();
+    let token = g.leak();
+    assert!(ctx.lm.inspect("r").await.unwrap().is_some());
+    let r = other.resume("r", token).await.unwrap();
+    assert_eq!(r.fence(), fence);
+    assert!(r.is_held());
+    let left = r.expires_in().unwrap();
+    assert!(left <= Duration::from_secs(10) && left > Duration::from_secs(7), "{left:?}");
+    r.extend(Duration::from_secs(20)).await.unwrap();
+    r.release().await.unwrap();
+    assert!(ctx.lm.inspect("r").await.unwrap().is_none());
+}
+
+/// `leak` keeps the lock past the guard until the lease expires.
+pub async fn leak_keeps_lock_past_drop(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("lk").ttl(ms(400)).acquire().await.unwrap();
+    let fence = g.fence();
+    let _token = g.leak();
+    assert!(other.lock("lk").try_acquire().await.unwrap().is_none());
+    tokio::time::sleep(ms(500)).await;
+    let g2 = other.lock("lk").try_acquire().await.unwrap().expect("expired");
+    if ctx.caps().fencing {
+        assert!(g2.fence() > fence);
+    }
+}
+
+/// Dropping a guard releases the lock.
+pub async fn drop_releases(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("dp").acquire().await.unwrap();
+    drop(g);
+    eventually("dropped lock is free", || async {
+        other.lock("dp").try_acquire().await.unwrap().is_some()
+    })
+    .await;
+}
+
+/// After expiry another client takes over with a higher fence; the old guard is lost and
+/// its release is `NotHeld`, leaving the new holder alone.
+pub async fn takeover_after_expiry(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("to").ttl(ms(200)).acquire().await.unwrap();
+    tokio::time::sleep(ms(300)).await;
+    assert!(!g.is_held());
+    let g2 = other.lock("to").wait(Wait::No).acquire().await.unwrap();
+    if ctx.caps().fencing {
+        assert!(g2.fence() > g.fence(), "{} !> {}", g2.fence(), g.fence());
+    }
+    assert_err(g.release().await, "stale release", Error::is_not_held);
+    let info = ctx.lm.inspect("to").await.unwrap().unwrap();
+    assert_eq!(info.fence, g2.fence());
+    assert!(g2.is_held());
+    g2.release().await.unwrap();
+}
+
+/// An expired row is still visible to `inspect`, marked expired.
+pub async fn expired_row_inspect(ctx: Ctx) {
+    let g = ctx.lm.lock("ex").ttl(ms(150)).acquire().await.unwrap();
+    let _ = g.leak();
+    tokio::time::sleep(ms(250)).await;
+    let info = ctx.lm.inspect("ex").await.unwrap().expect("expired row stays");
+    assert!(info.expired);
+    assert_eq!(info.expires_in, Some(Duration::ZERO));
+}
+
+/// `extend` keeps the lock past its first lease.
+pub async fn extend_prevents_expiry(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("e").ttl(ms(300)).acquire().await.unwrap();
+    tokio::time::sleep(ms(150)).await;
+    g.extend(Duration::from_secs(2)).await.unwrap();
+    tokio::time::sleep(ms(300)).await;
+    assert!(other.lock("e").try_acquire().await.unwrap().is_none());
+    assert!(g.is_held());
+    assert!(g.expires_in().unwrap() > Duration::from_secs(1));
+    g.release().await.unwrap();
+}
+
+/// `extend` replaces the lease and may shorten it.
+pub async fn extend_may_shorten(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx
+        .lm
+        .lock("es")
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    g.extend(ms(200)).await.unwrap();
+    let left = ctx.lm.inspect("es").await.unwrap().unwrap().expires_in.unwrap();
+    assert!(left <= ms(200), "{left:?}");
+    tokio::time::sleep(ms(300)).await;
+    assert!(other.lock("es").try_acquire().await.unwrap().is_some());
+    assert!(!g.is_held());
+}
+
+/// `renew_by` adds to what is left.
+pub async fn renew_by_adds(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("ra").ttl(ms(300)).acquire().await.unwrap();
+    g.renew_by(Duration::from_secs(1)).await.unwrap();
+    let left = ctx.lm.inspect("ra").await.unwrap().unwrap().expires_in.unwrap();
+    assert!(left > Duration::from_secs(1) && left <= ms(1300), "{left:?}");
+    tokio::time::sleep(ms(500)).await;
+    assert!(other.lock("ra").try_acquire().await.unwrap().is_none());
+    assert!(g.is_held());
+    g.release().await.unwrap();
+}
+
+/// `renew_by` never shortens.
+pub async fn renew_by_never_shortens(ctx: Ctx) {
+    let g = ctx
+        .lm
+        .lock("rs")
+        .ttl(Duration::from_secs(10))
+        .acquire()
+        .await
+        .unwrap();
+    g.renew_by(ms(100)).await.unwrap();
+    let left = ctx.lm.inspect("rs").await.unwrap().unwrap().expires_in.unwrap();
+    assert!(left > Duration::from_secs(9), "{left:?}");
+    g.release().await.unwrap();
+}
+
+/// A lock asked never to expire does not, and cannot be extended.
+pub async fn never_expiring_lock(ctx: Ctx) {
+    if !ctx.needs(ctx.caps().never_expire, "never_expire") {
+        return;
+    }
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("ne").no_expiry().acquire().await.unwrap();
+    assert_eq!(g.expires_in(), None);
+    let info = ctx.lm.inspect("ne").await.unwrap().unwrap();
+    assert_eq!(info.expires_in, None);
+    assert!(!info.expired);
+    assert_invalid_option(g.extend(Duration::from_secs(1)).await, "ttl");
+    assert_invalid_option(g.renew_by(Duration::from_secs(1)).await, "ttl");
+    tokio::time::sleep(ms(200)).await;
+    assert!(other.lock("ne").try_acquire().await.unwrap().is_none());
+    assert!(g.is_held());
+    g.release().await.unwrap();
+    assert!(other.lock("ne").try_acquire().await.unwrap().is_some());
+}
+
+/// `min_hold` keeps a released lock until `acquired_at + min_hold`; the old token is dead.
+pub async fn min_hold_keeps_lock(ctx: Ctx) {
+    let other = ctx.client().await;
+    let start = Instant::now();
+    let g = ctx
+        .lm
+        .lock("mh")
+        .ttl(Duration::from_secs(10))
+        .min_hold(ms(600))
+        .acquire()
+        .await
+        .unwrap();
+    let token = g.token().clone();
+    g.release().await.unwrap();
+    let info = ctx.lm.inspect("mh").await.unwrap().expect("kept");
+    assert!(info.released && !info.expired);
+    assert!(info.expires_in.unwrap() <= ms(600));
+    assert!(other.lock("mh").try_acquire().await.unwrap().is_none());
+    assert_err(
+        ctx.lm.resume("mh", token).await,
+        "old token after a kept release",
+        Error::is_not_held,
+    );
+    tokio::time::sleep(ms(300).saturating_sub(start.elapsed())).await;
+    assert!(other.lock("mh").try_acquire().await.unwrap().is_none());
+    let g2 = other
+        .lock("mh")
+        .wait(Wait::For(SOON))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(start.elapsed() >= ms(600), "min_hold cut short");
+    g2.release().await.unwrap();
+}
+
+/// Held longer than `min_hold`, a release frees the lock at once.
+pub async fn min_hold_passed_releases(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("mp").min_hold(ms(100)).acquire().await.unwrap();
+    tokio::time::sleep(ms(200)).await;
+    g.release().await.unwrap();
+    assert!(ctx.lm.inspect("mp").await.unwrap().is_none());
+    assert!(other.lock("mp").try_acquire().await.unwrap().is_some());
+}
+
+/// Invalid names are refused by every call, with the reason; odd but valid names work.
+pub async fn invalid_names(ctx: Ctx) {
+    let lm = &ctx.lm;
+    let long = "x".repeat(256);
+    for bad in ["", long.as_str(), "a\0b"] {
+        let is_name = |e: &Error| matches!(e, Error::InvalidName { .. });
+        assert_err(lm.lock(bad).acquire().await, "acquire", is_name);
+        assert_err(lm.lock(bad).try_acquire().await, "try", is_name);
+        assert_err(lm.lock(bad).once(|_| async {}).await, "once", is_name);
+        assert_err(lm.inspect(bad).await, "inspect", is_name);
+        assert_err(lm.clear([bad]).await, "clear", is_name);
+        assert_err(lm.resume(bad, Token::new()).await, "resume", is_name);
+        assert_err(
+            lm.set_locks(["ok", bad], Default::default()).await,
+            "set_locks",
+            is_name,
+        );
+        assert_err(lm.acquire_all(["ok", bad]).acquire().await, "acquire_all", is_name);
+    }
+    let msg = lm.lock(long.as_str()).acquire().await.unwrap_err().to_string();
+    assert!(msg.contains("256 bytes") && msg.contains("255"), "{msg}");
+    // nothing was created by the refused calls
+    assert!(lm.inspect("ok").await.unwrap().is_none());
+    let max = "y".repeat(255);
+    for good in [
+        max.as_str(),
+        "é🔒 unicode",
+        "'; DROP TABLE locks; --",
+        "lock:*",
+        "100%_like",
+        "{tag}",
+        " ",
+    ] {
+        let g = lm.lock(good).acquire().await.unwrap();
+        assert_eq!(lm.inspect(good).await.unwrap().unwrap().name, good);
+        g.release().await.unwrap();
+        assert!(lm.inspect(good).await.unwrap().is_none());
+    }
+    // '*' and '%' are not patterns
+    let _star = lm.lock("p*").acquire().await.unwrap();
+    assert!(lm.lock("px").try_acquire().await.unwrap().is_some());
+}
+
+/// Each rule of option validation, with the option it blames; nothing is acquired.
+pub async fn invalid_options(ctx: Ctx) {
+    let lm = &ctx.lm;
+    let s = Duration::from_secs;
+    assert_invalid_option(lm.lock("o").ttl(Duration::ZERO).acquire().await, "ttl");
+    assert_invalid_option(lm.lock("o").ttl(s(1)).no_expiry().acquire().await, "ttl");
+    assert_invalid_option(
+        lm.lock("o").no_expiry().renew(Renew::Auto).acquire().await,
+        "renew",
+    );
+    assert_invalid_option(
+        lm.lock("o").ttl(s(1)).min_hold(s(2)).try_acquire().await,
+        "min_hold",
+    );
+    assert_invalid_option(lm.lock("o").max_hold(s(120)).acquire().await, "max_hold");
+    assert_invalid_option(
+        lm.lock("o")
+            .ttl(s(60))
+            .renew(Renew::Auto)
+            .max_hold(s(30))
+            .acquire()
+            .await,
+        "max_hold",
+    );
+    assert_invalid_option(lm.lock("o").ttl(Duration::MAX).acquire().await, "ttl");
+    assert_invalid_option(
+        lm.lock("o").wait(Wait::For(Duration::MAX)).acquire().await,
+        "wait",
+    );
+    assert_invalid_option(lm.lock("o").min_hold(Duration::MAX).acquire().await, "min_hold");
+    assert_invalid_option(lm.lock("o").owner("").acquire().await, "owner");
+    assert_invalid_option(
+        lm.lock("o").ttl(Duration::ZERO).once(|_| async {}).await,
+        "ttl",
+    );
+    assert_invalid_option(
+        lm.acquire_all(["o", "p"]).ttl(Duration::ZERO).acquire().await,
+        "ttl",
+    );
+    assert_invalid_option(
+        lm.set_locks(["o"], locksmith::SetPolicy::default().ttl(Duration::ZERO))
+            .await,
+        "ttl",
+    );
+    assert_invalid_option(lm.list(locksmith::ListQuery::all().limit(0)).await, "limit");
+    assert_invalid_option("has space".parse::<Token>(), "token");
+    // allowed: min_hold beyond the TTL when renewing
+    let g = lm
+        .lock("o")
+        .ttl(s(1))
+        .min_hold(s(2))
+        .renew(Renew::Auto)
+        .acquire()
+        .await
+        .unwrap();
+    assert_invalid_option(g.extend(Duration::ZERO).await, "ttl");
+    assert_invalid_option(g.extend(Duration::MAX).await, "ttl");
+    g.release().await.unwrap();
+    // min_hold keeps "o" after the release; the refused acquire_all created nothing
+    assert!(lm.inspect("o").await.unwrap().unwrap().released);
+    assert!(lm.inspect("p").await.unwrap().is_none(), "p was created");
+}

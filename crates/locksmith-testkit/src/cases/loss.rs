@@ -1,0 +1,445 @@
+//! Renewal and loss, `run` and `once`, concurrency and cancellation.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use locksmith::{Error, LossReason, Renew, Wait};
+
+use super::{SOON, assert_err, eventually, eventually_free, ms};
+use crate::Ctx;
+
+/// With `Renew::Auto` the lock is held long past its TTL.
+pub async fn auto_renew_holds_past_ttl(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx
+        .lm
+        .lock("ar")
+        .ttl(ms(300))
+        .renew(Renew::Auto)
+        .acquire()
+        .await
+        .unwrap();
+    tokio::time::sleep(ms(1000)).await;
+    assert!(g.is_held());
+    assert!(other.lock("ar").try_acquire().await.unwrap().is_none());
+    let left = ctx.lm.inspect("ar").await.unwrap().unwrap().expires_in.unwrap();
+    assert!(left <= ms(300), "{left:?}");
+    g.release().await.unwrap();
+    assert!(other.lock("ar").try_acquire().await.unwrap().is_some());
+}
+
+/// A lock cleared under a renewing holder is reported lost at the next renewal.
+pub async fn lost_when_cleared(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx
+        .lm
+        .lock("lc")
+        .ttl(ms(600))
+        .renew(Renew::Auto)
+        .acquire()
+        .await
+        .unwrap();
+    let lost = g.lost();
+    let start = Instant::now();
+    assert_eq!(
+        other.clear(["lc"]).await.unwrap(),
+        vec![("lc".to_string(), true)]
+    );
+    let reason = tokio::time::timeout(ms(600) + SOON, lost)
+        .await
+        .expect("lost fires");
+    assert_eq!(reason, LossReason::Revoked);
+    assert!(start.elapsed() < ms(600) + SOON, "{:?}", start.elapsed());
+    assert!(!g.is_held());
+    assert_eq!(g.expires_in(), Some(Duration::ZERO));
+    assert_err(g.release().await, "release after loss", Error::is_not_held);
+}
+
+/// Without renewal the guard is lost at its local deadline, before the lease ends.
+pub async fn lost_at_deadline_without_renewal(ctx: Ctx) {
+    let before = Instant::now();
+    let g = ctx.lm.lock("ld").ttl(ms(400)).acquire().await.unwrap();
+    let reason = g.lost().await;
+    let at = before.elapsed();
+    assert_eq!(reason, LossReason::Expired);
+    assert!(at >= ms(300) && at < ms(400) + SOON, "{at:?}");
+    assert!(!g.is_held());
+    assert_err(g.release().await, "release after deadline", Error::is_not_held);
+}
+
+/// When renewals cannot reach the store the guard is lost at the local deadline (the last
+/// confirmed lease minus the margin), never after the lease could have ended.
+pub async fn lost_when_store_unreachable(ctx: Ctx) {
+    let ttl = ms(1200);
+    let before = Instant::now();
+    let g = ctx
+        .lm
+        .lock("lu")
+        .ttl(ttl)
+        .renew(Renew::Auto)
+        .acquire()
+        .await
+        .unwrap();
+    let granted_within = before.elapsed();
+    tokio::time::sleep(ms(100)).await;
+    if !ctx.needs(ctx.set_offline(true), "fault injection (test kit)") {
+        return;
+    }
+    let reason = g.lost().await;
+    let at = before.elapsed();
+    ctx.set_offline(false);
+    assert_eq!(reason, LossReason::Expired);
+    // deadline = send time + ttl - ttl/10: not before, and before the lease's end
+    assert!(at >= ms(1080), "lost too early: {at:?}");
+    assert!(
+        at < ttl + granted_within + ms(50),
+        "lost after the lease could have ended: {at:?}"
+    );
+    assert!(!g.is_held());
+    assert_err(g.release().await, "release after loss", Error::is_not_held);
+}
+
+/// At `max_hold` the watchdog stops, the guard is lost, and the lease ends.
+pub async fn lost_at_max_hold(ctx: Ctx) {
+    let other = ctx.client().await;
+    let before = Instant::now();
+    let g = ctx
+        .lm
+        .lock("mx")
+        .ttl(ms(300))
+        .renew(Renew::Auto)
+        .max_hold(ms(900))
+        .acquire()
+        .await
+        .unwrap();
+    let lost = g.lost();
+    tokio::time::sleep(ms(650)).await;
+    assert!(g.is_held(), "renewals should hold it past 2 x TTL");
+    let reason = lost.await;
+    let at = before.elapsed();
+    assert_eq!(reason, LossReason::MaxHold);
+    assert!(at >= ms(900) && at < ms(900) + SOON, "{at:?}");
+    assert!(!g.is_held());
+    // the last renewal was cut to end at max_hold: another client gets in soon after
+    let g2 = other
+        .lock("mx")
+        .wait(Wait::For(SOON))
+        .acquire()
+        .await
+        .unwrap();
+    if ctx.caps().fencing {
+        assert!(g2.fence() > g.fence());
+    }
+}
+
+/// A clean release (or drop) never fires `lost()`, even after the lease would have ended.
+pub async fn lost_never_after_clean_release(ctx: Ctx) {
+    let g = ctx
+        .lm
+        .lock("lr")
+        .ttl(ms(200))
+        .renew(Renew::Auto)
+        .acquire()
+        .await
+        .unwrap();
+    let lost = g.lost();
+    g.release().await.unwrap();
+    let g2 = ctx.lm.lock("lr2").ttl(ms(200)).acquire().await.unwrap();
+    let lost2 = g2.lost();
+    drop(g2);
+    let both = async { tokio::join!(lost, lost2) };
+    assert!(
+        tokio::time::timeout(ms(600), both).await.is_err(),
+        "lost() fired after a clean release"
+    );
+}
+
+/// `run` returns the body's value and releases.
+pub async fn run_returns_value_and_releases(ctx: Ctx) {
+    let out = ctx
+        .lm
+        .lock("run")
+        .run(|lease| async move {
+            assert_eq!(lease.name(), "run");
+            lease.fence()
+        })
+        .await
+        .unwrap();
+    if ctx.caps().fencing {
+        assert!(out > 0);
+    }
+    assert!(ctx.lm.inspect("run").await.unwrap().is_none());
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// When the lock is lost mid-run, `run` drops the body and returns `Lost`.
+pub async fn run_lost_drops_body(ctx: Ctx) {
+    let other = ctx.client().await;
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let lm = ctx.lm.clone();
+    let flag = dropped.clone();
+    let run = tokio::spawn(async move {
+        lm.lock("rl")
+            .ttl(ms(600))
+            .renew(Renew::Auto)
+            .run(|_| async move {
+                let _guard = SetOnDrop(flag);
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await;
+            })
+            .await
+    });
+    started_rx.await.unwrap();
+    other.clear(["rl"]).await.unwrap();
+    let result = tokio::time::timeout(ms(600) + SOON, run)
+        .await
+        .expect("run returns after the loss")
+        .unwrap();
+    match result {
+        Err(Error::Lost { name, reason }) => {
+            assert_eq!(name, "rl");
+            assert_eq!(reason, LossReason::Revoked);
+        }
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    assert!(dropped.load(Ordering::SeqCst), "body was not dropped");
+}
+
+/// A panicking body releases the lock, then the panic goes on.
+pub async fn run_releases_on_panic(ctx: Ctx) {
+    let lm = ctx.lm.clone();
+    let task = tokio::spawn(async move {
+        lm.lock("rp")
+            .run(|_| async {
+                panic!("conformance: intended panic in run body");
+            })
+            .await
+    });
+    let err = task.await.unwrap_err();
+    assert!(err.is_panic());
+    assert!(ctx.lm.inspect("rp").await.unwrap().is_none(), "not released");
+}
+
+/// `once` skips when held and runs when free.
+pub async fn once_none_when_held(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("on").acquire().await.unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = ran.clone();
+    let out = other
+        .lock("on")
+        .once(|_| async move { flag.store(true, Ordering::SeqCst) })
+        .await
+        .unwrap();
+    assert_eq!(out, None);
+    assert!(!ran.load(Ordering::SeqCst));
+    g.release().await.unwrap();
+    assert_eq!(other.lock("on").once(|_| async { 7 }).await.unwrap(), Some(7));
+    assert!(ctx.lm.inspect("on").await.unwrap().is_none());
+}
+
+/// `once` waits when told to: it runs if the lock frees in time, else skips.
+pub async fn once_honours_explicit_wait(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx.lm.lock("ow").acquire().await.unwrap();
+    let skipped = other
+        .lock("ow")
+        .wait(Wait::For(ms(100)))
+        .once(|_| async { 1 })
+        .await
+        .unwrap();
+    assert_eq!(skipped, None);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(ms(150)).await;
+        g.release().await.unwrap();
+    });
+    let ran = other
+        .lock("ow")
+        .wait(Wait::For(SOON))
+        .once(|_| async { 2 })
+        .await
+        .unwrap();
+    assert_eq!(ran, Some(2));
+    release.await.unwrap();
+}
+
+/// N clients × M iterations of read-yield-write under the lock: no overlap, no lost update.
+pub async fn counter_no_lost_updates(ctx: Ctx) {
+    const N: usize = 6;
+    const M: u64 = 40;
+    let counter = Arc::new(AtomicU64::new(0));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..N {
+        let lm = ctx.client().await;
+        let (counter, inside) = (counter.clone(), inside.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..M {
+                let g = lm.lock("counter").acquire().await.unwrap();
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "overlap");
+                let v = counter.load(Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                counter.store(v + 1, Ordering::SeqCst);
+                inside.fetch_sub(1, Ordering::SeqCst);
+                g.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), N as u64 * M);
+}
+
+/// Fences strictly increase in grant order, across release, expiry, clear, reset, purge,
+/// `set_locks` and `acquire_all`.
+pub async fn fences_strictly_increase(ctx: Ctx) {
+    if !ctx.needs(ctx.caps().fencing, "fencing") {
+        return;
+    }
+    let lm = &ctx.lm;
+    let mut fences = Vec::new();
+    for round in 0..3 {
+        let g = lm.lock("f").acquire().await.unwrap();
+        fences.push(g.fence());
+        g.release().await.unwrap();
+
+        let g = lm.lock("f").ttl(ms(50)).acquire().await.unwrap();
+        fences.push(g.fence());
+        let _ = g.leak();
+        tokio::time::sleep(ms(80)).await;
+        let g = lm.lock("f").acquire().await.unwrap(); // takeover
+        fences.push(g.fence());
+        let _ = g.leak();
+        lm.clear(["f"]).await.unwrap();
+
+        let out = lm.set_locks(["f"], Default::default()).await.unwrap();
+        fences.push(out.locks[0].fence);
+        match round {
+            0 => {
+                lm.reset_all().await.unwrap();
+            }
+            _ => {
+                lm.clear(["f"]).await.unwrap();
+                lm.purge_expired().await.unwrap();
+            }
+        }
+        let gs = lm.acquire_all(["e", "f"]).acquire().await.unwrap();
+        fences.push(gs[1].fence());
+        drop(gs);
+        eventually_free(lm, "f").await;
+    }
+    for w in fences.windows(2) {
+        assert!(w[1] > w[0], "fences not increasing: {fences:?}");
+    }
+}
+
+/// Waiters of one process are served in arrival order.
+pub async fn fifo_order_of_waiters(ctx: Ctx) {
+    let lm = &ctx.lm;
+    let g = lm.lock("fifo").acquire().await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (lm2, order) = (lm.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let g = lm2.lock("fifo").acquire().await.unwrap();
+            order.lock().unwrap().push(i);
+            tokio::time::sleep(ms(5)).await;
+            g.release().await.unwrap();
+        }));
+        eventually("waiter queued", || async {
+            lm.local_waiters("fifo").unwrap() == i + 1
+        })
+        .await;
+    }
+    g.release().await.unwrap();
+    for t in tasks {
+        tokio::time::timeout(SOON, t).await.unwrap().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(lm.local_waiters("fifo").unwrap(), 0);
+}
+
+/// An `acquire` dropped while waiting leaves no waiter and never takes the lock.
+pub async fn cancel_while_waiting(ctx: Ctx) {
+    let lm = &ctx.lm;
+    let g = lm.lock("cw").acquire().await.unwrap();
+    let cancelled = tokio::time::timeout(ms(150), lm.lock("cw").acquire()).await;
+    assert!(cancelled.is_err());
+    let in_select = tokio::select! {
+        r = lm.lock("cw").wait(Wait::For(SOON)).acquire() => Some(r),
+        _ = tokio::time::sleep(ms(100)) => None,
+    };
+    assert!(in_select.is_none());
+    assert_eq!(lm.local_waiters("cw").unwrap(), 0, "a cancelled waiter stayed queued");
+    g.release().await.unwrap();
+    tokio::time::sleep(ms(200)).await;
+    assert!(lm.inspect("cw").await.unwrap().is_none(), "a cancelled waiter took the lock");
+    // and the queue still works
+    let g = lm.lock("cw").wait(Wait::No).acquire().await.unwrap();
+    g.release().await.unwrap();
+}
+
+/// An `acquire` dropped at every stage — queued, subscribing, with its request in flight —
+/// leaves no waiter and no lock held.
+pub async fn cancel_with_request_in_flight(ctx: Ctx) {
+    let lm = &ctx.lm;
+    let mut cancelled = 0;
+    let check = || async {
+        eventually("no lock left by a cancelled acquire", || async {
+            lm.inspect("cf").await.unwrap().is_none()
+        })
+        .await;
+        assert_eq!(lm.local_waiters("cf").unwrap(), 0);
+    };
+    // Poll the future a few times by hand, then drop it: after one poll the grant request
+    // has just been sent and its answer cannot have been read yet.
+    for polls in [1usize, 1, 1, 1, 1, 2, 2, 3, 4, 6, 8] {
+        let done = {
+            let mut fut = std::pin::pin!(lm.lock("cf").ttl(Duration::from_secs(30)).acquire());
+            let mut done = None;
+            for _ in 0..polls {
+                let poll =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx)));
+                if let std::task::Poll::Ready(r) = poll.await {
+                    done = Some(r);
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            done
+        }; // the future is dropped here
+        match done {
+            Some(guard) => guard.unwrap().release().await.unwrap(),
+            None => cancelled += 1,
+        }
+        check().await;
+    }
+    // And cancelled by timeouts of growing length.
+    for us in [0u64, 20, 50, 100, 200, 500, 1000, 2000] {
+        let attempt = tokio::time::timeout(
+            Duration::from_micros(us),
+            lm.lock("cf").ttl(Duration::from_secs(30)).acquire(),
+        )
+        .await;
+        match attempt {
+            Ok(guard) => guard.unwrap().release().await.unwrap(),
+            Err(_) => cancelled += 1,
+        }
+        check().await;
+    }
+    assert!(cancelled > 0, "no attempt was cancelled");
+    let g = lm.lock("cf").wait(Wait::No).acquire().await.unwrap();
+    g.release().await.unwrap();
+}

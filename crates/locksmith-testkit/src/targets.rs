@@ -1,0 +1,37 @@
+//! The stores the suite runs against, and how each is set up for a test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use locksmith::Capabilities;
+
+use crate::Target;
+
+/// The capabilities the memory store must declare.
+pub fn memory_capabilities() -> Capabilities {
+    let mut caps = Capabilities::NONE;
+    caps.fencing = true;
+    caps.notify = true;
+    caps.atomic_multi = true;
+    caps.never_expire = true;
+    caps
+}
+
+/// A fresh named in-process store (`memory://conformance-<uuid>`), with a fault switch.
+pub async fn memory() -> Option<Target> {
+    let name = format!("conformance-{}", uuid::Uuid::new_v4().simple());
+    let switch_name = name.clone();
+    Some(Target {
+        store: "memory",
+        base_url: format!("memory://{name}"),
+        declared: memory_capabilities(),
+        faults: Some(Arc::new(move |offline| {
+            locksmith::store::memory::set_offline(&switch_name, offline);
+        })),
+        keep_alive: None,
+    })
+}
+
+/// How long cases wait for something that should happen "soon" (a detached release on a
+/// networked store, a wake-up): generous, because CI machines are slow.
+pub const SOON: Duration = Duration::from_secs(3);
