@@ -161,7 +161,11 @@ where
         lm: Locksmith::connect(&format!(
             "{}{}namespace={namespace}",
             target.base_url,
-            if target.base_url.contains('?') { '&' } else { '?' }
+            if target.base_url.contains('?') {
+                '&'
+            } else {
+                '?'
+            }
         ))
         .await
         .unwrap_or_else(|e| panic!("connect {}: {e}", target.base_url)),

@@ -60,6 +60,15 @@ pub(crate) fn margin(ttl: Duration) -> Duration {
     (ttl / 10).min(Duration::from_secs(1))
 }
 
+/// The lease terms a guard starts with.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Terms {
+    /// `None`: never expires.
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) min_hold: Option<Duration>,
+    pub(crate) max_hold: Option<Duration>,
+}
+
 /// What the guard, its watchdog and its `lost()` futures share.
 pub(crate) struct Held {
     pub(crate) store: Arc<dyn Store>,
@@ -82,23 +91,21 @@ impl Held {
         token: Token,
         fence: u64,
         sent: Instant,
-        ttl: Option<Duration>,
-        min_hold: Option<Duration>,
-        max_hold: Option<Duration>,
+        terms: Terms,
     ) -> Held {
-        let max_hold_at = max_hold.and_then(|m| sent.checked_add(m));
+        let max_hold_at = terms.max_hold.and_then(|m| sent.checked_add(m));
         let held = Held {
             store,
             ns,
             name,
             token,
             fence,
-            min_hold,
+            min_hold: terms.min_hold,
             max_hold_at,
-            ttl: Mutex::new(ttl),
+            ttl: Mutex::new(terms.ttl),
             status: watch::channel(Status::Done).0,
         };
-        held.status.send_replace(held.held_status(sent, ttl));
+        held.status.send_replace(held.held_status(sent, terms.ttl));
         held
     }
 
@@ -112,7 +119,11 @@ impl Held {
     }
 
     /// The status of a lease known to last at least until `expires_at`.
-    pub(crate) fn status_until(&self, expires_at: Option<Instant>, ttl: Option<Duration>) -> Status {
+    pub(crate) fn status_until(
+        &self,
+        expires_at: Option<Instant>,
+        ttl: Option<Duration>,
+    ) -> Status {
         let deadline = match (expires_at, ttl) {
             (Some(e), Some(t)) => Some(e.checked_sub(margin(t)).unwrap_or(e)),
             _ => None,
@@ -241,8 +252,7 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     pub(crate) fn new(held: Arc<Held>, renew: bool, granted_at: Instant) -> LockGuard {
-        let watchdog =
-            renew.then(|| tokio::spawn(crate::watchdog::run(held.clone(), granted_at)));
+        let watchdog = renew.then(|| tokio::spawn(crate::watchdog::run(held.clone(), granted_at)));
         LockGuard { held, watchdog }
     }
 
@@ -278,9 +288,7 @@ impl LockGuard {
             return Some(Duration::ZERO);
         }
         match status {
-            Status::Held { expires_at, .. } => {
-                expires_at.map(|e| e.saturating_duration_since(now))
-            }
+            Status::Held { expires_at, .. } => expires_at.map(|e| e.saturating_duration_since(now)),
             _ => Some(Duration::ZERO),
         }
     }
@@ -289,8 +297,7 @@ impl LockGuard {
     /// local deadline.
     pub fn is_held(&self) -> bool {
         let status = *self.held.status.borrow();
-        matches!(status, Status::Held { .. })
-            && self.held.loss_at(status, Instant::now()).is_none()
+        matches!(status, Status::Held { .. }) && self.held.loss_at(status, Instant::now()).is_none()
     }
 
     /// Resolves when the lease is lost, with the reason; never resolves for a guard that is
@@ -391,7 +398,12 @@ impl LockGuard {
         let answer = self
             .held
             .store
-            .extend(&self.held.ns, &self.held.name, &self.held.token, ExtendMode::Set(ttl))
+            .extend(
+                &self.held.ns,
+                &self.held.name,
+                &self.held.token,
+                ExtendMode::Set(ttl),
+            )
             .await?;
         self.apply_extended(answer, || {
             *self.held.ttl.lock().unwrap_or_else(|e| e.into_inner()) = Some(ttl);
@@ -413,7 +425,12 @@ impl LockGuard {
         let answer = self
             .held
             .store
-            .extend(&self.held.ns, &self.held.name, &self.held.token, ExtendMode::Add(d))
+            .extend(
+                &self.held.ns,
+                &self.held.name,
+                &self.held.token,
+                ExtendMode::Add(d),
+            )
             .await?;
         self.apply_extended(answer, || {
             let status = *self.held.status.borrow();
@@ -435,7 +452,10 @@ impl LockGuard {
         if self.held.ttl().is_none() {
             return Err(Error::invalid_option(
                 "ttl",
-                format!("{what}: lock {:?} never expires, so its lease cannot change — release it instead", self.held.name.as_str()),
+                format!(
+                    "{what}: lock {:?} never expires, so its lease cannot change — release it instead",
+                    self.held.name.as_str()
+                ),
             ));
         }
         Ok(())
@@ -539,6 +559,9 @@ mod tests {
     #[test]
     fn margins() {
         assert_eq!(margin(Duration::from_secs(60)), Duration::from_secs(1));
-        assert_eq!(margin(Duration::from_millis(300)), Duration::from_millis(30));
+        assert_eq!(
+            margin(Duration::from_millis(300)),
+            Duration::from_millis(30)
+        );
     }
 }

@@ -95,8 +95,8 @@ pub use guard::{LockGuard, LossReason};
 pub use lease::{Lease, LockInfo, MAX_TOKEN_LEN, Token};
 pub use name::{LockName, MAX_NAME_LEN, MAX_NAMESPACE_LEN, Namespace};
 pub use options::{
-    DEFAULT_PAGE, DEFAULT_TTL, Expired, ListQuery, MAX_DURATION, MAX_PAGE, Page, Renew,
-    SetAction, SetCounts, SetOutcome, SetPolicy, SetStatus, Wait,
+    DEFAULT_PAGE, DEFAULT_TTL, Expired, ListQuery, MAX_DURATION, MAX_PAGE, Page, Renew, SetAction,
+    SetCounts, SetOutcome, SetPolicy, SetStatus, Wait,
 };
 pub use store::Capabilities;
 pub use wait::{AcquireAllBuilder, LockBuilder};
@@ -419,8 +419,15 @@ impl Locksmith {
         S: Into<String>,
     {
         let names: Vec<String> = names.into_iter().map(Into::into).collect();
-        let valid = names.iter().map(LockName::new).collect::<Result<Vec<_>>>()?;
-        let existed = self.inner.store.force_release(&self.inner.ns, &valid).await?;
+        let valid = names
+            .iter()
+            .map(LockName::new)
+            .collect::<Result<Vec<_>>>()?;
+        let existed = self
+            .inner
+            .store
+            .force_release(&self.inner.ns, &valid)
+            .await?;
         Ok(names.into_iter().zip(existed).collect())
     }
 
@@ -515,7 +522,9 @@ mod tests {
     #[tokio::test]
     async fn urls() {
         assert!(Locksmith::connect("memory://").await.is_ok());
-        let lm = Locksmith::connect("memory://x?namespace=a-b").await.unwrap();
+        let lm = Locksmith::connect("memory://x?namespace=a-b")
+            .await
+            .unwrap();
         assert_eq!(lm.namespace(), "a-b");
         for bad in [
             "memory",

@@ -154,7 +154,12 @@ mod tests {
         assert!(LockName::new("é".repeat(127)).is_ok());
         let err = LockName::new("x".repeat(256)).unwrap_err();
         assert!(err.to_string().contains("256 bytes"), "{err}");
-        assert!(LockName::new("a\0b").unwrap_err().to_string().contains("NUL"));
+        assert!(
+            LockName::new("a\0b")
+                .unwrap_err()
+                .to_string()
+                .contains("NUL")
+        );
         // shortening never splits a character
         let err = LockName::new("é".repeat(200)).unwrap_err();
         assert!(err.to_string().contains('…'));

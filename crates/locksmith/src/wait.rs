@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 
 use crate::error::{Error, Result};
-use crate::guard::{Held, LockGuard, LossReason};
+use crate::guard::{Held, LockGuard, LossReason, Terms};
 use crate::lease::{Lease, LockInfo, Token};
 use crate::name::LockName;
 use crate::options::{Options, Plan, Renew, Wait};
@@ -266,8 +266,8 @@ where
     let lost = guard.lost();
     let lease = guard.lease();
     let body = async move { body(lease).await };
-    let body = AssertUnwindSafe(body).catch_unwind();
-    tokio::pin!(body);
+    // Boxed so it can be dropped before the guard when the lease is lost.
+    let mut body = Box::pin(AssertUnwindSafe(body).catch_unwind());
     let name = guard.name().to_string();
     tokio::select! {
         biased;
@@ -395,6 +395,11 @@ impl Inner {
         ttl: Option<Duration>,
         plan: &Plan,
     ) -> LockGuard {
+        let terms = Terms {
+            ttl,
+            min_hold: plan.min_hold,
+            max_hold: plan.max_hold,
+        };
         let held = Held::new(
             self.store.clone(),
             self.ns.clone(),
@@ -402,9 +407,7 @@ impl Inner {
             claim.token,
             fence,
             sent,
-            ttl,
-            plan.min_hold,
-            plan.max_hold,
+            terms,
         );
         LockGuard::new(Arc::new(held), plan.renew == Renew::Auto, sent)
     }
@@ -688,12 +691,11 @@ async fn acquire_many(inner: &Inner, names: Vec<LockName>, plan: Plan) -> Result
                 if wakeups.as_ref().is_none_or(|(n, _)| *n != blocked) {
                     // Subscribe, then try again at once: the lock may have been released
                     // before the subscription existed.
-                    let sub = match until(deadline, inner.store.subscribe(&inner.ns, &blocked))
-                        .await
-                    {
-                        Some(sub) => sub?,
-                        None => return Err(timeout(&blocked, started)),
-                    };
+                    let sub =
+                        match until(deadline, inner.store.subscribe(&inner.ns, &blocked)).await {
+                            Some(sub) => sub?,
+                            None => return Err(timeout(&blocked, started)),
+                        };
                     wakeups = Some((blocked, sub));
                     continue;
                 }
@@ -716,6 +718,12 @@ pub(crate) async fn resume(inner: &Inner, name: LockName, token: Token) -> Resul
             name: name.to_string(),
         });
     };
+    // The remaining lease, measured by the store, is what this guard can vouch for; the
+    // original TTL is unknown, so later extends set it anew.
+    let terms = Terms {
+        ttl: info.expires_in,
+        ..Terms::default()
+    };
     let held = Held::new(
         inner.store.clone(),
         inner.ns.clone(),
@@ -723,15 +731,7 @@ pub(crate) async fn resume(inner: &Inner, name: LockName, token: Token) -> Resul
         token,
         info.fence,
         sent,
-        None,
-        None,
-        None,
+        terms,
     );
-    // The remaining lease, measured by the store, is what this guard can vouch for; the
-    // original TTL is unknown, so renewals (extend) set it anew.
-    let ttl = info.expires_in;
-    *held.ttl.lock().unwrap_or_else(|e| e.into_inner()) = ttl;
-    held.status
-        .send_replace(held.status_until(ttl.and_then(|t| sent.checked_add(t)), ttl));
     Ok(LockGuard::new(Arc::new(held), false, sent))
 }

@@ -37,10 +37,13 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant) {
             held.mark_lost(reason);
             return;
         }
-        let (Status::Held {
-            deadline: Some(deadline),
-            ..
-        }, Some(ttl)) = (status, held.ttl())
+        let (
+            Status::Held {
+                deadline: Some(deadline),
+                ..
+            },
+            Some(ttl),
+        ) = (status, held.ttl())
         else {
             // Lost, finished, or a lease that never expires: nothing to renew.
             return;

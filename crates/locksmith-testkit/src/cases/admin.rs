@@ -39,7 +39,10 @@ pub async fn acquire_all_all_or_nothing(ctx: Ctx) {
         .await;
     assert_err(timed, "acquire_all with a deadline", Error::is_timeout);
     for name in ["a", "c"] {
-        assert!(ctx.lm.inspect(name).await.unwrap().is_none(), "{name} left held");
+        assert!(
+            ctx.lm.inspect(name).await.unwrap().is_none(),
+            "{name} left held"
+        );
     }
     assert_err(
         ctx.lm.acquire_all(["a", "a"]).acquire().await,
@@ -63,7 +66,12 @@ pub async fn acquire_all_waits_for_all(ctx: Ctx) {
     tokio::time::sleep(ms(150)).await;
     assert!(!all.is_finished());
     // nothing is held while it waits
-    let a = other.lock("a").try_acquire().await.unwrap().expect("a free");
+    let a = other
+        .lock("a")
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("a free");
     a.release().await.unwrap();
     held.release().await.unwrap();
     let guards = tokio::time::timeout(SOON, all)
@@ -111,7 +119,10 @@ pub async fn set_locks_statuses_and_counts(ctx: Ctx) {
     assert_eq!(was, [false, true, false]);
     assert!(out.statuses.iter().all(|s| s.locked));
     assert_eq!((out.counts.created, out.counts.renewed), (2, 1));
-    assert_eq!((out.counts.skipped_create, out.counts.skipped_renew), (0, 0));
+    assert_eq!(
+        (out.counts.skipped_create, out.counts.skipped_renew),
+        (0, 0)
+    );
     let created: Vec<_> = out.created_tokens.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(created, ["a", "c"]);
     assert_eq!(out.locks.len(), 3);
@@ -124,7 +135,13 @@ pub async fn set_locks_statuses_and_counts(ctx: Ctx) {
     held.release().await.unwrap();
     // a created lock can be resumed with its token
     let (_, token) = out.created_tokens.into_iter().next().unwrap();
-    ctx.lm.resume("a", token).await.unwrap().release().await.unwrap();
+    ctx.lm
+        .resume("a", token)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
     assert!(ctx.lm.inspect("a").await.unwrap().is_none());
     assert!(ctx.lm.inspect("c").await.unwrap().is_some());
 }
@@ -145,12 +162,22 @@ pub async fn set_locks_skip_flags(ctx: Ctx) {
         .unwrap();
     let actions: Vec<_> = out.statuses.iter().map(|s| s.action).collect();
     assert_eq!(actions, [SetAction::SkippedCreate, SetAction::SkippedRenew]);
-    assert_eq!((out.counts.skipped_create, out.counts.skipped_renew), (1, 1));
+    assert_eq!(
+        (out.counts.skipped_create, out.counts.skipped_renew),
+        (1, 1)
+    );
     assert!(!out.statuses[0].locked && out.statuses[1].locked);
     assert_eq!(out.locks.len(), 1);
     assert!(out.created_tokens.is_empty());
     assert!(ctx.lm.inspect("a").await.unwrap().is_none());
-    let left = ctx.lm.inspect("b").await.unwrap().unwrap().expires_in.unwrap();
+    let left = ctx
+        .lm
+        .inspect("b")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
     assert!(left <= Duration::from_secs(5));
     // only renew, with a shorter TTL: never shortens
     let out = ctx
@@ -159,7 +186,14 @@ pub async fn set_locks_skip_flags(ctx: Ctx) {
         .await
         .unwrap();
     assert_eq!(out.statuses[0].action, SetAction::Renewed);
-    let left2 = ctx.lm.inspect("b").await.unwrap().unwrap().expires_in.unwrap();
+    let left2 = ctx
+        .lm
+        .inspect("b")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
     assert!(left2 > Duration::from_secs(4), "{left2:?}");
     if ctx.caps().never_expire {
         let out = ctx
@@ -194,7 +228,10 @@ pub async fn set_locks_fail_rolls_back(ctx: Ctx) {
         other => panic!("expected Locked, got {other:?}"),
     }
     for name in ["a", "c"] {
-        assert!(ctx.lm.inspect(name).await.unwrap().is_none(), "{name} created");
+        assert!(
+            ctx.lm.inspect(name).await.unwrap().is_none(),
+            "{name} created"
+        );
     }
     let after = ctx.lm.inspect("b").await.unwrap().unwrap();
     assert_eq!(after.fence, before.fence);
@@ -213,7 +250,10 @@ pub async fn list_prefix_and_paging(ctx: Ctx) {
     let mut names: Vec<String> = (0..25).map(|i| format!("job/{i:03}")).collect();
     names.push("other/x".into());
     names.push("job".into()); // shorter than the prefix
-    ctx.lm.set_locks(names.clone(), SetPolicy::default()).await.unwrap();
+    ctx.lm
+        .set_locks(names.clone(), SetPolicy::default())
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let mut query = ListQuery::prefix("job/").limit(10);
     let mut pages = Vec::new();
@@ -228,7 +268,10 @@ pub async fn list_prefix_and_paging(ctx: Ctx) {
     }
     let expected: Vec<String> = (0..25).map(|i| format!("job/{i:03}")).collect();
     assert_eq!(seen, expected);
-    assert!(pages.iter().all(|n| *n <= 10) && pages.len() >= 3, "{pages:?}");
+    assert!(
+        pages.iter().all(|n| *n <= 10) && pages.len() >= 3,
+        "{pages:?}"
+    );
     let all = ctx.lm.list(ListQuery::all().limit(1000)).await.unwrap();
     assert_eq!(all.items.len(), 27);
     assert!(all.next.is_none());
@@ -241,10 +284,20 @@ pub async fn list_prefix_and_paging(ctx: Ctx) {
 /// `list` hides expired rows by default and can show them, or only them.
 pub async fn list_expired_filter(ctx: Ctx) {
     let live = ctx.lm.lock("live").acquire().await.unwrap();
-    let _ = ctx.lm.lock("gone").ttl(ms(100)).acquire().await.unwrap().leak();
+    let _ = ctx
+        .lm
+        .lock("gone")
+        .ttl(ms(100))
+        .acquire()
+        .await
+        .unwrap()
+        .leak();
     tokio::time::sleep(ms(200)).await;
     let names = |page: locksmith::Page| -> Vec<(String, bool)> {
-        page.items.into_iter().map(|i| (i.name, i.expired)).collect()
+        page.items
+            .into_iter()
+            .map(|i| (i.name, i.expired))
+            .collect()
     };
     let q = ListQuery::all();
     assert_eq!(
@@ -252,7 +305,12 @@ pub async fn list_expired_filter(ctx: Ctx) {
         [("live".to_string(), false)]
     );
     assert_eq!(
-        names(ctx.lm.list(q.clone().expired(Expired::Include)).await.unwrap()),
+        names(
+            ctx.lm
+                .list(q.clone().expired(Expired::Include))
+                .await
+                .unwrap()
+        ),
         [("gone".to_string(), true), ("live".to_string(), false)]
     );
     assert_eq!(
@@ -304,8 +362,14 @@ pub async fn reset_all_counts_and_wakes(ctx: Ctx) {
     assert_eq!(ctx.lm.reset_all().await.unwrap(), 3);
     let (woke_at, got) = waiter.await.unwrap();
     got.unwrap();
-    assert!(woke_at.duration_since(reset_at) < ms(800), "waiter not woken");
-    let left = ctx.lm.list(ListQuery::all().expired(Expired::Include)).await;
+    assert!(
+        woke_at.duration_since(reset_at) < ms(800),
+        "waiter not woken"
+    );
+    let left = ctx
+        .lm
+        .list(ListQuery::all().expired(Expired::Include))
+        .await;
     let left: Vec<_> = left.unwrap().items.into_iter().map(|i| i.name).collect();
     assert_eq!(left, ["a"]);
     assert_eq!(ctx.lm.reset_all().await.unwrap(), 1);
@@ -315,7 +379,14 @@ pub async fn reset_all_counts_and_wakes(ctx: Ctx) {
 pub async fn purge_expired_removes_only_expired(ctx: Ctx) {
     let live = ctx.lm.lock("live").acquire().await.unwrap();
     for name in ["old1", "old2"] {
-        let _ = ctx.lm.lock(name).ttl(ms(80)).acquire().await.unwrap().leak();
+        let _ = ctx
+            .lm
+            .lock(name)
+            .ttl(ms(80))
+            .acquire()
+            .await
+            .unwrap()
+            .leak();
     }
     tokio::time::sleep(ms(200)).await;
     assert_eq!(ctx.lm.purge_expired().await.unwrap(), 2);
@@ -336,7 +407,7 @@ pub async fn namespaces_isolated(ctx: Ctx) {
     let page = ctx.lm.list(ListQuery::all()).await.unwrap();
     assert_eq!(page.items.len(), 1);
     assert!(ctx.lm.inspect("only-2").await.unwrap().is_none());
-    assert_eq!(ctx.lm.clear(["only-2"]).await.unwrap()[0].1, false);
+    assert!(!ctx.lm.clear(["only-2"]).await.unwrap()[0].1);
     assert_eq!(lm2.reset_all().await.unwrap(), 2);
     assert_eq!(ctx.lm.purge_expired().await.unwrap(), 0);
     assert!(g1.is_held());

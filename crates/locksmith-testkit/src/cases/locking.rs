@@ -17,7 +17,10 @@ pub async fn acquire_and_release(ctx: Ctx) {
         assert!(g.fence() > 0);
     }
     let left = g.expires_in().expect("default TTL expires");
-    assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(55), "{left:?}");
+    assert!(
+        left <= Duration::from_secs(60) && left > Duration::from_secs(55),
+        "{left:?}"
+    );
     let info = lm.inspect("a").await.unwrap().expect("row");
     assert_eq!(info.name, "a");
     assert_eq!(info.owner, "worker-1");
@@ -36,7 +39,12 @@ pub async fn try_on_held_lock(ctx: Ctx) {
     assert!(other.lock("t").try_acquire().await.unwrap().is_none());
     assert!(ctx.lm.lock("t").try_acquire().await.unwrap().is_none());
     g.release().await.unwrap();
-    let g2 = other.lock("t").try_acquire().await.unwrap().expect("free now");
+    let g2 = other
+        .lock("t")
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("free now");
     g2.release().await.unwrap();
 }
 
@@ -64,7 +72,13 @@ pub async fn wait_until_release(ctx: Ctx) {
 /// `Wait::No` fails with `Locked` carrying the holder's info.
 pub async fn wait_no_reports_holder(ctx: Ctx) {
     let other = ctx.client().await;
-    let g = ctx.lm.lock("n").owner("holder-label").acquire().await.unwrap();
+    let g = ctx
+        .lm
+        .lock("n")
+        .owner("holder-label")
+        .acquire()
+        .await
+        .unwrap();
     let err = other.lock("n").wait(Wait::No).acquire().await.unwrap_err();
     let Error::Locked { name, holder } = &err else {
         panic!("expected Locked, got {err:?}");
@@ -74,10 +88,17 @@ pub async fn wait_no_reports_holder(ctx: Ctx) {
     assert_eq!(holder.pid, std::process::id());
     assert_eq!(holder.fence, g.fence());
     assert!(!holder.expired);
-    assert!(holder.expires_in.is_some_and(|d| d <= Duration::from_secs(60)));
+    assert!(
+        holder
+            .expires_in
+            .is_some_and(|d| d <= Duration::from_secs(60))
+    );
     assert!(err.is_locked() && err.is_contention() && err.is_retryable());
     let msg = err.to_string();
-    assert!(msg.contains("\"n\"") && msg.contains("holder-label"), "{msg}");
+    assert!(
+        msg.contains("\"n\"") && msg.contains("holder-label"),
+        "{msg}"
+    );
     assert!(!msg.contains(g.token().expose()), "token leaked: {msg}");
 }
 
@@ -98,7 +119,10 @@ pub async fn wait_for_deadline_honoured(ctx: Ctx) {
     };
     assert_eq!(name, "d");
     assert!(*waited >= ms(300), "waited {waited:?}");
-    assert!(elapsed >= ms(300) && elapsed < ms(300) + SOON, "{elapsed:?}");
+    assert!(
+        elapsed >= ms(300) && elapsed < ms(300) + SOON,
+        "{elapsed:?}"
+    );
     assert!(err.is_timeout());
 }
 
@@ -226,7 +250,10 @@ pub async fn resume_reattaches(ctx: Ctx) {
     assert_eq!(r.fence(), fence);
     assert!(r.is_held());
     let left = r.expires_in().unwrap();
-    assert!(left <= Duration::from_secs(10) && left > Duration::from_secs(7), "{left:?}");
+    assert!(
+        left <= Duration::from_secs(10) && left > Duration::from_secs(7),
+        "{left:?}"
+    );
     r.extend(Duration::from_secs(20)).await.unwrap();
     r.release().await.unwrap();
     assert!(ctx.lm.inspect("r").await.unwrap().is_none());
@@ -240,7 +267,12 @@ pub async fn leak_keeps_lock_past_drop(ctx: Ctx) {
     let _token = g.leak();
     assert!(other.lock("lk").try_acquire().await.unwrap().is_none());
     tokio::time::sleep(ms(500)).await;
-    let g2 = other.lock("lk").try_acquire().await.unwrap().expect("expired");
+    let g2 = other
+        .lock("lk")
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("expired");
     if ctx.caps().fencing {
         assert!(g2.fence() > fence);
     }
@@ -280,7 +312,12 @@ pub async fn expired_row_inspect(ctx: Ctx) {
     let g = ctx.lm.lock("ex").ttl(ms(150)).acquire().await.unwrap();
     let _ = g.leak();
     tokio::time::sleep(ms(250)).await;
-    let info = ctx.lm.inspect("ex").await.unwrap().expect("expired row stays");
+    let info = ctx
+        .lm
+        .inspect("ex")
+        .await
+        .unwrap()
+        .expect("expired row stays");
     assert!(info.expired);
     assert_eq!(info.expires_in, Some(Duration::ZERO));
 }
@@ -309,7 +346,14 @@ pub async fn extend_may_shorten(ctx: Ctx) {
         .await
         .unwrap();
     g.extend(ms(200)).await.unwrap();
-    let left = ctx.lm.inspect("es").await.unwrap().unwrap().expires_in.unwrap();
+    let left = ctx
+        .lm
+        .inspect("es")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
     assert!(left <= ms(200), "{left:?}");
     tokio::time::sleep(ms(300)).await;
     assert!(other.lock("es").try_acquire().await.unwrap().is_some());
@@ -321,8 +365,18 @@ pub async fn renew_by_adds(ctx: Ctx) {
     let other = ctx.client().await;
     let g = ctx.lm.lock("ra").ttl(ms(300)).acquire().await.unwrap();
     g.renew_by(Duration::from_secs(1)).await.unwrap();
-    let left = ctx.lm.inspect("ra").await.unwrap().unwrap().expires_in.unwrap();
-    assert!(left > Duration::from_secs(1) && left <= ms(1300), "{left:?}");
+    let left = ctx
+        .lm
+        .inspect("ra")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(1) && left <= ms(1300),
+        "{left:?}"
+    );
     tokio::time::sleep(ms(500)).await;
     assert!(other.lock("ra").try_acquire().await.unwrap().is_none());
     assert!(g.is_held());
@@ -339,7 +393,14 @@ pub async fn renew_by_never_shortens(ctx: Ctx) {
         .await
         .unwrap();
     g.renew_by(ms(100)).await.unwrap();
-    let left = ctx.lm.inspect("rs").await.unwrap().unwrap().expires_in.unwrap();
+    let left = ctx
+        .lm
+        .inspect("rs")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
     assert!(left > Duration::from_secs(9), "{left:?}");
     g.release().await.unwrap();
 }
@@ -426,9 +487,18 @@ pub async fn invalid_names(ctx: Ctx) {
             "set_locks",
             is_name,
         );
-        assert_err(lm.acquire_all(["ok", bad]).acquire().await, "acquire_all", is_name);
+        assert_err(
+            lm.acquire_all(["ok", bad]).acquire().await,
+            "acquire_all",
+            is_name,
+        );
     }
-    let msg = lm.lock(long.as_str()).acquire().await.unwrap_err().to_string();
+    let msg = lm
+        .lock(long.as_str())
+        .acquire()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("256 bytes") && msg.contains("255"), "{msg}");
     // nothing was created by the refused calls
     assert!(lm.inspect("ok").await.unwrap().is_none());
@@ -481,14 +551,20 @@ pub async fn invalid_options(ctx: Ctx) {
         lm.lock("o").wait(Wait::For(Duration::MAX)).acquire().await,
         "wait",
     );
-    assert_invalid_option(lm.lock("o").min_hold(Duration::MAX).acquire().await, "min_hold");
+    assert_invalid_option(
+        lm.lock("o").min_hold(Duration::MAX).acquire().await,
+        "min_hold",
+    );
     assert_invalid_option(lm.lock("o").owner("").acquire().await, "owner");
     assert_invalid_option(
         lm.lock("o").ttl(Duration::ZERO).once(|_| async {}).await,
         "ttl",
     );
     assert_invalid_option(
-        lm.acquire_all(["o", "p"]).ttl(Duration::ZERO).acquire().await,
+        lm.acquire_all(["o", "p"])
+            .ttl(Duration::ZERO)
+            .acquire()
+            .await,
         "ttl",
     );
     assert_invalid_option(

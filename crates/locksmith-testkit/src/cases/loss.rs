@@ -24,7 +24,14 @@ pub async fn auto_renew_holds_past_ttl(ctx: Ctx) {
     tokio::time::sleep(ms(1000)).await;
     assert!(g.is_held());
     assert!(other.lock("ar").try_acquire().await.unwrap().is_none());
-    let left = ctx.lm.inspect("ar").await.unwrap().unwrap().expires_in.unwrap();
+    let left = ctx
+        .lm
+        .inspect("ar")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
     assert!(left <= ms(300), "{left:?}");
     g.release().await.unwrap();
     assert!(other.lock("ar").try_acquire().await.unwrap().is_some());
@@ -66,7 +73,11 @@ pub async fn lost_at_deadline_without_renewal(ctx: Ctx) {
     assert_eq!(reason, LossReason::Expired);
     assert!(at >= ms(300) && at < ms(400) + SOON, "{at:?}");
     assert!(!g.is_held());
-    assert_err(g.release().await, "release after deadline", Error::is_not_held);
+    assert_err(
+        g.release().await,
+        "release after deadline",
+        Error::is_not_held,
+    );
 }
 
 /// When renewals cannot reach the store the guard is lost at the local deadline (the last
@@ -227,7 +238,10 @@ pub async fn run_releases_on_panic(ctx: Ctx) {
     });
     let err = task.await.unwrap_err();
     assert!(err.is_panic());
-    assert!(ctx.lm.inspect("rp").await.unwrap().is_none(), "not released");
+    assert!(
+        ctx.lm.inspect("rp").await.unwrap().is_none(),
+        "not released"
+    );
 }
 
 /// `once` skips when held and runs when free.
@@ -244,7 +258,10 @@ pub async fn once_none_when_held(ctx: Ctx) {
     assert_eq!(out, None);
     assert!(!ran.load(Ordering::SeqCst));
     g.release().await.unwrap();
-    assert_eq!(other.lock("on").once(|_| async { 7 }).await.unwrap(), Some(7));
+    assert_eq!(
+        other.lock("on").once(|_| async { 7 }).await.unwrap(),
+        Some(7)
+    );
     assert!(ctx.lm.inspect("on").await.unwrap().is_none());
 }
 
@@ -382,10 +399,17 @@ pub async fn cancel_while_waiting(ctx: Ctx) {
         _ = tokio::time::sleep(ms(100)) => None,
     };
     assert!(in_select.is_none());
-    assert_eq!(lm.local_waiters("cw").unwrap(), 0, "a cancelled waiter stayed queued");
+    assert_eq!(
+        lm.local_waiters("cw").unwrap(),
+        0,
+        "a cancelled waiter stayed queued"
+    );
     g.release().await.unwrap();
     tokio::time::sleep(ms(200)).await;
-    assert!(lm.inspect("cw").await.unwrap().is_none(), "a cancelled waiter took the lock");
+    assert!(
+        lm.inspect("cw").await.unwrap().is_none(),
+        "a cancelled waiter took the lock"
+    );
     // and the queue still works
     let g = lm.lock("cw").wait(Wait::No).acquire().await.unwrap();
     g.release().await.unwrap();
@@ -410,8 +434,7 @@ pub async fn cancel_with_request_in_flight(ctx: Ctx) {
             let mut fut = std::pin::pin!(lm.lock("cf").ttl(Duration::from_secs(30)).acquire());
             let mut done = None;
             for _ in 0..polls {
-                let poll =
-                    std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx)));
+                let poll = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx)));
                 if let std::task::Poll::Ready(r) = poll.await {
                     done = Some(r);
                     break;
