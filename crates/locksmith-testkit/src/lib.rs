@@ -250,6 +250,8 @@ macro_rules! for_each_case {
             wait_no_reports_holder,
             wait_for_deadline_honoured,
             wait_for_not_restarted_by_wakeups,
+            wait_for_shorter_than_round_trip,
+            wait_survives_store_errors,
             inspect_shows_holder_without_token,
             // ownership
             double_release_not_held,
@@ -265,6 +267,8 @@ macro_rules! for_each_case {
             extend_may_shorten,
             renew_by_adds,
             renew_by_never_shortens,
+            renew_by_survives_auto_renew,
+            renew_by_capped_at_max_hold,
             never_expiring_lock,
             min_hold_keeps_lock,
             min_hold_passed_releases,
@@ -275,10 +279,14 @@ macro_rules! for_each_case {
             lost_when_store_unreachable,
             lost_at_max_hold,
             lost_never_after_clean_release,
+            lease_changes_serialised,
+            made_permanent_while_renewing,
+            cancelled_release_still_releases,
             // run and once
             run_returns_value_and_releases,
             run_lost_drops_body,
             run_releases_on_panic,
+            run_lost_at_deadline_reports_expired,
             once_none_when_held,
             once_honours_explicit_wait,
             // multi-lock and admin

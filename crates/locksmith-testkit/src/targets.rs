@@ -32,6 +32,14 @@ pub async fn memory() -> Option<Target> {
     })
 }
 
+/// The memory store behind 4 ms of simulated round trip (`?latency=4ms`): every call
+/// really awaits, so races a networked store would show are exercised here too.
+pub async fn memory_latency() -> Option<Target> {
+    let mut target = memory().await?;
+    target.base_url.push_str("?latency=4ms");
+    Some(target)
+}
+
 /// How long cases wait for something that should happen "soon" (a detached release on a
 /// networked store, a wake-up): generous, because CI machines are slow.
 pub const SOON: Duration = Duration::from_secs(3);

@@ -50,6 +50,8 @@ pub(crate) enum Status {
         deadline: Option<Instant>,
     },
     Lost(LossReason),
+    /// `release()` is talking to the store; if it is cancelled, `Drop` releases again.
+    Releasing,
     /// Released, dropped or leaked: no longer tracked, never reported lost.
     Done,
 }
@@ -81,6 +83,9 @@ pub(crate) struct Held {
     /// The TTL renewals use; `extend` replaces it. `None`: never expires.
     pub(crate) ttl: Mutex<Option<Duration>>,
     pub(crate) status: watch::Sender<Status>,
+    /// Serialises lease changes (watchdog, `extend`, `renew_by`), so they reach the store and
+    /// the local status in the same order.
+    lease_lock: tokio::sync::Mutex<()>,
 }
 
 impl Held {
@@ -104,6 +109,7 @@ impl Held {
             max_hold_at,
             ttl: Mutex::new(terms.ttl),
             status: watch::channel(Status::Done).0,
+            lease_lock: tokio::sync::Mutex::new(()),
         };
         held.status.send_replace(held.held_status(sent, terms.ttl));
         held
@@ -181,7 +187,7 @@ impl Held {
     pub(crate) fn loss_at(&self, status: Status, now: Instant) -> Option<LossReason> {
         match status {
             Status::Lost(reason) => Some(reason),
-            Status::Done => None,
+            Status::Releasing | Status::Done => None,
             Status::Held { deadline, .. } => match deadline {
                 Some(d) if d <= now => Some(self.reason_at_deadline(d)),
                 _ => None,
@@ -200,6 +206,43 @@ impl Held {
     /// Ends tracking; returns the status it had.
     fn finish(&self) -> Status {
         self.status.send_replace(Status::Done)
+    }
+
+    /// Changes the lease in the store and records what this process can vouch for, under
+    /// the per-guard lease lock. `NotHeld` marks the guard lost; `NotExpirable` (an operator
+    /// made the lock permanent) turns the guard into a never-expiring one.
+    pub(crate) async fn change_lease(&self, mode: ExtendMode) -> Result<Extended> {
+        let _serial = self.lease_lock.lock().await;
+        let sent = Instant::now();
+        let answer = self
+            .store
+            .extend(&self.ns, &self.name, &self.token, mode)
+            .await?;
+        match answer {
+            Extended::Extended { .. } => {
+                let old = match *self.status.borrow() {
+                    Status::Held { expires_at, .. } => expires_at,
+                    _ => None,
+                };
+                let end = match mode {
+                    ExtendMode::Set(d) => sent.checked_add(d),
+                    ExtendMode::Add(d) => old.map_or(sent, |o| o.max(sent)).checked_add(d),
+                    ExtendMode::AtLeast(d) => {
+                        sent.checked_add(d).map(|e| old.map_or(e, |o| o.max(e)))
+                    }
+                };
+                if let ExtendMode::Set(d) = mode {
+                    *self.ttl.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+                }
+                self.confirm(self.status_until(end, self.ttl()));
+            }
+            Extended::NotHeld => self.mark_lost(LossReason::Revoked),
+            Extended::NotExpirable => {
+                *self.ttl.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.confirm(self.status_until(None, None));
+            }
+        }
+        Ok(answer)
     }
 }
 
@@ -378,7 +421,8 @@ impl LockGuard {
     /// # Cancel safety
     ///
     /// If cancelled, the lease may or may not have been extended; the guard keeps its
-    /// previous, conservative view of it.
+    /// previous, conservative view of it. Lease changes of one guard (the watchdog's
+    /// included) are applied one at a time, in order.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         if ttl.is_zero() {
             return Err(Error::invalid_option(
@@ -389,30 +433,18 @@ impl LockGuard {
         check_duration("ttl", ttl)?;
         self.check_never_expiring("extend")?;
         self.check_held()?;
-        let sent = Instant::now();
-        let ttl = self.held.capped_ttl(ttl, sent);
+        let ttl = self.held.capped_ttl(ttl, Instant::now());
         if ttl.is_zero() {
             self.held.mark_lost(LossReason::MaxHold);
             return self.check_held();
         }
-        let answer = self
-            .held
-            .store
-            .extend(
-                &self.held.ns,
-                &self.held.name,
-                &self.held.token,
-                ExtendMode::Set(ttl),
-            )
-            .await?;
-        self.apply_extended(answer, || {
-            *self.held.ttl.lock().unwrap_or_else(|e| e.into_inner()) = Some(ttl);
-            self.held.held_status(sent, Some(ttl))
-        })
+        let answer = self.held.change_lease(ExtendMode::Set(ttl)).await?;
+        self.check_extended(answer)
     }
 
     /// Adds `d` to the lease: it ends at the later of its current end and now, plus `d`
-    /// (store clock). Never shortens it.
+    /// (store clock). Never shortens it; never moves it past `max_hold`. Renewals by the
+    /// watchdog never undo it.
     ///
     /// # Errors
     ///
@@ -421,31 +453,25 @@ impl LockGuard {
         check_duration("renew_by", d)?;
         self.check_never_expiring("renew_by")?;
         self.check_held()?;
-        let sent = Instant::now();
-        let answer = self
-            .held
-            .store
-            .extend(
-                &self.held.ns,
-                &self.held.name,
-                &self.held.token,
-                ExtendMode::Add(d),
-            )
-            .await?;
-        self.apply_extended(answer, || {
-            let status = *self.held.status.borrow();
-            match status {
-                Status::Held {
-                    expires_at: Some(old),
-                    ..
-                } => {
-                    // The store's new end is at least this late.
-                    let end = old.max(sent).checked_add(d).unwrap_or(old);
-                    self.held.status_until(Some(end), self.held.ttl())
-                }
-                other => other,
+        let mode = match (self.held.max_hold_at, self.held.ttl()) {
+            (Some(max_at), Some(ttl)) => {
+                // Cap the new end at max_hold (plus the margin the watchdog also allows).
+                let now = Instant::now();
+                let end = match *self.held.status.borrow() {
+                    Status::Held {
+                        expires_at: Some(e),
+                        ..
+                    } => e.max(now),
+                    _ => now,
+                };
+                let cap = max_at + margin(ttl);
+                let wanted = end.checked_add(d).unwrap_or(cap).min(cap);
+                ExtendMode::AtLeast(wanted.saturating_duration_since(now))
             }
-        })
+            _ => ExtendMode::Add(d),
+        };
+        let answer = self.held.change_lease(mode).await?;
+        self.check_extended(answer)
     }
 
     fn check_never_expiring(&self, what: &'static str) -> Result<()> {
@@ -461,24 +487,24 @@ impl LockGuard {
         Ok(())
     }
 
-    fn apply_extended(&self, answer: Extended, status: impl FnOnce() -> Status) -> Result<()> {
+    fn check_extended(&self, answer: Extended) -> Result<()> {
         match answer {
-            Extended::Extended { .. } => {
-                self.held.confirm(status());
-                Ok(())
-            }
-            Extended::NotHeld => {
-                self.held.mark_lost(LossReason::Revoked);
-                self.check_held()
-            }
+            Extended::Extended { .. } => Ok(()),
+            Extended::NotHeld => self.check_held(),
             Extended::NotExpirable => Err(Error::invalid_option(
                 "ttl",
                 format!(
-                    "lock {:?} never expires in the store, so its lease cannot change",
+                    "lock {:?} was made never-expiring in the store (by set_locks?), so its lease cannot change",
                     self.held.name.as_str()
                 ),
             )),
         }
+    }
+
+    /// Why the guard is lost, if it is.
+    pub(crate) fn loss(&self) -> Option<LossReason> {
+        self.held
+            .loss_at(*self.held.status.borrow(), Instant::now())
     }
 
     /// Releases the lock and reports the outcome. With `min_hold`, a lock held for less than
@@ -493,17 +519,18 @@ impl LockGuard {
     ///
     /// # Cancel safety
     ///
-    /// If cancelled, the release may or may not have happened; the lease expires in any
-    /// case.
+    /// If cancelled, the guard is dropped, which releases the lock again without waiting.
     pub async fn release(mut self) -> Result<()> {
         self.stop_watchdog();
         let held = self.held.clone();
-        let status = held.finish();
-        let lost = held.loss_at(status, Instant::now()).is_some() || status == Status::Done;
+        let status = held.status.send_replace(Status::Releasing);
+        let lost = held.loss_at(status, Instant::now()).is_some();
         let answer = held
             .store
             .release(&held.ns, &held.name, &held.token, held.min_hold)
             .await;
+        // Only now: a release cancelled above is retried by Drop.
+        held.finish();
         tracing::debug!(lock = %held.name, fence = held.fence, ?answer, "released");
         match answer {
             _ if lost => Err(Error::NotHeld {

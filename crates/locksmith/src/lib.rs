@@ -156,53 +156,97 @@ fn host_name() -> Arc<str> {
     gethostname::gethostname().to_string_lossy().into()
 }
 
-/// A parsed store URL.
-struct StoreUrl<'a> {
+/// A parsed store URL: the scheme, what follows `://` up to `?`, the namespace, and the
+/// other query parameters for the store to take.
+pub(crate) struct StoreUrl<'a> {
+    raw: &'a str,
     scheme: &'a str,
     body: &'a str,
     namespace: Namespace,
+    params: Vec<(String, String)>,
 }
 
 const SCHEMES: &str = "memory://, memory://NAME";
 
-fn parse_url(url: &str) -> Result<StoreUrl<'_>> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(Error::config(format!(
-            "store URL {url:?} has no scheme — use one of {SCHEMES} (e.g. memory://)"
-        )));
-    };
-    let (body, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let mut namespace = None;
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        match &*key {
-            "namespace" if namespace.is_none() => namespace = Some(Namespace::new(&value)?),
-            "namespace" => {
+impl<'a> StoreUrl<'a> {
+    fn parse(raw: &'a str) -> Result<StoreUrl<'a>> {
+        let Some((scheme, rest)) = raw.split_once("://") else {
+            return Err(Error::config(format!(
+                "store URL {raw:?} has no scheme — use one of {SCHEMES} (e.g. memory://)"
+            )));
+        };
+        let (body, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut params: Vec<(String, String)> = Vec::new();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if params.iter().any(|(k, _)| *k == key) {
                 return Err(Error::config(format!(
-                    "store URL {url:?} gives namespace twice — keep one"
+                    "store URL {raw:?} gives {key:?} twice — keep one"
                 )));
             }
-            other => {
-                return Err(Error::config(format!(
-                    "store URL {url:?} has unknown parameter {other:?} — the only parameter is ?namespace=NAME"
-                )));
-            }
+            params.push((key.into_owned(), value.into_owned()));
+        }
+        let mut url = StoreUrl {
+            raw,
+            scheme,
+            body,
+            namespace: Namespace::default(),
+            params,
+        };
+        if let Some(ns) = url.take("namespace") {
+            url.namespace = Namespace::new(ns)?;
+        }
+        Ok(url)
+    }
+
+    /// Removes and returns the parameter `key`.
+    fn take(&mut self, key: &str) -> Option<String> {
+        let at = self.params.iter().position(|(k, _)| k == key)?;
+        Some(self.params.remove(at).1)
+    }
+
+    /// Removes the duration parameter `key`, e.g. `latency=5ms`.
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    fn take_duration(&mut self, key: &str) -> Result<Option<std::time::Duration>> {
+        self.take(key)
+            .map(|v| {
+                humantime::parse_duration(&v).map_err(|e| {
+                    Error::config(format!(
+                        "store URL {:?}: {key}={v:?} is not a duration ({e}) — write e.g. {key}=5ms",
+                        self.raw
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// Fails on parameters nobody took.
+    fn finish(&self, allowed: &str) -> Result<()> {
+        match self.params.first() {
+            None => Ok(()),
+            Some((key, _)) => Err(Error::config(format!(
+                "store URL {:?} has unknown parameter {key:?} — {} takes {allowed}",
+                self.raw, self.scheme
+            ))),
         }
     }
-    Ok(StoreUrl {
-        scheme,
-        body,
-        namespace: namespace.unwrap_or_default(),
-    })
 }
 
-fn open_store(url: &StoreUrl<'_>, raw: &str) -> Result<Arc<dyn Store>> {
+fn open_store(url: &mut StoreUrl<'_>) -> Result<Arc<dyn Store>> {
     match url.scheme {
         #[cfg(feature = "memory")]
-        "memory" => Ok(if url.body.is_empty() {
-            store::memory::MemoryStore::new()
-        } else {
-            store::memory::MemoryStore::named(url.body)
-        }),
+        "memory" => {
+            let latency = url.take_duration("latency")?;
+            url.finish("?namespace= and ?latency=")?;
+            let store: Arc<dyn Store> = if url.body.is_empty() {
+                store::memory::MemoryStore::new()
+            } else {
+                store::memory::MemoryStore::named(url.body)
+            };
+            Ok(match latency {
+                Some(latency) if !latency.is_zero() => store::memory::Delayed::new(store, latency),
+                _ => store,
+            })
+        }
         #[cfg(not(feature = "memory"))]
         "memory" => Err(Error::config(
             "the memory store is not built in — enable locksmith's `memory` cargo feature",
@@ -214,7 +258,8 @@ fn open_store(url: &StoreUrl<'_>, raw: &str) -> Result<Arc<dyn Store>> {
             )))
         }
         other => Err(Error::config(format!(
-            "unknown store scheme {other:?} in {raw:?} — use one of {SCHEMES}"
+            "unknown store scheme {other:?} in {:?} — use one of {SCHEMES}",
+            url.raw
         ))),
     }
 }
@@ -226,6 +271,7 @@ impl Locksmith {
     /// |---|---|
     /// | `memory://` | a private in-process store, shared by this handle's clones |
     /// | `memory://NAME` | the process-wide in-process store `NAME` |
+    /// | `memory://NAME?latency=5ms` | the same, reached as if across a network (for tests) |
     ///
     /// Every URL takes `?namespace=NAME` (ASCII letters, digits, `-_.:/`, at most 64 bytes).
     ///
@@ -235,8 +281,8 @@ impl Locksmith {
     /// built into this version, or a bad namespace; [`Error::Store`] if the store cannot be
     /// reached.
     pub async fn connect(url: &str) -> Result<Locksmith> {
-        let parsed = parse_url(url)?;
-        let store = open_store(&parsed, url)?;
+        let mut parsed = StoreUrl::parse(url)?;
+        let store = open_store(&mut parsed)?;
         Ok(Locksmith::with_store(store, parsed.namespace, url))
     }
 
@@ -532,6 +578,7 @@ mod tests {
             "memory://?namespace=a&namespace=b",
             "memory://?ns=a",
             "memory://?namespace=a%20b",
+            "memory://?latency=fast",
             "sqlite://",
         ] {
             let err = Locksmith::connect(bad).await.unwrap_err();

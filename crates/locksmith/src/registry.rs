@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::name::{LockName, Namespace};
 use crate::store::Store;
 
-type Key = (usize, Namespace, LockName);
+type Key = (String, Namespace, LockName);
 
 #[derive(Default)]
 struct Slot {
@@ -46,11 +46,7 @@ impl std::fmt::Debug for Ticket {
 impl Ticket {
     /// Joins the end of the queue for `name` on `store`.
     pub(crate) fn join(store: &Arc<dyn Store>, ns: &Namespace, name: &LockName) -> Ticket {
-        let key = (
-            Arc::as_ptr(store) as *const () as usize,
-            ns.clone(),
-            name.clone(),
-        );
+        let key = (store.identity(), ns.clone(), name.clone());
         let slot = Arc::new(Slot::default());
         lock_queues()
             .entry(key.clone())
@@ -110,11 +106,7 @@ impl Drop for Ticket {
 
 /// How many acquirers in this process are queued for `name` on `store`.
 pub(crate) fn queued(store: &Arc<dyn Store>, ns: &Namespace, name: &LockName) -> usize {
-    let key = (
-        Arc::as_ptr(store) as *const () as usize,
-        ns.clone(),
-        name.clone(),
-    );
+    let key = (store.identity(), ns.clone(), name.clone());
     lock_queues().get(&key).map_or(0, VecDeque::len)
 }
 
@@ -149,7 +141,7 @@ mod tests {
         assert_eq!(
             lock_queues()
                 .keys()
-                .filter(|k| k.0 == Arc::as_ptr(&store) as *const () as usize)
+                .filter(|k| k.0 == store.identity())
                 .count(),
             0
         );

@@ -272,14 +272,16 @@ where
     tokio::select! {
         biased;
         out = &mut body => match out {
-            Ok(value) => match guard.release().await {
+            Ok(value) => {
+                let lost = guard.loss();
+                match guard.release().await {
                 Ok(()) => Ok(value),
-                Err(Error::NotHeld { .. }) => Err(Error::Lost { name, reason: LossReason::Revoked }),
+                Err(Error::NotHeld { .. }) => Err(Error::Lost { name, reason: lost.unwrap_or(LossReason::Revoked) }),
                 Err(err) => {
                     tracing::warn!(lock = %name, %err, "release after run failed; the lease will expire");
                     Ok(value)
                 }
-            },
+            }},
             Err(panic) => {
                 let _ = guard.release().await;
                 std::panic::resume_unwind(panic)
@@ -466,34 +468,40 @@ impl<T: Send + 'static> Drop for InFlight<T> {
     }
 }
 
-fn try_once(inner: &Inner, claim: &Claim) -> InFlight<Result<Grant>> {
-    let store = inner.store.clone();
-    let ns = inner.ns.clone();
-    let request = {
-        let (store, ns, claim) = (store.clone(), ns.clone(), claim.clone());
-        async move { store.try_acquire(&ns, &claim).await }
-    };
-    let (name, token) = (claim.name.clone(), claim.token.clone());
-    let orphan = Arc::new(move |answer: Result<Grant>| {
-        if let Ok(Grant::Acquired { fence }) = answer {
-            tracing::debug!(lock = %name, fence, "releasing a grant whose requester went away");
-            store.release_detached(&ns, &name, &token, None);
-        }
-    });
-    InFlight::spawn(request, orphan)
+/// One try's outcome, for one lock or several.
+enum Attempt {
+    Acquired(Vec<u64>),
+    Held(LockInfo),
+    AlreadyHeld(LockName),
 }
 
-fn try_all_once(inner: &Inner, claims: &[Claim]) -> InFlight<Result<GrantAll>> {
+/// Tries to grant every claim (one store call), as its own task: see [`InFlight`].
+fn try_claims(inner: &Inner, claims: &Arc<[Claim]>) -> InFlight<Result<Attempt>> {
     let store = inner.store.clone();
     let ns = inner.ns.clone();
     let request = {
-        let (store, ns, claims) = (store.clone(), ns.clone(), claims.to_vec());
-        async move { store.try_acquire_all(&ns, &claims).await }
+        let (store, ns, claims) = (store.clone(), ns.clone(), claims.clone());
+        async move {
+            Ok(if let [claim] = &claims[..] {
+                match store.try_acquire(&ns, claim).await? {
+                    Grant::Acquired { fence } => Attempt::Acquired(vec![fence]),
+                    Grant::Held(info) => Attempt::Held(info),
+                    Grant::AlreadyHeld => Attempt::AlreadyHeld(claim.name.clone()),
+                }
+            } else {
+                match store.try_acquire_all(&ns, &claims).await? {
+                    GrantAll::Acquired(fences) => Attempt::Acquired(fences),
+                    GrantAll::Held(info) => Attempt::Held(info),
+                    GrantAll::AlreadyHeld(name) => Attempt::AlreadyHeld(name),
+                }
+            })
+        }
     };
-    let claims = claims.to_vec();
-    let orphan = Arc::new(move |answer: Result<GrantAll>| {
-        if let Ok(GrantAll::Acquired(_)) = answer {
-            for c in &claims {
+    let claims = claims.clone();
+    let orphan = Arc::new(move |answer: Result<Attempt>| {
+        if let Ok(Attempt::Acquired(_)) = answer {
+            for c in claims.iter() {
+                tracing::debug!(lock = %c.name, "releasing a grant whose requester went away");
                 store.release_detached(&ns, &c.name, &c.token, None);
             }
         }
@@ -531,8 +539,12 @@ struct Backoff {
 
 impl Backoff {
     fn new(cap: Duration) -> Backoff {
+        Backoff::starting(Duration::from_millis(1), cap)
+    }
+
+    fn starting(first: Duration, cap: Duration) -> Backoff {
         Backoff {
-            current: Duration::from_millis(1).min(cap),
+            current: first.min(cap),
             cap,
         }
     }
@@ -544,7 +556,7 @@ impl Backoff {
     }
 }
 
-fn timeout(name: &LockName, started: Instant) -> Error {
+fn timeout(name: &str, started: Instant) -> Error {
     Error::Timeout {
         name: name.to_string(),
         waited: started.elapsed(),
@@ -559,76 +571,120 @@ async fn until<T>(deadline: Option<Instant>, fut: impl Future<Output = T>) -> Op
     }
 }
 
-async fn acquire_one(inner: &Inner, name: LockName, plan: Plan) -> Result<LockGuard> {
+/// A try in flight when the caller's deadline passes may still finish within this, so a
+/// slow store can grant a free lock to a short `Wait::For`.
+const TRY_GRACE: Duration = Duration::from_secs(5);
+
+/// The one wait loop: grants every claim (one lock, or several atomically) or fails as
+/// `plan.wait` says. Returns the fences and the send time of the try that won.
+async fn wait_loop(
+    inner: &Inner,
+    claims: &Arc<[Claim]>,
+    plan: &Plan,
+) -> Result<(Vec<u64>, Instant)> {
     let started = Instant::now();
     let kind = inner.store.kind();
-    let claim = inner.claim(name.clone(), &plan, plan.token.clone());
+    let first = claims[0].name.clone();
     let deadline = match plan.wait {
         Wait::For(d) => Some(started + d),
         _ => None,
     };
-    // Waiters queue first, so a newcomer never overtakes a waiter of this process.
-    let ticket = match plan.wait {
+    // Single-lock waiters queue first, so a newcomer never overtakes a waiter of this
+    // process; only the head talks to the store.
+    let _ticket = match plan.wait {
         Wait::No => None,
+        _ if claims.len() > 1 => None,
         _ => {
-            let ticket = Ticket::join(&inner.store, &inner.ns, &name);
+            let ticket = Ticket::join(&inner.store, &inner.ns, &first);
             if until(deadline, ticket.turn()).await.is_none() {
-                return Err(timeout(&name, started));
+                return Err(timeout(first.as_str(), started));
             }
             Some(ticket)
         }
     };
-    let mut wakeups = match plan.wait {
-        Wait::No => None,
-        _ => match until(deadline, inner.store.subscribe(&inner.ns, &name)).await {
-            Some(sub) => Some(sub?),
-            None => return Err(timeout(&name, started)),
-        },
-    };
+    // Subscribed to whichever name blocked the last try.
+    let mut wakeups: Option<(String, crate::store::Wakeups)> = None;
     let mut poll = inner.store.capabilities().poll_interval.map(Backoff::new);
+    let mut on_error = Backoff::starting(Duration::from_millis(10), Duration::from_secs(1));
     let mut contended = false;
     loop {
-        if let Some(w) = wakeups.as_mut() {
+        if let Some((_, w)) = wakeups.as_mut() {
             w.mark_seen();
         }
         let sent = Instant::now();
-        let answer = match until(deadline, try_once(inner, &claim).answer(kind)).await {
-            Some(answer) => answer??,
-            None => return Err(timeout(&name, started)),
+        let try_deadline = deadline.map(|d| d.max(sent) + TRY_GRACE);
+        let answer = match until(try_deadline, try_claims(inner, claims).answer(kind)).await {
+            Some(answer) => answer?,
+            None => return Err(timeout(first.as_str(), started)),
         };
-        match answer {
-            Grant::Acquired { fence } => {
-                drop(ticket);
-                metrics::counter!("locksmith_acquired_total", "store" => kind).increment(1);
+        let attempt = match answer {
+            Ok(attempt) => attempt,
+            Err(err) if err.is_retryable() && plan.wait != Wait::No => {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| d <= now) {
+                    return Err(err);
+                }
+                let pause = on_error.next();
+                tracing::warn!(lock = %first, %err, retry_in = ?pause, "store error while waiting; retrying");
+                let at = now + pause;
+                sleep_until(deadline.map_or(at, |d| d.min(at)).into()).await;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        match attempt {
+            Attempt::Acquired(fences) => {
+                metrics::counter!("locksmith_acquired_total", "store" => kind)
+                    .increment(claims.len() as u64);
                 if contended {
                     metrics::histogram!("locksmith_wait_seconds", "store" => kind)
                         .record(started.elapsed().as_secs_f64());
                 }
-                tracing::debug!(lock = %name, fence, waited = ?started.elapsed(), "acquired");
-                return Ok(inner.guard(claim, fence, sent, plan.ttl, &plan));
+                tracing::debug!(lock = %first, ?fences, waited = ?started.elapsed(), "acquired");
+                return Ok((fences, sent));
             }
-            Grant::AlreadyHeld => {
+            Attempt::AlreadyHeld(name) => {
+                // A token this loop generated can only hold the lock already if an earlier
+                // try was applied but its answer lost to an error: adopt that grant.
+                if plan.token.is_none()
+                    && let Some(adopted) = adopt(inner, claims).await?
+                {
+                    return Ok(adopted);
+                }
                 return Err(Error::AlreadyHeld {
                     name: name.to_string(),
                 });
             }
-            Grant::Held(holder) => {
+            Attempt::Held(holder) => {
                 if !contended {
                     contended = true;
                     metrics::counter!("locksmith_contended_total", "store" => kind).increment(1);
                 }
-                let now = Instant::now();
-                let Some(w) = wakeups.as_mut() else {
+                if plan.wait == Wait::No {
                     return Err(Error::Locked {
-                        name: name.to_string(),
+                        name: holder.name.clone(),
                         holder: Box::new(holder),
                     });
-                };
+                }
+                let now = Instant::now();
                 if deadline.is_some_and(|d| d <= now) {
-                    return Err(timeout(&name, started));
+                    return Err(timeout(&holder.name, started));
+                }
+                if wakeups.as_ref().is_none_or(|(n, _)| *n != holder.name) {
+                    // Subscribe, then try again at once: the lock may have been released
+                    // before the subscription existed.
+                    let blocked = LockName::new(&holder.name)?;
+                    let sub =
+                        match until(deadline, inner.store.subscribe(&inner.ns, &blocked)).await {
+                            Some(sub) => sub?,
+                            None => return Err(timeout(&holder.name, started)),
+                        };
+                    wakeups = Some((holder.name, sub));
+                    continue;
                 }
                 let at = next_try(&holder, now, deadline, &mut poll);
-                tracing::trace!(lock = %name, holder = %holder, "waiting");
+                tracing::trace!(lock = %holder.name, holder = %holder, "waiting");
+                let (_, w) = wakeups.as_mut().expect("subscribed above");
                 tokio::select! {
                     _ = w.changed() => {}
                     _ = sleep_until(at.into()) => {}
@@ -638,76 +694,48 @@ async fn acquire_one(inner: &Inner, name: LockName, plan: Plan) -> Result<LockGu
     }
 }
 
-async fn acquire_many(inner: &Inner, names: Vec<LockName>, plan: Plan) -> Result<Vec<LockGuard>> {
-    let started = Instant::now();
-    let kind = inner.store.kind();
-    let claims: Vec<Claim> = names
-        .iter()
-        .map(|n| inner.claim(n.clone(), &plan, None))
-        .collect();
-    let deadline = match plan.wait {
-        Wait::For(d) => Some(started + d),
-        _ => None,
-    };
-    let mut poll = inner.store.capabilities().poll_interval.map(Backoff::new);
-    // The subscription follows whichever name blocked the last try.
-    let mut wakeups: Option<(LockName, crate::store::Wakeups)> = None;
-    loop {
-        if let Some((_, w)) = wakeups.as_mut() {
-            w.mark_seen();
-        }
-        let sent = Instant::now();
-        let answer = match until(deadline, try_all_once(inner, &claims).answer(kind)).await {
-            Some(answer) => answer??,
-            None => return Err(timeout(&names[0], started)),
+/// Adopts a grant of this loop's own tokens that an earlier, failed try left behind: the
+/// fences, and a send time that keeps the local deadline within what the store reports left.
+async fn adopt(inner: &Inner, claims: &[Claim]) -> Result<Option<(Vec<u64>, Instant)>> {
+    let asked = Instant::now();
+    let mut fences = Vec::with_capacity(claims.len());
+    let mut end = None::<Instant>;
+    for c in claims {
+        let Some(info) = inner.store.held_by(&inner.ns, &c.name, &c.token).await? else {
+            return Ok(None);
         };
-        match answer {
-            GrantAll::Acquired(fences) => {
-                metrics::counter!("locksmith_acquired_total", "store" => kind)
-                    .increment(claims.len() as u64);
-                return Ok(claims
-                    .into_iter()
-                    .zip(fences)
-                    .map(|(claim, fence)| inner.guard(claim, fence, sent, plan.ttl, &plan))
-                    .collect());
-            }
-            GrantAll::AlreadyHeld(name) => {
-                return Err(Error::AlreadyHeld {
-                    name: name.to_string(),
-                });
-            }
-            GrantAll::Held(holder) => {
-                let blocked = LockName::new(&holder.name)?;
-                if plan.wait == Wait::No {
-                    return Err(Error::Locked {
-                        name: holder.name.clone(),
-                        holder: Box::new(holder),
-                    });
-                }
-                let now = Instant::now();
-                if deadline.is_some_and(|d| d <= now) {
-                    return Err(timeout(&blocked, started));
-                }
-                if wakeups.as_ref().is_none_or(|(n, _)| *n != blocked) {
-                    // Subscribe, then try again at once: the lock may have been released
-                    // before the subscription existed.
-                    let sub =
-                        match until(deadline, inner.store.subscribe(&inner.ns, &blocked)).await {
-                            Some(sub) => sub?,
-                            None => return Err(timeout(&blocked, started)),
-                        };
-                    wakeups = Some((blocked, sub));
-                    continue;
-                }
-                let at = next_try(&holder, now, deadline, &mut poll);
-                let (_, w) = wakeups.as_mut().expect("subscribed above");
-                tokio::select! {
-                    _ = w.changed() => {}
-                    _ = sleep_until(at.into()) => {}
-                }
-            }
+        fences.push(info.fence);
+        if let Some(left) = info.expires_in {
+            let e = asked + left;
+            end = Some(end.map_or(e, |x: Instant| x.min(e)));
         }
     }
+    let ttl = claims[0].ttl;
+    let sent = match (end, ttl) {
+        (Some(end), Some(ttl)) => end.checked_sub(ttl).unwrap_or(asked),
+        _ => asked,
+    };
+    Ok(Some((fences, sent)))
+}
+
+async fn acquire_one(inner: &Inner, name: LockName, plan: Plan) -> Result<LockGuard> {
+    let claim = inner.claim(name, &plan, plan.token.clone());
+    let claims: Arc<[Claim]> = Arc::from(vec![claim]);
+    let (fences, sent) = wait_loop(inner, &claims, &plan).await?;
+    Ok(inner.guard(claims[0].clone(), fences[0], sent, plan.ttl, &plan))
+}
+
+async fn acquire_many(inner: &Inner, names: Vec<LockName>, plan: Plan) -> Result<Vec<LockGuard>> {
+    let claims: Arc<[Claim]> = names
+        .into_iter()
+        .map(|n| inner.claim(n, &plan, None))
+        .collect();
+    let (fences, sent) = wait_loop(inner, &claims, &plan).await?;
+    Ok(claims
+        .iter()
+        .zip(fences)
+        .map(|(claim, fence)| inner.guard(claim.clone(), fence, sent, plan.ttl, &plan))
+        .collect())
 }
 
 /// Re-attaches to a lock held by `token` (see [`Locksmith::resume`]).

@@ -1,15 +1,16 @@
 //! The watchdog of `Renew::Auto`: one task per guard that extends the lease every `ttl / 3`
 //! and decides when the guard is lost.
 //!
-//! - A renewal answered `NotHeld` loses the guard at once ([`LossReason::Revoked`]).
+//! - A renewal answered `NotHeld` loses the guard at once
+//!   ([`LossReason::Revoked`](crate::LossReason::Revoked)).
 //! - A renewal that fails (store unreachable) is retried every tenth of the TTL (10 ms to
 //!   1 s); if none succeeds before the local deadline — the send time of the last confirmed
 //!   grant or extend, plus the TTL, minus the safety margin — the guard is lost
-//!   ([`LossReason::Expired`]). The deadline is measured on this machine's monotonic clock
+//!   ([`LossReason::Expired`](crate::LossReason::Expired)). The deadline is measured on this machine's monotonic clock
 //!   from the moment the request was sent, so it is never later than the store's expiry.
 //! - Renewals never extend far past `max_hold`: the last one is shortened so the lease ends
 //!   one safety margin after it, and the guard is lost at `max_hold`
-//!   ([`LossReason::MaxHold`]).
+//!   ([`LossReason::MaxHold`](crate::LossReason::MaxHold)).
 //!
 //! The task stops when the guard is released, dropped or leaked (its status leaves `Held`),
 //! and is aborted by the guard as well.
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::time::sleep_until;
 
-use crate::guard::{Held, LossReason, Status};
+use crate::guard::{Held, Status};
 use crate::store::{ExtendMode, Extended};
 
 fn retry_interval(ttl: Duration) -> Duration {
@@ -65,12 +66,8 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant) {
         if renew_ttl.is_zero() {
             continue; // the deadline is max_hold: the loop top reports it
         }
-        let call = held.store.extend(
-            &held.ns,
-            &held.name,
-            &held.token,
-            ExtendMode::Set(renew_ttl),
-        );
+        // A renewal never shortens the lease (a `renew_by` may have moved it further).
+        let call = held.change_lease(ExtendMode::AtLeast(renew_ttl));
         let answer = tokio::select! {
             answer = call => answer,
             _ = sleep_until(deadline.into()) => continue,
@@ -79,14 +76,10 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant) {
             Ok(Extended::Extended { .. }) => {
                 last_sent = sent;
                 retry_at = None;
-                held.confirm(held.held_status(sent, Some(renew_ttl)));
                 tracing::trace!(lock = %held.name, ttl = ?renew_ttl, "renewed");
             }
-            Ok(Extended::NotHeld) => {
-                held.mark_lost(LossReason::Revoked);
-                return;
-            }
-            Ok(Extended::NotExpirable) => return,
+            // The guard is lost, or became never-expiring: nothing more to renew.
+            Ok(_) => return,
             Err(err) => {
                 let wait = retry_interval(ttl);
                 tracing::warn!(lock = %held.name, %err, retry_in = ?wait, "renewal failed");

@@ -590,3 +590,49 @@ pub async fn invalid_options(ctx: Ctx) {
     assert!(lm.inspect("o").await.unwrap().unwrap().released);
     assert!(lm.inspect("p").await.unwrap().is_none(), "p was created");
 }
+
+/// A free lock is granted to `Wait::For(d)` even when one round trip to the store takes
+/// longer than `d`.
+pub async fn wait_for_shorter_than_round_trip(ctx: Ctx) {
+    let g = ctx
+        .lm
+        .lock("short")
+        .wait(Wait::For(Duration::from_micros(100)))
+        .acquire()
+        .await
+        .unwrap();
+    g.release().await.unwrap();
+}
+
+/// A waiter rides out a store outage: retryable errors are retried until its deadline.
+pub async fn wait_survives_store_errors(ctx: Ctx) {
+    let other = ctx.client().await;
+    let _ = ctx
+        .lm
+        .lock("out")
+        .ttl(ms(300))
+        .acquire()
+        .await
+        .unwrap()
+        .leak();
+    let waiter = tokio::spawn(async move {
+        other
+            .lock("out")
+            .wait(Wait::For(SOON))
+            .acquire()
+            .await
+            .map(|g| g.leak())
+    });
+    tokio::time::sleep(ms(100)).await;
+    if !ctx.needs(ctx.set_offline(true), "fault injection (test kit)") {
+        return;
+    }
+    // the holder's lease ends at 300 ms, while the store is unreachable
+    tokio::time::sleep(ms(500)).await;
+    ctx.set_offline(false);
+    let got = tokio::time::timeout(SOON, waiter)
+        .await
+        .expect("waiter done")
+        .unwrap();
+    assert!(got.is_ok(), "waiter gave up on a store outage: {got:?}");
+}

@@ -466,3 +466,182 @@ pub async fn cancel_with_request_in_flight(ctx: Ctx) {
     let g = lm.lock("cf").wait(Wait::No).acquire().await.unwrap();
     g.release().await.unwrap();
 }
+
+/// A `renew_by` on an auto-renewed guard is not undone by the next renewal.
+pub async fn renew_by_survives_auto_renew(ctx: Ctx) {
+    let g = ctx
+        .lm
+        .lock("rbs")
+        .ttl(ms(300))
+        .renew(Renew::Auto)
+        .acquire()
+        .await
+        .unwrap();
+    g.renew_by(Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(ms(400)).await; // past at least one renewal
+    let left = ctx
+        .lm
+        .inspect("rbs")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(4),
+        "renewal shortened renew_by: {left:?}"
+    );
+    g.release().await.unwrap();
+}
+
+/// `renew_by` never moves the lease past `max_hold` (plus the safety margin).
+pub async fn renew_by_capped_at_max_hold(ctx: Ctx) {
+    let g = ctx
+        .lm
+        .lock("rbc")
+        .ttl(ms(300))
+        .renew(Renew::Auto)
+        .max_hold(Duration::from_secs(1))
+        .acquire()
+        .await
+        .unwrap();
+    g.renew_by(Duration::from_secs(3600)).await.unwrap();
+    let left = ctx
+        .lm
+        .inspect("rbc")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
+    assert!(left <= ms(1030), "lease moved past max_hold: {left:?}");
+    assert_eq!(g.lost().await, LossReason::MaxHold);
+}
+
+/// Concurrent lease changes (the watchdog and many `extend`s) never leave the guard
+/// believing in a longer lease than the store has.
+pub async fn lease_changes_serialised(ctx: Ctx) {
+    let g = Arc::new(
+        ctx.lm
+            .lock("ser")
+            .ttl(ms(300))
+            .renew(Renew::Auto)
+            .acquire()
+            .await
+            .unwrap(),
+    );
+    for wave in 0..4u64 {
+        // a wave of concurrent extends, shortest last in spawn order
+        let tasks: Vec<_> = (0..8u64)
+            .map(|i| {
+                let g = g.clone();
+                let ttl = ms(300 + ((i + wave) % 4) * 900);
+                tokio::spawn(async move { g.extend(ttl).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let local = g.expires_in().unwrap();
+        let store = ctx
+            .lm
+            .inspect("ser")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_in
+            .unwrap();
+        assert!(
+            local <= store + ms(5),
+            "wave {wave}: guard believes {local:?} but the store has {store:?}"
+        );
+    }
+    tokio::time::sleep(ms(150)).await;
+    for _ in 0..5 {
+        let local = g.expires_in().unwrap();
+        let store = ctx
+            .lm
+            .inspect("ser")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_in
+            .unwrap();
+        assert!(
+            local <= store + ms(5),
+            "guard believes {local:?} but the store has {store:?}"
+        );
+        tokio::time::sleep(ms(60)).await;
+    }
+    assert!(g.is_held());
+}
+
+/// An operator making a renewed lock permanent (`set_locks` with no expiry) turns the guard
+/// into a never-expiring one instead of losing it.
+pub async fn made_permanent_while_renewing(ctx: Ctx) {
+    if !ctx.needs(ctx.caps().never_expire, "never_expire") {
+        return;
+    }
+    let g = ctx
+        .lm
+        .lock("perm")
+        .ttl(ms(300))
+        .renew(Renew::Auto)
+        .acquire()
+        .await
+        .unwrap();
+    let out = ctx
+        .lm
+        .set_locks(["perm"], locksmith::SetPolicy::default().no_expiry())
+        .await
+        .unwrap();
+    assert_eq!(out.counts.renewed, 1);
+    tokio::time::sleep(ms(700)).await;
+    assert!(g.is_held(), "guard lost a lock the store holds forever");
+    assert_eq!(g.expires_in(), None);
+    g.release().await.unwrap();
+    assert!(ctx.lm.inspect("perm").await.unwrap().is_none());
+}
+
+/// A `release()` cancelled half-way still releases the lock (the guard's drop takes over).
+pub async fn cancelled_release_still_releases(ctx: Ctx) {
+    for name in ["cr1", "cr2"] {
+        let g = ctx
+            .lm
+            .lock(name)
+            .no_expiry_or_ttl(&ctx)
+            .acquire()
+            .await
+            .unwrap();
+        let _ = tokio::time::timeout(Duration::ZERO, g.release()).await;
+        eventually_free(&ctx.lm, name).await;
+    }
+}
+
+trait NoExpiryOrTtl {
+    fn no_expiry_or_ttl(self, ctx: &Ctx) -> Self;
+}
+
+impl NoExpiryOrTtl for locksmith::LockBuilder {
+    fn no_expiry_or_ttl(self, ctx: &Ctx) -> Self {
+        if ctx.caps().never_expire {
+            self.no_expiry()
+        } else {
+            self.ttl(Duration::from_secs(600))
+        }
+    }
+}
+
+/// `run` reports why the lease was lost: here the local deadline without renewal.
+pub async fn run_lost_at_deadline_reports_expired(ctx: Ctx) {
+    let out = ctx
+        .lm
+        .lock("rd")
+        .ttl(ms(200))
+        .run(|_| tokio::time::sleep(Duration::from_secs(2)))
+        .await;
+    match out {
+        Err(Error::Lost { reason, .. }) => assert_eq!(reason, LossReason::Expired),
+        other => panic!("expected Lost(Expired), got {other:?}"),
+    }
+}

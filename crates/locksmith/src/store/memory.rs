@@ -3,7 +3,7 @@
 //!
 //! Expiry uses [`Instant`], fences come from one store-wide counter, and waiters are woken by
 //! notifications (no polling). Nothing survives the process. A named store lives as long as
-//! something uses it: a [`Locksmith`](crate::Locksmith) or a guard.
+//! the process; a private one as long as a [`Locksmith`](crate::Locksmith) or a guard uses it.
 //!
 //! For testing how your code handles an unreachable store, [`set_offline`] makes a named
 //! store fail every call with a retryable [`Error::Store`] until it is turned back on.
@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -86,8 +86,10 @@ impl Row {
     }
 }
 
-fn named() -> &'static Mutex<HashMap<String, Weak<MemoryStore>>> {
-    static NAMED: OnceLock<Mutex<HashMap<String, Weak<MemoryStore>>>> = OnceLock::new();
+/// Named stores live as long as the process, so their locks (leaked ones included) and
+/// fences survive every handle being dropped and reconnected.
+fn named() -> &'static Mutex<HashMap<String, Arc<MemoryStore>>> {
+    static NAMED: OnceLock<Mutex<HashMap<String, Arc<MemoryStore>>>> = OnceLock::new();
     NAMED.get_or_init(Default::default)
 }
 
@@ -95,13 +97,13 @@ fn named() -> &'static Mutex<HashMap<String, Weak<MemoryStore>>> {
 /// to test how code behaves when its store fails: every call returns a retryable
 /// [`Error::Store`] and detached releases are dropped, while the locks themselves stay (and
 /// expire) as on a real store behind a broken network. Returns `false` if no store of that
-/// name is alive.
+/// name exists.
 pub fn set_offline(name: &str, offline: bool) -> bool {
     let store = named()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(name)
-        .and_then(Weak::upgrade);
+        .cloned();
     match store {
         Some(store) => {
             store.offline.store(offline, Ordering::SeqCst);
@@ -120,13 +122,9 @@ impl MemoryStore {
     /// The process-wide store called `name`, created on first use.
     pub fn named(name: &str) -> Arc<MemoryStore> {
         let mut map = named().lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(store) = map.get(name).and_then(Weak::upgrade) {
-            return store;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let store = Arc::new(MemoryStore::with_label(format!("memory://{name}")));
-        map.insert(name.to_string(), Arc::downgrade(&store));
-        store
+        map.entry(name.to_string())
+            .or_insert_with(|| Arc::new(MemoryStore::with_label(format!("memory://{name}"))))
+            .clone()
     }
 
     fn with_label(label: String) -> MemoryStore {
@@ -245,6 +243,14 @@ impl Store for MemoryStore {
         "memory"
     }
 
+    fn identity(&self) -> String {
+        if self.label == "memory://" {
+            format!("memory@{:p}", self)
+        } else {
+            self.label.clone()
+        }
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             fencing: true,
@@ -338,6 +344,7 @@ impl Store for MemoryStore {
                         let new = match mode {
                             ExtendMode::Set(d) => now.checked_add(d),
                             ExtendMode::Add(d) => current.max(now).checked_add(d),
+                            ExtendMode::AtLeast(d) => now.checked_add(d).map(|e| e.max(current)),
                         }
                         .ok_or_else(|| {
                             Error::invalid_option(
@@ -518,5 +525,143 @@ impl Store for MemoryStore {
     async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
         drop(self.state()?);
         Ok(self.hub.subscribe(ns, name))
+    }
+}
+
+/// Wraps a store so every call takes `latency` longer on average — a random delay of up to
+/// `latency` before the store acts and another after — like a store across a network, where
+/// answers may overtake each other. `memory://NAME?latency=5ms` builds one, to test
+/// how code behaves against a slow store. Detached releases are delayed too when a tokio
+/// runtime is at hand.
+#[derive(Debug)]
+pub struct Delayed {
+    inner: Arc<dyn Store>,
+    latency: Duration,
+}
+
+impl Delayed {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>, latency: Duration) -> Arc<Delayed> {
+        Arc::new(Delayed { inner, latency })
+    }
+
+    /// One leg of the round trip: uniformly random up to `latency`, so answers can overtake
+    /// each other as on a real network.
+    async fn half(&self) {
+        tokio::time::sleep(self.latency.mul_f64(fastrand::f64())).await;
+    }
+}
+
+macro_rules! delayed {
+    ($self:ident . $call:ident ( $($arg:expr),* )) => {{
+        $self.half().await;
+        let answer = $self.inner.$call($($arg),*).await;
+        $self.half().await;
+        answer
+    }};
+}
+
+#[async_trait]
+impl Store for Delayed {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn identity(&self) -> String {
+        self.inner.identity()
+    }
+
+    async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
+        delayed!(self.try_acquire(ns, claim))
+    }
+
+    async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
+        delayed!(self.try_acquire_all(ns, claims))
+    }
+
+    async fn release(
+        &self,
+        ns: &Namespace,
+        name: &LockName,
+        token: &Token,
+        min_hold: Option<Duration>,
+    ) -> Result<Released> {
+        delayed!(self.release(ns, name, token, min_hold))
+    }
+
+    fn release_detached(
+        &self,
+        ns: &Namespace,
+        name: &LockName,
+        token: &Token,
+        min_hold: Option<Duration>,
+    ) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (inner, delay) = (self.inner.clone(), self.latency / 2);
+                let (ns, name, token) = (ns.clone(), name.clone(), token.clone());
+                rt.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    inner.release_detached(&ns, &name, &token, min_hold);
+                });
+            }
+            Err(_) => self.inner.release_detached(ns, name, token, min_hold),
+        }
+    }
+
+    async fn extend(
+        &self,
+        ns: &Namespace,
+        name: &LockName,
+        token: &Token,
+        mode: ExtendMode,
+    ) -> Result<Extended> {
+        delayed!(self.extend(ns, name, token, mode))
+    }
+
+    async fn held_by(
+        &self,
+        ns: &Namespace,
+        name: &LockName,
+        token: &Token,
+    ) -> Result<Option<LockInfo>> {
+        delayed!(self.held_by(ns, name, token))
+    }
+
+    async fn inspect(&self, ns: &Namespace, name: &LockName) -> Result<Option<LockInfo>> {
+        delayed!(self.inspect(ns, name))
+    }
+
+    async fn list(&self, ns: &Namespace, query: &ListQuery) -> Result<Page> {
+        delayed!(self.list(ns, query))
+    }
+
+    async fn force_release(&self, ns: &Namespace, names: &[LockName]) -> Result<Vec<bool>> {
+        delayed!(self.force_release(ns, names))
+    }
+
+    async fn reset_all(&self, ns: &Namespace) -> Result<u64> {
+        delayed!(self.reset_all(ns))
+    }
+
+    async fn purge_expired(&self, ns: &Namespace) -> Result<u64> {
+        delayed!(self.purge_expired(ns))
+    }
+
+    async fn set_locks(
+        &self,
+        ns: &Namespace,
+        claims: &[Claim],
+        policy: &SetPolicy,
+    ) -> Result<SetOutcome> {
+        delayed!(self.set_locks(ns, claims, policy))
+    }
+
+    async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
+        delayed!(self.subscribe(ns, name))
     }
 }

@@ -92,6 +92,8 @@ pub enum ExtendMode {
     Set(Duration),
     /// `expires_at = max(expires_at, store_now) + d` (never shortens).
     Add(Duration),
+    /// `expires_at = max(expires_at, store_now + d)` (never shortens): what renewals use.
+    AtLeast(Duration),
 }
 
 /// The answer to [`Store::extend`].
@@ -164,6 +166,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// What this store can do.
     fn capabilities(&self) -> Capabilities;
+
+    /// Which lock space this is: handles that share locks (two `connect`s to one named
+    /// memory store, one SQLite file, one server) return the same identity, so this
+    /// process's waiters on one name share one first-come first-served queue. Never contains
+    /// a secret.
+    fn identity(&self) -> String;
 
     /// Grants the lock to `claim` if it is free or expired.
     async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant>;
