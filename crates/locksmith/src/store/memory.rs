@@ -12,21 +12,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::rows::{self, Row, Table, micros};
 use super::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, WakeHub, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::lease::{LockInfo, Token};
 use crate::name::{LockName, Namespace};
-use crate::options::{Expired, ListQuery, Page, SetAction, SetOutcome, SetPolicy, SetStatus};
+use crate::options::{Expired, ListQuery, Page, SetOutcome, SetPolicy};
 
 /// The in-process store. Build one with `Locksmith::connect("memory://")`.
 pub struct MemoryStore {
     label: String,
+    origin: Instant,
     state: Mutex<State>,
     hub: WakeHub,
     offline: AtomicBool,
@@ -46,43 +48,36 @@ struct State {
     spaces: HashMap<Namespace, BTreeMap<String, Row>>,
 }
 
-struct Row {
-    /// `None` once released under `min_hold`: the row blocks others but nobody holds it.
-    token: Option<Token>,
-    owner: Arc<str>,
-    host: Arc<str>,
-    pid: u32,
-    fence: u64,
-    acquired_at: Instant,
-    acquired_wall: SystemTime,
-    expires_at: Option<Instant>,
+/// One namespace of the in-process store, under the store's mutex.
+struct MemTable<'a> {
+    rows: &'a mut BTreeMap<String, Row>,
+    fence: &'a mut u64,
+    now: i64,
 }
 
-impl Row {
-    fn live(&self, now: Instant) -> bool {
-        self.expires_at.is_none_or(|e| e > now)
+impl Table for MemTable<'_> {
+    type Error = Error;
+
+    fn now(&self) -> i64 {
+        self.now
     }
 
-    fn held_by(&self, token: &Token, now: Instant) -> bool {
-        self.live(now) && self.token.as_ref() == Some(token)
+    fn get(&mut self, name: &str) -> Result<Option<Row>> {
+        Ok(self.rows.get(name).cloned())
     }
 
-    fn info(&self, name: &str, now: Instant) -> LockInfo {
-        let expires_in = self.expires_at.map(|e| e.saturating_duration_since(now));
-        let wall_now = SystemTime::now();
-        LockInfo {
-            name: name.to_string(),
-            owner: self.owner.to_string(),
-            host: self.host.to_string(),
-            pid: self.pid,
-            fence: self.fence,
-            held_for: now.saturating_duration_since(self.acquired_at),
-            expires_in,
-            expired: !self.live(now),
-            released: self.token.is_none(),
-            acquired_at: self.acquired_wall,
-            expires_at: expires_in.map(|d| wall_now + d),
-        }
+    fn put(&mut self, name: &str, row: &Row) -> Result<()> {
+        self.rows.insert(name.to_string(), row.clone());
+        Ok(())
+    }
+
+    fn delete(&mut self, name: &str) -> Result<bool> {
+        Ok(self.rows.remove(name).is_some())
+    }
+
+    fn next_fence(&mut self) -> Result<u64> {
+        *self.fence += 1;
+        Ok(*self.fence)
     }
 }
 
@@ -130,6 +125,7 @@ impl MemoryStore {
     fn with_label(label: String) -> MemoryStore {
         MemoryStore {
             label,
+            origin: Instant::now(),
             state: Mutex::new(State::default()),
             hub: WakeHub::default(),
             offline: AtomicBool::new(false),
@@ -153,53 +149,29 @@ impl MemoryStore {
         Ok(self.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn deadline(now: Instant, ttl: Option<Duration>) -> Result<Option<Instant>> {
-        ttl.map(|ttl| {
-            now.checked_add(ttl).ok_or_else(|| {
-                Error::invalid_option("ttl", "the lease would overflow this machine's clock")
-            })
-        })
-        .transpose()
+    fn now(&self) -> i64 {
+        micros(self.origin.elapsed())
     }
 
-    fn grant(state: &mut State, ns: &Namespace, claim: &Claim, now: Instant) -> Result<u64> {
-        let expires_at = Self::deadline(now, claim.ttl)?;
-        state.fence += 1;
-        let fence = state.fence;
-        state.spaces.entry(ns.clone()).or_default().insert(
-            claim.name.as_str().to_string(),
-            Row {
-                token: Some(claim.token.clone()),
-                owner: claim.owner.clone(),
-                host: claim.host.clone(),
-                pid: claim.pid,
-                fence,
-                acquired_at: now,
-                acquired_wall: SystemTime::now(),
-                expires_at,
-            },
-        );
-        Ok(fence)
-    }
-
-    fn row<'s>(state: &'s State, ns: &Namespace, name: &LockName) -> Option<&'s Row> {
-        state.spaces.get(ns).and_then(|m| m.get(name.as_str()))
-    }
-
-    fn row_mut<'s>(state: &'s mut State, ns: &Namespace, name: &LockName) -> Option<&'s mut Row> {
-        state
-            .spaces
-            .get_mut(ns)
-            .and_then(|m| m.get_mut(name.as_str()))
-    }
-
-    fn remove(state: &mut State, ns: &Namespace, name: &str) -> Option<Row> {
-        let space = state.spaces.get_mut(ns)?;
-        let row = space.remove(name);
-        if space.is_empty() {
+    /// Runs `op` on one namespace's rows as one atomic step.
+    fn with_table<T>(
+        &self,
+        ns: &Namespace,
+        op: impl FnOnce(&mut MemTable<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let now = self.now();
+        let mut guard = self.state()?;
+        let state = &mut *guard;
+        let rows = state.spaces.entry(ns.clone()).or_default();
+        let answer = op(&mut MemTable {
+            rows,
+            fence: &mut state.fence,
+            now,
+        });
+        if state.spaces.get(ns).is_some_and(BTreeMap::is_empty) {
             state.spaces.remove(ns);
         }
-        row
+        answer
     }
 
     fn release_now(
@@ -209,27 +181,7 @@ impl MemoryStore {
         token: &Token,
         min_hold: Option<Duration>,
     ) -> Result<Released> {
-        let now = Instant::now();
-        let outcome = {
-            let mut state = self.state()?;
-            match Self::row_mut(&mut state, ns, name) {
-                Some(row) if row.held_by(token, now) => {
-                    let keep_until = min_hold.and_then(|m| row.acquired_at.checked_add(m));
-                    match keep_until {
-                        Some(until) if until > now => {
-                            row.token = None;
-                            row.expires_at = Some(until);
-                            Released::Kept
-                        }
-                        _ => {
-                            Self::remove(&mut state, ns, name.as_str());
-                            Released::Released
-                        }
-                    }
-                }
-                _ => Released::NotHeld,
-            }
-        };
+        let outcome = self.with_table(ns, |t| rows::release(t, name, token, min_hold))?;
         if outcome != Released::NotHeld {
             self.hub.notify(ns, name);
         }
@@ -264,44 +216,11 @@ impl Store for MemoryStore {
     }
 
     async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
-        let now = Instant::now();
-        let mut state = self.state()?;
-        if let Some(row) = Self::row(&state, ns, &claim.name)
-            && row.live(now)
-        {
-            return Ok(if row.token.as_ref() == Some(&claim.token) {
-                Grant::AlreadyHeld
-            } else {
-                Grant::Held(row.info(claim.name.as_str(), now))
-            });
-        }
-        let fence = Self::grant(&mut state, ns, claim, now)?;
-        Ok(Grant::Acquired { fence })
+        self.with_table(ns, |t| rows::try_acquire(t, claim))
     }
 
     async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
-        let now = Instant::now();
-        let mut state = self.state()?;
-        for claim in claims {
-            if let Some(row) = Self::row(&state, ns, &claim.name)
-                && row.live(now)
-            {
-                return Ok(if row.token.as_ref() == Some(&claim.token) {
-                    GrantAll::AlreadyHeld(claim.name.clone())
-                } else {
-                    GrantAll::Held(row.info(claim.name.as_str(), now))
-                });
-            }
-        }
-        // Check every deadline before writing anything, so an error leaves nothing behind.
-        for claim in claims {
-            Self::deadline(now, claim.ttl)?;
-        }
-        let fences = claims
-            .iter()
-            .map(|claim| Self::grant(&mut state, ns, claim, now))
-            .collect::<Result<Vec<u64>>>()?;
-        Ok(GrantAll::Acquired(fences))
+        self.with_table(ns, |t| rows::try_acquire_all(t, claims))
     }
 
     async fn release(
@@ -333,40 +252,12 @@ impl Store for MemoryStore {
         token: &Token,
         mode: ExtendMode,
     ) -> Result<Extended> {
-        let now = Instant::now();
-        let mut shortened = false;
-        let outcome = {
-            let mut state = self.state()?;
-            match Self::row_mut(&mut state, ns, name) {
-                Some(row) if row.held_by(token, now) => match row.expires_at {
-                    None => Extended::NotExpirable,
-                    Some(current) => {
-                        let new = match mode {
-                            ExtendMode::Set(d) => now.checked_add(d),
-                            ExtendMode::Add(d) => current.max(now).checked_add(d),
-                            ExtendMode::AtLeast(d) => now.checked_add(d).map(|e| e.max(current)),
-                        }
-                        .ok_or_else(|| {
-                            Error::invalid_option(
-                                "ttl",
-                                "the lease would overflow this machine's clock",
-                            )
-                        })?;
-                        row.expires_at = Some(new);
-                        shortened = new < current;
-                        Extended::Extended {
-                            expires_in: new - now,
-                        }
-                    }
-                },
-                _ => Extended::NotHeld,
-            }
-        };
+        let (answer, shortened) = self.with_table(ns, |t| rows::extend(t, name, token, mode))?;
         // Waiters re-poll at the holder's expiry; tell them when it moved earlier.
         if shortened {
             self.hub.notify(ns, name);
         }
-        Ok(outcome)
+        Ok(answer)
     }
 
     async fn held_by(
@@ -375,21 +266,15 @@ impl Store for MemoryStore {
         name: &LockName,
         token: &Token,
     ) -> Result<Option<LockInfo>> {
-        let now = Instant::now();
-        let state = self.state()?;
-        Ok(Self::row(&state, ns, name)
-            .filter(|row| row.held_by(token, now))
-            .map(|row| row.info(name.as_str(), now)))
+        self.with_table(ns, |t| rows::held_by(t, name, token))
     }
 
     async fn inspect(&self, ns: &Namespace, name: &LockName) -> Result<Option<LockInfo>> {
-        let now = Instant::now();
-        let state = self.state()?;
-        Ok(Self::row(&state, ns, name).map(|row| row.info(name.as_str(), now)))
+        self.with_table(ns, |t| rows::inspect(t, name))
     }
 
     async fn list(&self, ns: &Namespace, query: &ListQuery) -> Result<Page> {
-        let now = Instant::now();
+        let now = self.now();
         let state = self.state()?;
         let Some(space) = state.spaces.get(ns) else {
             return Ok(Page::default());
@@ -424,16 +309,7 @@ impl Store for MemoryStore {
     }
 
     async fn force_release(&self, ns: &Namespace, names: &[LockName]) -> Result<Vec<bool>> {
-        let now = Instant::now();
-        let existed = {
-            let mut state = self.state()?;
-            names
-                .iter()
-                .map(|name| {
-                    Self::remove(&mut state, ns, name.as_str()).is_some_and(|row| row.live(now))
-                })
-                .collect()
-        };
+        let existed = self.with_table(ns, |t| rows::force_release(t, names))?;
         for name in names {
             self.hub.notify(ns, name);
         }
@@ -450,18 +326,12 @@ impl Store for MemoryStore {
     }
 
     async fn purge_expired(&self, ns: &Namespace) -> Result<u64> {
-        let now = Instant::now();
-        let mut state = self.state()?;
-        let Some(space) = state.spaces.get_mut(ns) else {
-            return Ok(0);
-        };
-        let before = space.len();
-        space.retain(|_, row| row.live(now));
-        let purged = (before - space.len()) as u64;
-        if space.is_empty() {
-            state.spaces.remove(ns);
-        }
-        Ok(purged)
+        let now = self.now();
+        self.with_table(ns, |t| {
+            let before = t.rows.len();
+            t.rows.retain(|_, row| row.live(now));
+            Ok((before - t.rows.len()) as u64)
+        })
     }
 
     async fn set_locks(
@@ -470,56 +340,7 @@ impl Store for MemoryStore {
         claims: &[Claim],
         policy: &SetPolicy,
     ) -> Result<SetOutcome> {
-        let now = Instant::now();
-        let mut state = self.state()?;
-        // First decide every name, then write: `fail` must leave nothing changed.
-        let mut plan = Vec::with_capacity(claims.len());
-        for claim in claims {
-            let held = Self::row(&state, ns, &claim.name).filter(|r| r.live(now));
-            let action = match (held, policy.create, policy.renew) {
-                (Some(row), ..) if policy.fail => {
-                    return Err(Error::Locked {
-                        name: claim.name.to_string(),
-                        holder: Box::new(row.info(claim.name.as_str(), now)),
-                    });
-                }
-                (Some(_), _, true) => SetAction::Renewed,
-                (Some(_), _, false) => SetAction::SkippedRenew,
-                (None, true, _) => SetAction::Created,
-                (None, false, _) => SetAction::SkippedCreate,
-            };
-            plan.push(action);
-        }
-        let renew_to = Self::deadline(now, policy.ttl)?;
-        let mut statuses = Vec::with_capacity(claims.len());
-        let mut locks = Vec::new();
-        let mut created = Vec::new();
-        for (claim, action) in claims.iter().zip(plan) {
-            let name = claim.name.as_str();
-            match action {
-                SetAction::Created => {
-                    Self::grant(&mut state, ns, claim, now)?;
-                    created.push((name.to_string(), claim.token.clone()));
-                }
-                SetAction::Renewed => {
-                    if let Some(row) = Self::row_mut(&mut state, ns, &claim.name) {
-                        row.expires_at = match (row.expires_at, renew_to) {
-                            (Some(current), Some(new)) => Some(current.max(new)),
-                            _ => None,
-                        };
-                    }
-                    self.hub.notify(ns, &claim.name);
-                }
-                SetAction::SkippedCreate | SetAction::SkippedRenew => {}
-            }
-            let was_locked = matches!(action, SetAction::Renewed | SetAction::SkippedRenew);
-            let locked = action != SetAction::SkippedCreate;
-            if locked && let Some(row) = Self::row(&state, ns, &claim.name) {
-                locks.push(row.info(name, now));
-            }
-            statuses.push(SetStatus::new(name, was_locked, locked, action));
-        }
-        Ok(SetOutcome::new(statuses, locks, created))
+        self.with_table(ns, |t| rows::set_locks(t, claims, policy))
     }
 
     async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {

@@ -25,6 +25,8 @@ use crate::options::{ListQuery, Page, SetOutcome, SetPolicy};
 
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(any(feature = "memory", feature = "sqlite"))]
+mod rows;
 
 /// A request for one lock, as the core hands it to a store.
 #[derive(Clone, Debug)]

@@ -1,0 +1,302 @@
+//! The lock-row state machine shared by the stores that keep rows themselves (memory and
+//! SQLite): one implementation of grant, release, extend and `set_locks` over a [`Table`] —
+//! one namespace's rows, read and written inside one atomic step the store provides.
+//!
+//! Times are microseconds on the store's clock: since the store was created for memory
+//! (monotonic), since the Unix epoch for SQLite (shared by every process on the machine).
+
+use std::time::{Duration, SystemTime};
+
+use super::{Claim, ExtendMode, Extended, Grant, GrantAll, Released};
+use crate::error::Error;
+use crate::lease::{LockInfo, Token};
+use crate::name::LockName;
+use crate::options::{SetAction, SetOutcome, SetPolicy, SetStatus};
+
+/// One lock row.
+#[derive(Clone, Debug)]
+pub(crate) struct Row {
+    /// `None` once released under `min_hold`: the row blocks others but nobody holds it.
+    pub(crate) token: Option<Token>,
+    pub(crate) owner: String,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) fence: u64,
+    /// Microseconds, store clock.
+    pub(crate) acquired_at: i64,
+    /// Microseconds, store clock; `None`: never expires.
+    pub(crate) expires_at: Option<i64>,
+}
+
+pub(crate) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn duration(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+fn overflow() -> Error {
+    Error::invalid_option("ttl", "the lease would overflow the store's clock")
+}
+
+fn deadline(now: i64, ttl: Option<Duration>) -> Result<Option<i64>, Error> {
+    ttl.map(|t| now.checked_add(micros(t)).ok_or_else(overflow))
+        .transpose()
+}
+
+impl Row {
+    pub(crate) fn live(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|e| e > now)
+    }
+
+    pub(crate) fn held_by(&self, token: &Token, now: i64) -> bool {
+        self.live(now) && self.token.as_ref() == Some(token)
+    }
+
+    fn granted(claim: &Claim, fence: u64, now: i64) -> Result<Row, Error> {
+        Ok(Row {
+            token: Some(claim.token.clone()),
+            owner: claim.owner.to_string(),
+            host: claim.host.to_string(),
+            pid: claim.pid,
+            fence,
+            acquired_at: now,
+            expires_at: deadline(now, claim.ttl)?,
+        })
+    }
+
+    /// What anyone may see of this row at `now`.
+    pub(crate) fn info(&self, name: &str, now: i64) -> LockInfo {
+        let expires_in = self.expires_at.map(|e| duration(e - now));
+        let held_for = duration(now - self.acquired_at);
+        let wall = SystemTime::now();
+        LockInfo {
+            name: name.to_string(),
+            owner: self.owner.clone(),
+            host: self.host.clone(),
+            pid: self.pid,
+            fence: self.fence,
+            held_for,
+            expires_in,
+            expired: !self.live(now),
+            released: self.token.is_none(),
+            acquired_at: wall.checked_sub(held_for).unwrap_or(wall),
+            expires_at: expires_in.map(|d| wall + d),
+        }
+    }
+}
+
+/// One namespace's rows inside one atomic step.
+pub(crate) trait Table {
+    /// The store's error type; locksmith errors (an overflowing lease) convert into it.
+    type Error: From<Error>;
+
+    /// The store's clock, in microseconds.
+    fn now(&self) -> i64;
+    fn get(&mut self, name: &str) -> Result<Option<Row>, Self::Error>;
+    /// Inserts or replaces.
+    fn put(&mut self, name: &str, row: &Row) -> Result<(), Self::Error>;
+    /// Whether a row was there.
+    fn delete(&mut self, name: &str) -> Result<bool, Self::Error>;
+    /// Mints the next fence of the store-wide counter.
+    fn next_fence(&mut self) -> Result<u64, Self::Error>;
+}
+
+fn live<T: Table>(t: &mut T, name: &str) -> Result<Option<Row>, T::Error> {
+    let now = t.now();
+    Ok(t.get(name)?.filter(|r| r.live(now)))
+}
+
+fn grant<T: Table>(t: &mut T, claim: &Claim) -> Result<u64, T::Error> {
+    let fence = t.next_fence()?;
+    let row = Row::granted(claim, fence, t.now())?;
+    t.put(claim.name.as_str(), &row)?;
+    Ok(fence)
+}
+
+/// Why a claim cannot be granted now, if it cannot.
+fn blocked<T: Table>(t: &mut T, claim: &Claim) -> Result<Option<Grant>, T::Error> {
+    let now = t.now();
+    Ok(live(t, claim.name.as_str())?.map(|row| {
+        if row.token.as_ref() == Some(&claim.token) {
+            Grant::AlreadyHeld
+        } else {
+            Grant::Held(row.info(claim.name.as_str(), now))
+        }
+    }))
+}
+
+pub(crate) fn try_acquire<T: Table>(t: &mut T, claim: &Claim) -> Result<Grant, T::Error> {
+    if let Some(answer) = blocked(t, claim)? {
+        return Ok(answer);
+    }
+    Ok(Grant::Acquired {
+        fence: grant(t, claim)?,
+    })
+}
+
+pub(crate) fn try_acquire_all<T: Table>(t: &mut T, claims: &[Claim]) -> Result<GrantAll, T::Error> {
+    for claim in claims {
+        match blocked(t, claim)? {
+            Some(Grant::Held(info)) => return Ok(GrantAll::Held(info)),
+            Some(_) => return Ok(GrantAll::AlreadyHeld(claim.name.clone())),
+            None => {}
+        }
+    }
+    // Check every lease before writing anything, so an error leaves nothing behind.
+    for claim in claims {
+        deadline(t.now(), claim.ttl)?;
+    }
+    let fences = claims
+        .iter()
+        .map(|claim| grant(t, claim))
+        .collect::<Result<Vec<u64>, T::Error>>()?;
+    Ok(GrantAll::Acquired(fences))
+}
+
+pub(crate) fn release<T: Table>(
+    t: &mut T,
+    name: &LockName,
+    token: &Token,
+    min_hold: Option<Duration>,
+) -> Result<Released, T::Error> {
+    let now = t.now();
+    let Some(mut row) = t.get(name.as_str())?.filter(|r| r.held_by(token, now)) else {
+        return Ok(Released::NotHeld);
+    };
+    let keep_until = min_hold.and_then(|m| row.acquired_at.checked_add(micros(m)));
+    match keep_until {
+        Some(until) if until > now => {
+            row.token = None;
+            row.expires_at = Some(until);
+            t.put(name.as_str(), &row)?;
+            Ok(Released::Kept)
+        }
+        _ => {
+            t.delete(name.as_str())?;
+            Ok(Released::Released)
+        }
+    }
+}
+
+/// Returns the answer and whether the lease now ends earlier than before.
+pub(crate) fn extend<T: Table>(
+    t: &mut T,
+    name: &LockName,
+    token: &Token,
+    mode: ExtendMode,
+) -> Result<(Extended, bool), T::Error> {
+    let now = t.now();
+    let Some(mut row) = t.get(name.as_str())?.filter(|r| r.held_by(token, now)) else {
+        return Ok((Extended::NotHeld, false));
+    };
+    let Some(current) = row.expires_at else {
+        return Ok((Extended::NotExpirable, false));
+    };
+    let end = match mode {
+        ExtendMode::Set(d) => now.checked_add(micros(d)),
+        ExtendMode::Add(d) => current.max(now).checked_add(micros(d)),
+        ExtendMode::AtLeast(d) => now.checked_add(micros(d)).map(|e| e.max(current)),
+    }
+    .ok_or_else(overflow)?;
+    row.expires_at = Some(end);
+    t.put(name.as_str(), &row)?;
+    let answer = Extended::Extended {
+        expires_in: duration(end - now),
+    };
+    Ok((answer, end < current))
+}
+
+pub(crate) fn held_by<T: Table>(
+    t: &mut T,
+    name: &LockName,
+    token: &Token,
+) -> Result<Option<LockInfo>, T::Error> {
+    let now = t.now();
+    Ok(t.get(name.as_str())?
+        .filter(|r| r.held_by(token, now))
+        .map(|r| r.info(name.as_str(), now)))
+}
+
+pub(crate) fn inspect<T: Table>(t: &mut T, name: &LockName) -> Result<Option<LockInfo>, T::Error> {
+    let now = t.now();
+    Ok(t.get(name.as_str())?.map(|r| r.info(name.as_str(), now)))
+}
+
+/// Per name, whether a live lock was removed.
+pub(crate) fn force_release<T: Table>(
+    t: &mut T,
+    names: &[LockName],
+) -> Result<Vec<bool>, T::Error> {
+    names
+        .iter()
+        .map(|name| {
+            let was_live = live(t, name.as_str())?.is_some();
+            t.delete(name.as_str())?;
+            Ok(was_live)
+        })
+        .collect()
+}
+
+pub(crate) fn set_locks<T: Table>(
+    t: &mut T,
+    claims: &[Claim],
+    policy: &SetPolicy,
+) -> Result<SetOutcome, T::Error> {
+    let now = t.now();
+    // Decide every name first, then write: `fail` must leave nothing changed.
+    let mut plan = Vec::with_capacity(claims.len());
+    for claim in claims {
+        let held = live(t, claim.name.as_str())?;
+        let action = match (held, policy.create, policy.renew) {
+            (Some(row), ..) if policy.fail => {
+                return Err(Error::Locked {
+                    name: claim.name.to_string(),
+                    holder: Box::new(row.info(claim.name.as_str(), now)),
+                }
+                .into());
+            }
+            (Some(row), _, true) => SetAction::Renewed.with(Some(row)),
+            (Some(_), _, false) => SetAction::SkippedRenew.with(None),
+            (None, true, _) => SetAction::Created.with(None),
+            (None, false, _) => SetAction::SkippedCreate.with(None),
+        };
+        plan.push(action);
+    }
+    let renew_to = deadline(now, policy.ttl)?;
+    let mut statuses = Vec::with_capacity(claims.len());
+    let mut locks = Vec::new();
+    let mut created = Vec::new();
+    for (claim, (action, row)) in claims.iter().zip(plan) {
+        let name = claim.name.as_str();
+        match (action, row) {
+            (SetAction::Created, _) => {
+                grant(t, claim)?;
+                created.push((name.to_string(), claim.token.clone()));
+            }
+            (SetAction::Renewed, Some(mut row)) => {
+                // Never shortens: the later end wins; never-expiring wins over any end.
+                row.expires_at = match (row.expires_at, renew_to) {
+                    (Some(current), Some(new)) => Some(current.max(new)),
+                    _ => None,
+                };
+                t.put(name, &row)?;
+            }
+            _ => {}
+        }
+        let was_locked = matches!(action, SetAction::Renewed | SetAction::SkippedRenew);
+        let locked = action != SetAction::SkippedCreate;
+        if locked && let Some(row) = t.get(name)? {
+            locks.push(row.info(name, now));
+        }
+        statuses.push(SetStatus::new(name, was_locked, locked, action));
+    }
+    Ok(SetOutcome::new(statuses, locks, created))
+}
+
+impl SetAction {
+    fn with(self, row: Option<Row>) -> (SetAction, Option<Row>) {
+        (self, row)
+    }
+}
