@@ -1,6 +1,6 @@
 //! The stores the suite runs against, and how each is set up for a test.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use locksmith::Capabilities;
@@ -38,6 +38,44 @@ pub async fn memory_latency() -> Option<Target> {
     let mut target = memory().await?;
     target.base_url.push_str("?latency=4ms");
     Some(target)
+}
+
+/// The capabilities the SQLite store must declare.
+pub fn sqlite_capabilities() -> Capabilities {
+    let mut caps = memory_capabilities();
+    caps.persistent = true;
+    caps.cross_process = true;
+    caps.poll_interval = Some(Duration::from_millis(25));
+    caps
+}
+
+/// A fresh SQLite file in a temp dir. Its fault switch holds the file's write lock from
+/// another connection (`BEGIN EXCLUSIVE`), so every write finds it busy, as when another
+/// process hangs inside a transaction.
+pub async fn sqlite() -> Option<Target> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let blocker: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
+    let switch_path = path.clone();
+    let faults: crate::FaultSwitch = Arc::new(move |offline| {
+        let mut slot = blocker.lock().unwrap();
+        if offline {
+            let conn = rusqlite::Connection::open(&switch_path).expect("open blocker");
+            conn.execute_batch("BEGIN EXCLUSIVE")
+                .expect("take the write lock");
+            *slot = Some(conn);
+        } else if let Some(conn) = slot.take() {
+            conn.execute_batch("ROLLBACK")
+                .expect("release the write lock");
+        }
+    });
+    Some(Target {
+        store: "sqlite",
+        base_url: format!("sqlite://{}", path.display()),
+        declared: sqlite_capabilities(),
+        faults: Some(faults),
+        keep_alive: Some(Box::new(dir)),
+    })
 }
 
 /// How long cases wait for something that should happen "soon" (a detached release on a

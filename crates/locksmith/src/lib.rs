@@ -106,6 +106,10 @@ use store::Store;
 /// The environment variable [`Locksmith::from_env`] reads.
 pub const URL_ENV: &str = "LOCKSMITH_URL";
 
+/// The store [`Locksmith::from_env`] uses when `LOCKSMITH_URL` is unset: the per-user SQLite
+/// file (see [`store::sqlite::default_path`]).
+pub const DEFAULT_URL: &str = "sqlite://";
+
 /// A handle to a lock store: cheap to clone, shared by every lock it hands out.
 ///
 /// # Examples
@@ -166,7 +170,7 @@ pub(crate) struct StoreUrl<'a> {
     params: Vec<(String, String)>,
 }
 
-const SCHEMES: &str = "memory://, memory://NAME";
+const SCHEMES: &str = "sqlite://, sqlite:///abs/path.db, memory://, memory://NAME";
 
 impl<'a> StoreUrl<'a> {
     fn parse(raw: &'a str) -> Result<StoreUrl<'a>> {
@@ -231,8 +235,18 @@ impl<'a> StoreUrl<'a> {
     }
 }
 
-fn open_store(url: &mut StoreUrl<'_>) -> Result<Arc<dyn Store>> {
+async fn open_store(url: &mut StoreUrl<'_>) -> Result<Arc<dyn Store>> {
     match url.scheme {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            url.finish("?namespace=")?;
+            let path = store::sqlite::resolve(url.body)?;
+            Ok(store::sqlite::SqliteStore::open(path).await?)
+        }
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(Error::config(
+            "the sqlite store is not built in — enable locksmith's `sqlite` cargo feature",
+        )),
         #[cfg(feature = "memory")]
         "memory" => {
             let latency = url.take_duration("latency")?;
@@ -251,7 +265,7 @@ fn open_store(url: &mut StoreUrl<'_>) -> Result<Arc<dyn Store>> {
         "memory" => Err(Error::config(
             "the memory store is not built in — enable locksmith's `memory` cargo feature",
         )),
-        "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" | "redis" | "rediss" => {
+        "postgres" | "postgresql" | "mysql" | "mariadb" | "redis" | "rediss" => {
             Err(Error::config(format!(
                 "the {} store is not available in this version of locksmith yet — use {SCHEMES}",
                 url.scheme
@@ -282,24 +296,24 @@ impl Locksmith {
     /// reached.
     pub async fn connect(url: &str) -> Result<Locksmith> {
         let mut parsed = StoreUrl::parse(url)?;
-        let store = open_store(&mut parsed)?;
+        let store = open_store(&mut parsed).await?;
         Ok(Locksmith::with_store(store, parsed.namespace, url))
     }
 
-    /// Connects to the store named by the `LOCKSMITH_URL` environment variable.
+    /// Connects to the store named by the `LOCKSMITH_URL` environment variable, or to
+    /// [`DEFAULT_URL`] (the per-user SQLite file) when it is unset or empty.
     ///
     /// # Errors
     ///
-    /// As [`connect`](Locksmith::connect); [`Error::Config`] when the variable is unset (the
-    /// embedded SQLite default arrives with the SQLite store) or not UTF-8.
+    /// As [`connect`](Locksmith::connect); [`Error::Config`] when the variable is not UTF-8,
+    /// or when the default file's location is unknown (neither `$XDG_STATE_HOME` nor
+    /// `$HOME` set).
     pub async fn from_env() -> Result<Locksmith> {
         match std::env::var(URL_ENV) {
-            Ok(url) => Locksmith::connect(&url).await,
-            Err(std::env::VarError::NotPresent) => Err(Error::config(format!(
-                "{URL_ENV} is not set — set it to a store URL such as memory://"
-            ))),
+            Ok(url) if !url.is_empty() => Locksmith::connect(&url).await,
+            Ok(_) | Err(std::env::VarError::NotPresent) => Locksmith::connect(DEFAULT_URL).await,
             Err(std::env::VarError::NotUnicode(_)) => Err(Error::config(format!(
-                "{URL_ENV} is not valid UTF-8 — set it to a store URL such as memory://"
+                "{URL_ENV} is not valid UTF-8 — set it to a store URL such as sqlite:///path/locks.db"
             ))),
         }
     }
@@ -579,7 +593,8 @@ mod tests {
             "memory://?ns=a",
             "memory://?namespace=a%20b",
             "memory://?latency=fast",
-            "sqlite://",
+            "postgres://x",
+            "sqlite:///nonexistent-dir-for-locksmith/x.db",
         ] {
             let err = Locksmith::connect(bad).await.unwrap_err();
             assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");

@@ -27,6 +27,8 @@ use crate::options::{ListQuery, Page, SetOutcome, SetPolicy};
 pub mod memory;
 #[cfg(any(feature = "memory", feature = "sqlite"))]
 mod rows;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 /// A request for one lock, as the core hands it to a store.
 #[derive(Clone, Debug)]

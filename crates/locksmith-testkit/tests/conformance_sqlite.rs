@@ -1,0 +1,3 @@
+//! The conformance suite on the embedded SQLite store (a fresh file per test).
+
+locksmith_testkit::conformance_suite!(sqlite, locksmith_testkit::targets::sqlite());
