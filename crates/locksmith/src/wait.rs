@@ -549,10 +549,12 @@ impl Backoff {
         }
     }
 
+    /// The next pause: uniformly random in `[d/2, d]` for a `d` that doubles up to the cap,
+    /// so pollers in different processes do not fall into step.
     fn next(&mut self) -> Duration {
         let d = self.current;
         self.current = (self.current * 2).min(self.cap);
-        d
+        d.mul_f64(0.5 + fastrand::f64() / 2.0)
     }
 }
 

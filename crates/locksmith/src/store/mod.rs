@@ -48,6 +48,27 @@ pub struct Claim {
     pub ttl: Option<Duration>,
 }
 
+impl Claim {
+    /// A claim for `name` with `token`, holder metadata and lease (`None`: never expires).
+    pub fn new(
+        name: LockName,
+        token: Token,
+        owner: &str,
+        host: &str,
+        pid: u32,
+        ttl: Option<Duration>,
+    ) -> Claim {
+        Claim {
+            name,
+            token,
+            owner: owner.into(),
+            host: host.into(),
+            pid,
+            ttl,
+        }
+    }
+}
+
 /// The answer to [`Store::try_acquire`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
