@@ -80,6 +80,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+pub mod blocking;
 mod error;
 mod guard;
 mod lease;

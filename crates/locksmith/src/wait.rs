@@ -247,14 +247,21 @@ impl LockBuilder {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = T>,
     {
+        match self.acquire_or_skip().await? {
+            Some(guard) => run_under(guard, body).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `once`'s acquisition: no wait unless `.wait(…)` was given; contention is `None`.
+    pub(crate) async fn acquire_or_skip(self) -> Result<Option<LockGuard>> {
         let plan = self.opts.validate(Wait::No)?;
         let name = LockName::new(&self.name)?;
-        let guard = match acquire_one(&self.lm.inner, name, plan).await {
-            Ok(guard) => guard,
-            Err(Error::Locked { .. } | Error::Timeout { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        run_under(guard, body).await.map(Some)
+        match acquire_one(&self.lm.inner, name, plan).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(Error::Locked { .. } | Error::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
