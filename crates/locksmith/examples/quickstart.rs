@@ -1,6 +1,8 @@
-//! A tour of locksmith on the in-process store: `cargo run --example quickstart`.
+//! A tour of locksmith: `cargo run --example quickstart`.
 //!
-//! Set `LOCKSMITH_URL` to run it on another store.
+//! It uses the default store — the per-user SQLite file
+//! (`$XDG_STATE_HOME/locksmith/locks.db`, else `~/.local/state/locksmith/locks.db`) — or
+//! whatever `LOCKSMITH_URL` names (e.g. `LOCKSMITH_URL=memory://`).
 
 use std::time::Duration;
 
@@ -8,9 +10,9 @@ use locksmith::{ListQuery, Locksmith, Renew, SetPolicy, Wait};
 
 #[tokio::main]
 async fn main() -> locksmith::Result<()> {
-    let url = std::env::var(locksmith::URL_ENV).unwrap_or_else(|_| "memory://quickstart".into());
-    let lm = Locksmith::connect(&url).await?;
-    println!("store: {url} ({})", lm.store_kind());
+    let lm = Locksmith::from_env().await?.with_namespace("quickstart")?;
+    let url = std::env::var(locksmith::URL_ENV).unwrap_or_else(|_| locksmith::DEFAULT_URL.into());
+    println!("store: {url} ({}), namespace {:?}", lm.store_kind(), lm.namespace());
 
     // 1. A lock held by one worker blocks the others; each grant has a higher fence.
     let mut workers = Vec::new();
@@ -72,5 +74,6 @@ async fn main() -> locksmith::Result<()> {
     }
     let cleared = lm.clear(["maint/a", "maint/b", "maint/c"]).await?;
     println!("cleared: {cleared:?}");
+    println!("fences keep growing on every run: the SQLite file keeps its counter");
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Named, leased, fenced locks on the store you already run.
 //!
-//! A lock is a name in a store — in-process memory today; an embedded SQLite file,
-//! PostgreSQL, MySQL/MariaDB and Redis as they land — held by a secret [`Token`] under a
+//! A lock is a name in a store — an embedded SQLite file (the default) or in-process memory
+//! today; PostgreSQL, MySQL/MariaDB and Redis as they land — held by a secret [`Token`] under a
 //! lease that expires unless renewed. Every grant carries a fencing token ([`Lease::fence`])
 //! that is strictly greater than every fence granted before for that name, so the resource
 //! you protect can reject writes from a holder whose lease ended without it knowing.
@@ -62,10 +62,15 @@
 //!
 //! | URL | store | wake-ups |
 //! |---|---|---|
+//! | `sqlite://` (default) | the per-user file, shared by every process of the user | in-process notification; other processes poll (≤ 25 ms) |
+//! | `sqlite:///abs/path.db` | that file | as above |
 //! | `memory://` | private to this [`Locksmith`] and its clones | in-process notification |
 //! | `memory://NAME` | shared by everything in this process that connects to `NAME` | in-process notification |
 //!
 //! Every URL takes `?namespace=NAME` to isolate tenants or test runs on a shared store.
+//! [`Locksmith::from_env`] reads `LOCKSMITH_URL` and falls back to the SQLite default; see
+//! [`store::sqlite`] for where that file lives and how to share one between users.
+//! Synchronous code uses [`blocking`], the same surface without `async`.
 //!
 //! # Drop, exit and crashes
 //!
@@ -163,6 +168,7 @@ fn host_name() -> Arc<str> {
 
 /// A parsed store URL: the scheme, what follows `://` up to `?`, the namespace, and the
 /// other query parameters for the store to take.
+#[cfg_attr(not(any(feature = "memory", feature = "sqlite")), allow(dead_code))]
 pub(crate) struct StoreUrl<'a> {
     raw: &'a str,
     scheme: &'a str,
@@ -225,6 +231,7 @@ impl<'a> StoreUrl<'a> {
     }
 
     /// Fails on parameters nobody took.
+    #[cfg_attr(not(any(feature = "memory", feature = "sqlite")), allow(dead_code))]
     fn finish(&self, allowed: &str) -> Result<()> {
         match self.params.first() {
             None => Ok(()),
