@@ -1,0 +1,177 @@
+//! Output: human text or one JSON object per line, with a stable schema (see the README).
+//!
+//! Every JSON line has a `"type"`: `lock` (a lock's info), `acquired`, `extended`,
+//! `released`, `status`, `set`, `set_summary`, `cleared`, `reset`, `purged`, `run`, `error`.
+//! Durations are integer milliseconds (`*_ms`), times are Unix milliseconds (`*_at_ms`),
+//! "never expires" is `null`.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use comfy_table::{Attribute, Cell, Table};
+use locksmith::LockInfo;
+use serde_json::{Value, json};
+
+use crate::cli::Format;
+use crate::exit::Failure;
+
+/// Where results, notes and errors go, and how they look.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Out {
+    pub(crate) format: Format,
+    pub(crate) quiet: bool,
+    pub(crate) color: bool,
+}
+
+pub(crate) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    ms(t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
+}
+
+/// A short human duration: `250ms`, `4.2s`, `3m 5s`, `2h 10m`.
+pub(crate) fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        let secs = d.as_secs();
+        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        match h {
+            0 => format!("{m}m {s}s"),
+            _ => format!("{h}h {m}m"),
+        }
+    }
+}
+
+/// When a lock expires, for people.
+pub(crate) fn expiry(info: &LockInfo) -> String {
+    match (info.expired, info.expires_in) {
+        (true, _) => "expired".into(),
+        (false, None) => "never".into(),
+        (false, Some(d)) if info.released => format!("{} (released, min-hold)", human(d)),
+        (false, Some(d)) => human(d),
+    }
+}
+
+/// A lock's info as JSON (never a token).
+pub(crate) fn lock_json(info: &LockInfo) -> Value {
+    json!({
+        "type": "lock",
+        "name": info.name,
+        "owner": info.owner,
+        "host": info.host,
+        "pid": info.pid,
+        "fence": info.fence,
+        "held_for_ms": ms(info.held_for),
+        "expires_in_ms": info.expires_in.map(ms),
+        "expired": info.expired,
+        "released": info.released,
+        "acquired_at_ms": unix_ms(info.acquired_at),
+        "expires_at_ms": info.expires_at.map(unix_ms),
+    })
+}
+
+/// "owner on host (pid N, fence F, held for X, expires in Y)".
+pub(crate) fn holder(info: &LockInfo) -> String {
+    format!(
+        "{} on {} (pid {}, fence {}, held for {}, expires in {})",
+        info.owner,
+        info.host,
+        info.pid,
+        info.fence,
+        human(info.held_for),
+        expiry(info)
+    )
+}
+
+impl Out {
+    pub(crate) fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    /// A result line on stdout. Output errors (a closed pipe) end the program quietly.
+    pub(crate) fn line(&self, text: impl std::fmt::Display) {
+        let mut stdout = std::io::stdout().lock();
+        if writeln!(stdout, "{text}").is_err() {
+            std::process::exit(0);
+        }
+    }
+
+    /// A JSON object on stdout.
+    pub(crate) fn object(&self, value: Value) {
+        self.line(value);
+    }
+
+    /// A note for people on stderr (not in JSON mode, not with -q).
+    pub(crate) fn note(&self, text: impl std::fmt::Display) {
+        if !self.quiet && !self.json() {
+            eprintln!("{text}");
+        }
+    }
+
+    /// The one line a failure prints.
+    pub(crate) fn error(&self, failure: &Failure) {
+        if self.json() {
+            eprintln!(
+                "{}",
+                json!({"type": "error", "code": failure.code, "message": failure.message})
+            );
+        } else if self.color {
+            eprintln!("\x1b[1;31mlocksmith: error:\x1b[0m {}", failure.message);
+        } else {
+            eprintln!("locksmith: error: {}", failure.message);
+        }
+    }
+
+    /// A table with a header row.
+    pub(crate) fn table(&self, header: &[&str]) -> Table {
+        let mut table = Table::new();
+        table.load_style(comfy_table::presets::NOTHING);
+        if self.color {
+            table.enforce_styling();
+        } else {
+            table.force_no_tty();
+        }
+        table.set_header(
+            header
+                .iter()
+                .map(|h| Cell::new(h).add_attribute(Attribute::Bold)),
+        );
+        table
+    }
+
+    /// Prints the rows of locks (one table per page, so long lists stream).
+    pub(crate) fn locks(&self, items: &[LockInfo]) {
+        if self.json() {
+            for info in items {
+                self.object(lock_json(info));
+            }
+            return;
+        }
+        let mut table = self.table(&[
+            "NAME",
+            "OWNER",
+            "HOST",
+            "PID",
+            "FENCE",
+            "HELD FOR",
+            "EXPIRES IN",
+        ]);
+        for i in items {
+            table.add_row(vec![
+                i.name.clone(),
+                i.owner.clone(),
+                i.host.clone(),
+                i.pid.to_string(),
+                i.fence.to_string(),
+                human(i.held_for),
+                expiry(i),
+            ]);
+        }
+        self.line(table);
+    }
+}

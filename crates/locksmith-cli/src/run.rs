@@ -1,0 +1,300 @@
+//! `run` and the scripting primitives `acquire`, `extend`, `release`, `status`.
+
+use std::ffi::OsStr;
+use std::io::IsTerminal;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::Duration;
+
+use locksmith::{Error, LockBuilder, LockGuard, Locksmith, Renew, Token, Wait};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::{AcquireArgs, ExtendArgs, LeaseArgs, NameArgs, RunArgs, TokenArgs};
+use crate::exit::{self, Failure};
+use crate::output::{self, Out, holder, human, ms};
+
+/// The default owner label: the user running the command.
+fn user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "locksmith".into())
+}
+
+fn builder(lm: &Locksmith, name: &str, lease: &LeaseArgs, owner: String) -> LockBuilder {
+    lm.lock(name)
+        .ttl(lease.ttl)
+        .wait(lease.wait.unwrap_or(Wait::No))
+        .owner(lease.owner.clone().unwrap_or(owner))
+}
+
+/// Acquires, showing who holds the lock on a spinner while waiting on a terminal.
+async fn acquire_showing_holder(
+    lm: &Locksmith,
+    name: &str,
+    builder: LockBuilder,
+    waits: bool,
+    out: Out,
+) -> Result<LockGuard, Error> {
+    if !waits || out.quiet || out.json() || !std::io::stderr().is_terminal() {
+        return builder.acquire().await;
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner.set_message(format!("waiting for lock {name}"));
+    let acquire = builder.acquire();
+    tokio::pin!(acquire);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let result = loop {
+        tokio::select! {
+            result = &mut acquire => break result,
+            _ = tick.tick() => {
+                if let Ok(Some(info)) = lm.inspect(name).await
+                    && !info.expired
+                {
+                    spinner.set_message(format!("waiting for lock {name}: held by {}", holder(&info)));
+                }
+            }
+        }
+    };
+    spinner.finish_and_clear();
+    result
+}
+
+/// Turns contention into the CLI's exit codes with a message naming the holder.
+fn contention(e: Error, busy_code: u8, what: &str) -> Failure {
+    match e {
+        Error::Locked { name, holder: info } => Failure::new(
+            busy_code,
+            format!("lock {name:?} is held by {} — {what}", holder(&info)),
+        ),
+        Error::Timeout { name, waited } => Failure::new(
+            exit::TIMEOUT,
+            format!(
+                "gave up after waiting {} for lock {name:?} — {what}",
+                human(waited)
+            ),
+        ),
+        other => other.into(),
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(1),
+        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(255),
+        _ => 1,
+    }
+}
+
+fn send(child: &tokio::process::Child, sig: Signal) {
+    if let Some(id) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        let _ = kill(Pid::from_raw(id), sig);
+    }
+}
+
+/// `locksmith run NAME -- CMD…`.
+pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, Failure> {
+    let program = args.command[0].clone();
+    let shown = Path::new(&program)
+        .file_name()
+        .unwrap_or(OsStr::new("command"))
+        .to_string_lossy()
+        .into_owned();
+    let owner = args.lease.owner.clone().unwrap_or_else(|| shown.clone());
+    let mut b = builder(lm, &args.name, &args.lease, owner.clone()).renew(Renew::Auto);
+    if let Some(d) = args.min_hold {
+        b = b.min_hold(d);
+    }
+    if let Some(d) = args.max_hold {
+        b = b.max_hold(d);
+    }
+    let waits = args.lease.wait.is_some_and(|w| w != Wait::No);
+    let guard = acquire_showing_holder(lm, &args.name, b, waits, out)
+        .await
+        .map_err(|e| contention(e, args.busy_exit_code, &format!("not running {shown}")))?;
+    let fence = guard.fence();
+    tracing::info!(lock = %args.name, fence, "acquired; starting {shown}");
+
+    // Signal handlers before the child starts, so none is missed.
+    let handler = |kind| {
+        signal(kind).map_err(|e| Failure::new(exit::STORE, format!("cannot handle signals: {e}")))
+    };
+    let mut int = handler(SignalKind::interrupt())?;
+    let mut term = handler(SignalKind::terminate())?;
+    let mut hup = handler(SignalKind::hangup())?;
+
+    let spawned = tokio::process::Command::new(&program)
+        .args(&args.command[1..])
+        .env("LOCKSMITH_NAME", &args.name)
+        .env("LOCKSMITH_FENCE", fence.to_string())
+        .env("LOCKSMITH_OWNER", &owner)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = guard.release().await;
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            return Err(Failure::new(code, format!("cannot run {shown}: {e}")));
+        }
+    };
+
+    let lost = guard.lost();
+    tokio::pin!(lost);
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = int.recv() => send(&child, Signal::SIGINT),
+            _ = term.recv() => send(&child, Signal::SIGTERM),
+            _ = hup.recv() => send(&child, Signal::SIGHUP),
+            reason = &mut lost => {
+                out.error(&Failure::new(exit::LOST, format!(
+                    "lock {:?} was lost while {shown} ran ({reason}); stopping it (SIGTERM, then SIGKILL after {})",
+                    args.name, human(args.kill_grace)
+                )));
+                send(&child, Signal::SIGTERM);
+                if tokio::time::timeout(args.kill_grace, child.wait()).await.is_err() {
+                    send(&child, Signal::SIGKILL);
+                    let _ = child.wait().await;
+                }
+                let _ = guard.release().await;
+                return Ok(exit::LOST);
+            }
+        }
+    };
+    let status =
+        status.map_err(|e| Failure::new(exit::STORE, format!("waiting for {shown}: {e}")))?;
+    let code = exit_code(status);
+    match guard.release().await {
+        Ok(()) => {}
+        Err(Error::NotHeld { .. }) => {
+            return Err(Failure::new(
+                exit::LOST,
+                format!(
+                    "lock {:?} was lost before {shown} finished (it exited {code}); its work may have overlapped another holder's",
+                    args.name
+                ),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(lock = %args.name, error = %e, "release failed; the lease will expire")
+        }
+    }
+    if out.json() {
+        out.object(json!({"type": "run", "name": args.name, "fence": fence, "exit_code": code}));
+    }
+    Ok(code)
+}
+
+/// `locksmith acquire NAME`: prints the token and fence; the lock outlives the command.
+pub(crate) async fn acquire(lm: &Locksmith, args: AcquireArgs, out: Out) -> Result<u8, Failure> {
+    let b = builder(lm, &args.name, &args.lease, user());
+    let waits = args.lease.wait.is_some_and(|w| w != Wait::No);
+    let guard = acquire_showing_holder(lm, &args.name, b, waits, out)
+        .await
+        .map_err(|e| contention(e, exit::BUSY, "try again later or pass --wait"))?;
+    let fence = guard.fence();
+    let expires = guard.expires_in();
+    let token = guard.leak();
+    if out.json() {
+        out.object(json!({
+            "type": "acquired",
+            "name": args.name,
+            "token": token.expose(),
+            "fence": fence,
+            "expires_in_ms": expires.map(ms),
+        }));
+    } else {
+        out.line(format!("token={}", token.expose()));
+        out.line(format!("fence={fence}"));
+        out.note(format!(
+            "locksmith: acquired {:?} (fence {fence}); it stays held until it expires in {} or `locksmith release {} --token …`",
+            args.name,
+            expires.map_or("never".into(), human),
+            args.name
+        ));
+    }
+    Ok(exit::OK)
+}
+
+fn token(args: &TokenArgs) -> Result<Token, Failure> {
+    args.token.parse().map_err(Failure::from)
+}
+
+fn not_held(name: &str) -> Failure {
+    Failure::new(
+        exit::NOT_HELD,
+        format!("lock {name:?} is not held by this token (released, expired or cleared)"),
+    )
+}
+
+/// `locksmith extend NAME --token T --ttl D`.
+pub(crate) async fn extend(lm: &Locksmith, args: ExtendArgs, out: Out) -> Result<u8, Failure> {
+    let name = &args.token.name;
+    let guard = match lm.resume(name, token(&args.token)?).await {
+        Err(Error::NotHeld { .. }) => return Err(not_held(name)),
+        other => other?,
+    };
+    guard.extend(args.ttl).await?;
+    let _ = guard.leak();
+    if out.json() {
+        out.object(json!({"type": "extended", "name": name, "expires_in_ms": ms(args.ttl)}));
+    } else {
+        out.note(format!(
+            "locksmith: {name:?} now expires in {}",
+            human(args.ttl)
+        ));
+    }
+    Ok(exit::OK)
+}
+
+/// `locksmith release NAME --token T`.
+pub(crate) async fn release(lm: &Locksmith, args: TokenArgs, out: Out) -> Result<u8, Failure> {
+    let guard = match lm.resume(&args.name, token(&args)?).await {
+        Err(Error::NotHeld { .. }) => return Err(not_held(&args.name)),
+        other => other?,
+    };
+    match guard.release().await {
+        Err(Error::NotHeld { .. }) => return Err(not_held(&args.name)),
+        other => other?,
+    }
+    if out.json() {
+        out.object(json!({"type": "released", "name": args.name}));
+    } else {
+        out.note(format!("locksmith: released {:?}", args.name));
+    }
+    Ok(exit::OK)
+}
+
+/// `locksmith status NAME`: 0 when held, 1 when free.
+pub(crate) async fn status(lm: &Locksmith, args: NameArgs, out: Out) -> Result<u8, Failure> {
+    let info = lm.inspect(&args.name).await?.filter(|i| !i.expired);
+    if out.json() {
+        let mut value = match &info {
+            Some(info) => output::lock_json(info),
+            None => json!({"name": args.name}),
+        };
+        value["type"] = json!("status");
+        value["held"] = json!(info.is_some());
+        out.object(value);
+    } else if !out.quiet {
+        match &info {
+            Some(info) => out.line(format!("{} is held by {}", args.name, holder(info))),
+            None => out.line(format!("{} is free", args.name)),
+        }
+    }
+    Ok(if info.is_some() {
+        exit::OK
+    } else {
+        exit::NOT_HELD
+    })
+}
