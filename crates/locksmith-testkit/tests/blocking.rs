@@ -64,7 +64,9 @@ fn inside_spawn_blocking(lm: Locksmith) {
                     let g = lm.lock("sb").acquire().unwrap();
                     std::thread::sleep(ms(10));
                     g.release().unwrap();
-                    lm.lock(format!("sb-{i}")).run(|lease| lease.fence()).unwrap()
+                    lm.lock(format!("sb-{i}"))
+                        .run(|lease| lease.fence())
+                        .unwrap()
                 })
             })
             .collect();
@@ -85,7 +87,10 @@ fn watchdog_renews_while_busy(lm: Locksmith) {
     assert!(g.is_held());
     let other = lm.clone();
     let stolen = std::thread::spawn(move || other.lock("wd").try_acquire().unwrap().is_some());
-    assert!(!stolen.join().unwrap(), "lock taken while its holder was busy");
+    assert!(
+        !stolen.join().unwrap(),
+        "lock taken while its holder was busy"
+    );
     g.release().unwrap();
     assert!(lm.lock("wd").try_acquire().unwrap().is_some());
 }
@@ -145,26 +150,32 @@ fn run_reports_loss_and_panics_release(lm: Locksmith) {
         .ttl(ms(200))
         .run(|_| std::thread::sleep(ms(400)));
     assert!(
-        matches!(out, Err(Error::Lost { reason: LossReason::Expired, .. })),
+        matches!(
+            out,
+            Err(Error::Lost {
+                reason: LossReason::Expired,
+                ..
+            })
+        ),
         "{out:?}"
     );
     let lm2 = lm.clone();
     let panicked = std::thread::spawn(move || {
-        lm2.lock("rp").run(|_| panic!("intended panic in a blocking run body"))
+        lm2.lock("rp")
+            .run(|_| panic!("intended panic in a blocking run body"))
     })
     .join();
     assert!(panicked.is_err());
-    assert!(lm.inspect("rp").unwrap().is_none(), "not released after a panic");
+    assert!(
+        lm.inspect("rp").unwrap().is_none(),
+        "not released after a panic"
+    );
 }
 
 fn waits_and_times_out(lm: Locksmith) {
     let g = lm.lock("w").acquire().unwrap();
     let start = Instant::now();
-    let err = lm
-        .lock("w")
-        .wait(Wait::For(ms(200)))
-        .acquire()
-        .unwrap_err();
+    let err = lm.lock("w").wait(Wait::For(ms(200))).acquire().unwrap_err();
     assert!(err.is_timeout() && start.elapsed() >= ms(200));
     let lm2 = lm.clone();
     let waiter = std::thread::spawn(move || lm2.lock("w").acquire().map(|g| g.fence()));

@@ -12,7 +12,11 @@ use locksmith::{ListQuery, Locksmith, Renew, SetPolicy, Wait};
 async fn main() -> locksmith::Result<()> {
     let lm = Locksmith::from_env().await?.with_namespace("quickstart")?;
     let url = std::env::var(locksmith::URL_ENV).unwrap_or_else(|_| locksmith::DEFAULT_URL.into());
-    println!("store: {url} ({}), namespace {:?}", lm.store_kind(), lm.namespace());
+    println!(
+        "store: {url} ({}), namespace {:?}",
+        lm.store_kind(),
+        lm.namespace()
+    );
 
     // 1. A lock held by one worker blocks the others; each grant has a higher fence.
     let mut workers = Vec::new();

@@ -36,13 +36,15 @@ use crate::{
     SetPolicy, Token, Wait,
 };
 
+const RUNTIME_THREAD: &str = "locksmith-blocking";
+
 /// The background runtime every blocking call runs on.
 fn runtime() -> &'static tokio::runtime::Handle {
     static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
-            .name("locksmith-blocking".into())
+            .name(RUNTIME_THREAD.into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -63,6 +65,11 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    assert!(
+        std::thread::current().name() != Some(RUNTIME_THREAD),
+        "locksmith::blocking was called from its own runtime thread, which would deadlock; \
+         use the async API there"
+    );
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime().spawn(async move {
         let _ = tx.send(AssertUnwindSafe(fut).catch_unwind().await);

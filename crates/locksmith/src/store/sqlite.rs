@@ -14,15 +14,22 @@
 //!   every process using the file. A clock step on this machine moves every lease; fences
 //!   protect against that as against a paused holder.
 //! - Fences come from one counter row in the file, bumped in the grant's transaction, so
-//!   they keep increasing across restarts of every process.
+//!   they keep increasing across restarts of every process — and, with `synchronous = FULL`,
+//!   across a power cut or OS crash, which could otherwise roll back a handed-out fence.
 //! - Waiters in this process are woken by the worker at once; waiters in other processes
 //!   poll with jittered backoff capped at 25 ms and re-poll at the holder's expiry. A poller
 //!   reads first and writes only when the lock looks free.
-//! - Opening sets WAL, then creates or upgrades the schema in one `BEGIN IMMEDIATE`
-//!   transaction that checks `user_version` (WAL cannot be switched on inside a
-//!   transaction, so that pragma comes first; both are retried when busy). A file from a
-//!   newer locksmith, an unwritable or missing directory, or a corrupt or foreign file is a
-//!   clear error naming the path — never a silent reset.
+//! - Opening first checks, without changing anything, that the file is SQLite, writable,
+//!   and either empty or a locksmith lock file (`application_id` "LKSM") of a schema this
+//!   build knows (`user_version`). Then it sets WAL and creates or upgrades the schema in
+//!   one `BEGIN IMMEDIATE` transaction that checks `user_version` again (WAL cannot be
+//!   switched on inside a transaction, so that pragma comes first; both are retried when
+//!   busy). A file from a newer locksmith, another program's database, a file that is not
+//!   SQLite, an unwritable file or a missing directory is a clear error naming the path —
+//!   never a silent reset.
+//! - Dropping the last handle to a file lets its worker finish the queued jobs (detached
+//!   releases included) and waits up to a second for that, so locks dropped just before a
+//!   program ends are released rather than left to expire.
 //!
 //! # The default file
 //!
@@ -54,6 +61,10 @@ use crate::options::{Expired, ListQuery, Page, SetOutcome, SetPolicy};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of locksmith lock files ("LKSM"): a database without it is another
+/// program's, and is never changed.
+pub const APPLICATION_ID: i64 = 0x4C4B_534D;
 
 const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
 /// How long a call keeps retrying a busy file before giving up with a retryable error.
@@ -105,8 +116,30 @@ pub fn default_path() -> Result<PathBuf> {
 /// The embedded SQLite store. Build one with `Locksmith::connect("sqlite://…")`.
 pub struct SqliteStore {
     path: PathBuf,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// `None` once dropping.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Closed by the worker thread when it ends.
+    finished: Mutex<mpsc::Receiver<()>>,
     hub: Arc<WakeHub>,
+}
+
+/// How long dropping the last handle waits for the worker to finish queued jobs.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the worker once it has run every queued job.
+        drop(
+            self.jobs
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        let finished = self.finished.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(DRAIN_LIMIT) {
+            tracing::warn!(path = %self.path.display(), "the SQLite worker did not finish its queued jobs in time");
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -118,6 +151,9 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// What to do on the worker with an answer whose requester went away.
+type Orphan<T> = Arc<dyn Fn(&mut Worker, T) + Send + Sync>;
 
 fn open_files() -> &'static tokio::sync::Mutex<HashMap<PathBuf, Weak<SqliteStore>>> {
     static OPEN: OnceLock<tokio::sync::Mutex<HashMap<PathBuf, Weak<SqliteStore>>>> =
@@ -142,6 +178,12 @@ pub(crate) fn resolve(body: &str) -> Result<PathBuf> {
     let path = std::path::absolute(body)
         .map_err(|e| Error::config(format!("cannot resolve the SQLite path {body:?}: {e}")))?;
     let dir = path.parent().unwrap_or(Path::new("/"));
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::config(format!(
+            "{} is a file, not a directory — choose a lock file path inside a directory",
+            dir.display()
+        )));
+    }
     if !dir.is_dir() {
         return Err(Error::config(format!(
             "the directory {} of the lock file does not exist — create it (mkdir -p {}) or choose another path",
@@ -155,6 +197,29 @@ pub(crate) fn resolve(body: &str) -> Result<PathBuf> {
         Some(file) => dir.join(file),
         None => path,
     })
+}
+
+/// Refuses an existing, non-empty file that does not start with SQLite's header (SQLite
+/// itself would treat a 1-byte file as empty and overwrite it).
+fn check_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(()); // missing (created by SQLite) or unreadable (reported by SQLite)
+    };
+    let mut header = Vec::with_capacity(16);
+    if let Err(e) = file.by_ref().take(16).read_to_end(&mut header) {
+        return Err(Error::config(format!(
+            "cannot read {}: {e}",
+            path.display()
+        )));
+    }
+    if header.is_empty() || header == b"SQLite format 3\0" {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "{} is not a SQLite database — move it aside and let locksmith create a new one, or choose another path; locksmith never overwrites a file",
+        path.display()
+    )))
 }
 
 impl SqliteStore {
@@ -175,20 +240,24 @@ impl SqliteStore {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (thread_path, thread_hub) = (path.clone(), hub.clone());
+        let (finished_tx, finished) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("locksmith-sqlite".into())
-            .spawn(move || match Worker::open(thread_path, thread_hub) {
-                Ok(mut worker) => {
-                    let _ = ready_tx.send(Ok(()));
-                    while let Ok(job) = rx.recv() {
-                        // A panicking job must not take every other caller's worker down.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            job(&mut worker)
-                        }));
+            .spawn(move || {
+                let _finished = finished_tx; // dropped when the thread ends
+                match Worker::open(thread_path, thread_hub) {
+                    Ok(mut worker) => {
+                        let _ = ready_tx.send(Ok(()));
+                        while let Ok(job) = rx.recv() {
+                            // A panicking job must not take every other caller's worker down.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                job(&mut worker)
+                            }));
+                        }
                     }
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
             })
             .map_err(|e| Error::store("sqlite", false, e))?;
@@ -201,7 +270,8 @@ impl SqliteStore {
         })??;
         let store = Arc::new(SqliteStore {
             path: path.clone(),
-            jobs: Mutex::new(jobs),
+            jobs: Mutex::new(Some(jobs)),
+            finished: Mutex::new(finished),
             hub,
         });
         open.insert(path, Arc::downgrade(&store));
@@ -213,11 +283,14 @@ impl SqliteStore {
         &self.path
     }
 
+    fn sender(&self) -> Option<mpsc::Sender<Job>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn send(&self, job: Job) -> Result<()> {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(job)
+        self.sender()
+            .ok_or(())
+            .and_then(|jobs| jobs.send(job).map_err(|_| ()))
             .map_err(|_| {
                 Error::store(
                     "sqlite",
@@ -227,28 +300,30 @@ impl SqliteStore {
             })
     }
 
-    /// Runs `op` on the worker, retrying while the file is busy. If the caller has gone away
-    /// by the time `op` succeeded, the worker hands the answer to `orphan` instead.
+    /// Runs `op` on the worker, retrying while the file is busy. If the caller goes away
+    /// after `op` succeeded — before the worker answered, or with the answer not yet taken —
+    /// the answer goes to `orphan` on the worker (a grant nobody will use is released).
     async fn call<T, F, O>(&self, op: F, orphan: O) -> Result<T>
     where
         T: Send + 'static,
         F: Fn(&mut Worker) -> Result<T, SqlError> + Send + Sync + 'static,
         O: Fn(&mut Worker, T) + Send + Sync + 'static,
     {
-        let (op, orphan) = (Arc::new(op), Arc::new(orphan));
+        let op = Arc::new(op);
+        let orphan: Orphan<T> = Arc::new(orphan);
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
             let (tx, rx) = oneshot::channel();
-            let (op, orphan) = (op.clone(), orphan.clone());
+            let (job_op, job_orphan) = (op.clone(), orphan.clone());
             self.send(Box::new(move |w| {
                 if tx.is_closed() {
                     return; // the requester went away before its turn
                 }
-                match op(w) {
+                match job_op(w) {
                     Ok(v) => {
                         if let Err(Ok(v)) = tx.send(Ok(v)) {
-                            orphan(w, v);
+                            job_orphan(w, v);
                         }
                     }
                     Err(e) => {
@@ -256,9 +331,12 @@ impl SqliteStore {
                     }
                 }
             }))?;
-            let answer = rx
-                .await
-                .map_err(|_| Error::store("sqlite", true, "the SQLite worker dropped a request"))?;
+            let mut pending = Pending {
+                rx: Some(rx),
+                orphan: orphan.clone(),
+                jobs: self.sender(),
+            };
+            let answer = pending.answer().await?;
             match answer {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_busy() && started.elapsed() < BUSY_LIMIT => {
@@ -276,6 +354,38 @@ impl SqliteStore {
         F: Fn(&mut Worker) -> Result<T, SqlError> + Send + Sync + 'static,
     {
         self.call(op, |_, _| {}).await
+    }
+}
+
+/// A request sent to the worker. Dropped before its answer is taken, it hands an answer that
+/// arrived meanwhile to the orphan handler, on the worker.
+struct Pending<T: Send + 'static> {
+    rx: Option<oneshot::Receiver<Result<T, SqlError>>>,
+    orphan: Orphan<T>,
+    jobs: Option<mpsc::Sender<Job>>,
+}
+
+impl<T: Send + 'static> Pending<T> {
+    async fn answer(&mut self) -> Result<Result<T, SqlError>> {
+        let rx = self.rx.as_mut().expect("answer is taken once");
+        let answer = rx.await;
+        self.rx = None;
+        answer.map_err(|_| Error::store("sqlite", true, "the SQLite worker dropped a request"))
+    }
+}
+
+impl<T: Send + 'static> Drop for Pending<T> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        // After close() the worker's send fails and it calls `orphan` itself; an answer sent
+        // before is still here to take.
+        rx.close();
+        if let (Ok(Ok(v)), Some(jobs)) = (rx.try_recv(), &self.jobs) {
+            let orphan = self.orphan.clone();
+            let _ = jobs.send(Box::new(move |w| orphan(w, v)));
+        }
     }
 }
 
@@ -383,7 +493,8 @@ fn row_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
         token: token.and_then(|t| t.parse().ok()),
         owner: r.get(at + 1)?,
         host: r.get(at + 2)?,
-        pid: r.get(at + 3)?,
+        // Lenient, so one odd row written by someone else cannot break list or clear.
+        pid: u32::try_from(r.get::<_, i64>(at + 3).unwrap_or(0)).unwrap_or(0),
         fence: u64::try_from(r.get::<_, i64>(at + 4)?).unwrap_or(0),
         acquired_at: r.get(at + 5)?,
         expires_at: r.get(at + 6)?,
@@ -453,7 +564,14 @@ impl Worker {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let fail = |e: rusqlite::Error| SqlError::Sql(e).into_error(&path);
+        check_header(&path)?;
         let conn = Connection::open_with_flags(&path, flags).map_err(fail)?;
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(Error::config(format!(
+                "cannot write the lock file {} (it opened read-only) — every user of a lock file needs write access to it and to its directory; fix the permissions or choose another path",
+                path.display()
+            )));
+        }
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
         let mut worker = Worker { conn, hub };
         let started = Instant::now();
@@ -470,13 +588,22 @@ impl Worker {
         }
         worker
             .conn
-            .execute_batch("PRAGMA synchronous = NORMAL;")
+            .execute_batch("PRAGMA synchronous = FULL;")
             .map_err(fail)?;
         Ok(worker)
     }
 
-    /// WAL, then the schema in one IMMEDIATE transaction that checks `user_version`.
+    /// WAL, then the schema in one IMMEDIATE transaction that checks `user_version`. A file
+    /// from a newer locksmith is refused before anything in it changes.
     fn init(&mut self, path: &Path) -> Result<(), SqlError> {
+        let newer = |version: i64| -> SqlError {
+            Error::config(format!(
+                "{} was written by a newer locksmith (schema {version}; this one knows up to {SCHEMA_VERSION}) — upgrade locksmith, or use another file",
+                path.display()
+            ))
+            .into()
+        };
+        self.check_owner_file(path, &newer)?;
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -486,19 +613,45 @@ impl Worker {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Again under the write lock: another process may have created the file meanwhile.
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
+            return Err(newer(version));
+        }
+        if version < SCHEMA_VERSION {
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(&format!(
+                "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+            ))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Refuses, before anything in the file changes, a database of another program (tables
+    /// but not locksmith's application id) or of a newer locksmith.
+    fn check_owner_file(
+        &self,
+        path: &Path,
+        newer: &dyn Fn(i64) -> SqlError,
+    ) -> Result<(), SqlError> {
+        let (app, version, tables): (i64, i64, i64) = self.conn.query_row(
+            "SELECT (SELECT application_id FROM pragma_application_id),
+                    (SELECT user_version FROM pragma_user_version),
+                    (SELECT count(*) FROM sqlite_master)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        if tables > 0 && app != APPLICATION_ID {
             return Err(Error::config(format!(
-                "{} was written by a newer locksmith (schema {version}; this one knows up to {SCHEMA_VERSION}) — upgrade locksmith, or use another file",
+                "{} is a SQLite database of another program (application_id {app}, {tables} schema objects) — locksmith will not change it; choose another path",
                 path.display()
             ))
             .into());
         }
-        if version < SCHEMA_VERSION {
-            tx.execute_batch(SCHEMA)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+        if version > SCHEMA_VERSION {
+            return Err(newer(version));
         }
-        tx.commit()?;
         Ok(())
     }
 
@@ -560,8 +713,10 @@ impl Worker {
         Ok(outcome)
     }
 
-    /// Releases from `Drop` or for a requester that went away: retried here while busy,
-    /// since nobody waits for the answer.
+    /// Releases from `Drop` or for a requester that went away. Nobody waits for the answer,
+    /// so a busy file is retried here — a few times only, so the worker (and every caller
+    /// queued behind it) is held up for at most a few hundred milliseconds; after that the
+    /// lease expires on its own.
     fn release_unattended(
         &mut self,
         ns: &Namespace,
@@ -569,10 +724,12 @@ impl Worker {
         token: &Token,
         min_hold: Option<Duration>,
     ) {
-        let started = Instant::now();
+        const ATTEMPTS: u32 = 4;
+        let mut attempt = 1;
         loop {
             match self.release(ns, name, token, min_hold) {
-                Err(e) if e.is_busy() && started.elapsed() < BUSY_LIMIT => {
+                Err(e) if e.is_busy() && attempt < ATTEMPTS => {
+                    attempt += 1;
                     std::thread::sleep(jitter(POLL_CAP));
                 }
                 Err(e) => {
