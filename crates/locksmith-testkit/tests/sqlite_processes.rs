@@ -552,3 +552,38 @@ async fn guard_dropped_right_before_exit_is_released() {
         );
     }
 }
+
+/// A waiter in another process polls (jittered backoff capped at 25 ms) rather than waiting
+/// for its once-a-second re-poll or the holder's 60 s expiry: it gets the lock soon after
+/// the release. The bound is loose on purpose; latency numbers belong in benchmarks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_in_another_process_gets_the_lock_soon_after_release() {
+    let file = LockFile::new();
+    let lm = file.connect().await;
+    for _ in 0..3 {
+        let helper = Helper::spawn(&["hold-for", &file.url, "hf", "300"]);
+        helper.expect("acquired");
+        let guard = lm
+            .lock("hf")
+            .wait(Wait::For(Duration::from_secs(10)))
+            .acquire()
+            .await
+            .expect("acquired after the other process released");
+        let got = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        let released: u128 = helper
+            .expect("released")
+            .trim()
+            .parse()
+            .expect("a timestamp");
+        assert!(got >= released, "acquired before the release?");
+        let lag = Duration::from_micros(u64::try_from(got - released).unwrap());
+        assert!(
+            lag < Duration::from_millis(500),
+            "cross-process hand-off took {lag:?}: waiters are not polling"
+        );
+        guard.release().await.unwrap();
+    }
+}

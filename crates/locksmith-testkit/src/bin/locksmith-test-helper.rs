@@ -11,6 +11,8 @@
 //!   print `acquired <F>`, then sleep forever. Prints `lost <reason>` if the lease is lost.
 //! - `min-hold URL NAME MIN_HOLD_MS` — acquire with a 10 s TTL and that `min_hold`, release
 //!   at once, print `released <F>` and exit.
+//! - `hold-for URL NAME HOLD_MS` — acquire with a 60 s TTL, print `acquired <F>`, release
+//!   after HOLD_MS and print `released <unix µs>`.
 //! - `drop-exit URL NAME` — acquire with a 60 s TTL, print `acquired <F>`, drop the guard
 //!   and exit at once (the release must not be lost to the exit).
 //! - `blocking-drop-exit URL NAME` — the same through `locksmith::blocking`, from `main`.
@@ -30,7 +32,7 @@ use locksmith::{Error, Locksmith, Renew, Wait};
 const USAGE: &str = "usage: locksmith-test-helper \
     counter URL NAME COUNTER_FILE FENCE_FILE M | cycle URL NAME N | \
     hold URL NAME TTL_MS [--renew] | min-hold URL NAME MIN_HOLD_MS | \
-    drop-exit URL NAME | blocking-drop-exit URL NAME | connect URL";
+    hold-for URL NAME HOLD_MS | drop-exit URL NAME | blocking-drop-exit URL NAME | connect URL";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -200,6 +202,25 @@ async fn run(args: &[&str]) -> Result<ExitCode, String> {
             let fence = guard.fence();
             guard.release().await.map_err(|e| failed("release", &e))?;
             say(&format!("released {fence}"));
+            Ok(ExitCode::SUCCESS)
+        }
+        ["hold-for", url, name, hold_ms] => {
+            // Hold with a long lease, release after HOLD_MS, and say when (wall clock, µs).
+            let hold = Duration::from_millis(number("HOLD_MS", hold_ms)?);
+            let lm = connect(url).await?;
+            let guard = lm
+                .lock(*name)
+                .ttl(Duration::from_secs(60))
+                .acquire()
+                .await
+                .map_err(|e| failed("acquire", &e))?;
+            say(&format!("acquired {}", guard.fence()));
+            tokio::time::sleep(hold).await;
+            guard.release().await.map_err(|e| failed("release", &e))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970");
+            say(&format!("released {}", now.as_micros()));
             Ok(ExitCode::SUCCESS)
         }
         ["drop-exit", url, name] => {
