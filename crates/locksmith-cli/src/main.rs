@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
+
 use locksmith::Locksmith;
 
 mod admin;
@@ -16,8 +17,53 @@ use cli::{Cli, Color, Command};
 use exit::Failure;
 use output::Out;
 
+/// Whether the raw arguments ask for JSON output (for errors found before they parse).
+fn wants_json(args: &[std::ffi::OsString]) -> bool {
+    args.windows(2)
+        .any(|w| w[0] == "--format" && w[1] == "json")
+        || args.iter().any(|a| a == "--format=json")
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version: clap prints them as usual
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `locksmith` alone: the help, as a usage error
+            let _ = e.print();
+            return ExitCode::from(exit::USAGE);
+        }
+        Err(e) => {
+            // One line, in the chosen format: clap's first paragraph, without its "error: ".
+            let rendered = e.render().to_string();
+            let paragraph: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let joined = paragraph.join(" ");
+            let message = joined.strip_prefix("error: ").unwrap_or(&joined);
+            let out = Out {
+                format: if wants_json(&args) {
+                    cli::Format::Json
+                } else {
+                    cli::Format::Human
+                },
+                quiet: false,
+                color: false,
+            };
+            out.error(&Failure::new(
+                exit::USAGE,
+                format!("{message} (see `locksmith --help`)"),
+            ));
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     init_tracing(&cli);
     let color = match cli.color {
         Color::Always => true,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
@@ -29,6 +29,8 @@ use crate::options::{Expired, ListQuery, Page, SetOutcome, SetPolicy};
 pub struct MemoryStore {
     label: String,
     origin: Instant,
+    /// The wall time of `origin`, for display.
+    epoch: SystemTime,
     state: Mutex<State>,
     hub: WakeHub,
     offline: AtomicBool,
@@ -53,6 +55,7 @@ struct MemTable<'a> {
     rows: &'a mut BTreeMap<String, Row>,
     fence: &'a mut u64,
     now: i64,
+    epoch: SystemTime,
 }
 
 impl Table for MemTable<'_> {
@@ -60,6 +63,10 @@ impl Table for MemTable<'_> {
 
     fn now(&self) -> i64 {
         self.now
+    }
+
+    fn epoch(&self) -> SystemTime {
+        self.epoch
     }
 
     fn get(&mut self, name: &str) -> Result<Option<Row>> {
@@ -126,6 +133,7 @@ impl MemoryStore {
         MemoryStore {
             label,
             origin: Instant::now(),
+            epoch: SystemTime::now(),
             state: Mutex::new(State::default()),
             hub: WakeHub::default(),
             offline: AtomicBool::new(false),
@@ -167,6 +175,7 @@ impl MemoryStore {
             rows,
             fence: &mut state.fence,
             now,
+            epoch: self.epoch,
         });
         if state.spaces.get(ns).is_some_and(BTreeMap::is_empty) {
             state.spaces.remove(ns);
@@ -303,7 +312,7 @@ impl Store for MemoryStore {
                 next = items.last().map(|i: &LockInfo| i.name.clone());
                 break;
             }
-            items.push(row.info(name, now));
+            items.push(row.info(name, now, self.epoch));
         }
         Ok(Page::new(items, next))
     }

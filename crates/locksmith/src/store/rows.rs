@@ -66,11 +66,12 @@ impl Row {
         })
     }
 
-    /// What anyone may see of this row at `now`.
-    pub(crate) fn info(&self, name: &str, now: i64) -> LockInfo {
+    /// What anyone may see of this row at `now`; `epoch` is the wall time of store-clock
+    /// zero, for the display-only absolute times.
+    pub(crate) fn info(&self, name: &str, now: i64, epoch: SystemTime) -> LockInfo {
         let expires_in = self.expires_at.map(|e| duration(e - now));
         let held_for = duration(now - self.acquired_at);
-        let wall = SystemTime::now();
+        let wall = |t: i64| epoch + duration(t);
         LockInfo {
             name: name.to_string(),
             owner: self.owner.clone(),
@@ -81,8 +82,8 @@ impl Row {
             expires_in,
             expired: !self.live(now),
             released: self.token.is_none(),
-            acquired_at: wall.checked_sub(held_for).unwrap_or(wall),
-            expires_at: expires_in.map(|d| wall + d),
+            acquired_at: wall(self.acquired_at),
+            expires_at: self.expires_at.map(wall),
         }
     }
 }
@@ -94,6 +95,8 @@ pub(crate) trait Table {
 
     /// The store's clock, in microseconds.
     fn now(&self) -> i64;
+    /// The wall time of the store clock's zero.
+    fn epoch(&self) -> SystemTime;
     fn get(&mut self, name: &str) -> Result<Option<Row>, Self::Error>;
     /// Inserts or replaces.
     fn put(&mut self, name: &str, row: &Row) -> Result<(), Self::Error>;
@@ -122,7 +125,7 @@ fn blocked<T: Table>(t: &mut T, claim: &Claim) -> Result<Option<Grant>, T::Error
         if row.token.as_ref() == Some(&claim.token) {
             Grant::AlreadyHeld
         } else {
-            Grant::Held(row.info(claim.name.as_str(), now))
+            Grant::Held(row.info(claim.name.as_str(), now, t.epoch()))
         }
     }))
 }
@@ -216,12 +219,14 @@ pub(crate) fn held_by<T: Table>(
     let now = t.now();
     Ok(t.get(name.as_str())?
         .filter(|r| r.held_by(token, now))
-        .map(|r| r.info(name.as_str(), now)))
+        .map(|r| r.info(name.as_str(), now, t.epoch())))
 }
 
 pub(crate) fn inspect<T: Table>(t: &mut T, name: &LockName) -> Result<Option<LockInfo>, T::Error> {
     let now = t.now();
-    Ok(t.get(name.as_str())?.map(|r| r.info(name.as_str(), now)))
+    let epoch = t.epoch();
+    Ok(t.get(name.as_str())?
+        .map(|r| r.info(name.as_str(), now, epoch)))
 }
 
 /// Per name, whether a live lock was removed.
@@ -253,7 +258,7 @@ pub(crate) fn set_locks<T: Table>(
             (Some(row), ..) if policy.fail => {
                 return Err(Error::Locked {
                     name: claim.name.to_string(),
-                    holder: Box::new(row.info(claim.name.as_str(), now)),
+                    holder: Box::new(row.info(claim.name.as_str(), now, t.epoch())),
                 }
                 .into());
             }
@@ -288,7 +293,7 @@ pub(crate) fn set_locks<T: Table>(
         let was_locked = matches!(action, SetAction::Renewed | SetAction::SkippedRenew);
         let locked = action != SetAction::SkippedCreate;
         if locked && let Some(row) = t.get(name)? {
-            locks.push(row.info(name, now));
+            locks.push(row.info(name, now, t.epoch()));
         }
         statuses.push(SetStatus::new(name, was_locked, locked, action));
     }

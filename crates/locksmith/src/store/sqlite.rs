@@ -508,6 +508,10 @@ impl Table for SqlTable<'_> {
         self.now
     }
 
+    fn epoch(&self) -> SystemTime {
+        UNIX_EPOCH
+    }
+
     fn get(&mut self, name: &str) -> Result<Option<Row>, SqlError> {
         let sql =
             format!("SELECT {COLUMNS} FROM locksmith_locks WHERE namespace = ?1 AND name = ?2");
@@ -693,7 +697,7 @@ impl Worker {
             return Ok(if row.token.as_ref() == Some(&claim.token) {
                 Grant::AlreadyHeld
             } else {
-                Grant::Held(row.info(claim.name.as_str(), now))
+                Grant::Held(row.info(claim.name.as_str(), now, UNIX_EPOCH))
             });
         }
         self.write(ns, |t| rows::try_acquire(t, claim))
@@ -884,7 +888,7 @@ impl Store for SqliteStore {
                     params![ns.as_str(), query.prefix, query.after, expired, now, limit],
                     |r| {
                         let name: String = r.get(0)?;
-                        Ok(row_from(r, 1)?.info(&name, now))
+                        Ok(row_from(r, 1)?.info(&name, now, UNIX_EPOCH))
                     },
                 )?
                 .collect::<rusqlite::Result<Vec<LockInfo>>>()?;
