@@ -114,20 +114,35 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
     if let Some(d) = args.max_hold {
         b = b.max_hold(d);
     }
-    let waits = args.lease.wait.is_some_and(|w| w != Wait::No);
-    let guard = acquire_showing_holder(lm, &args.name, b, waits, out)
-        .await
-        .map_err(|e| contention(e, args.busy_exit_code, &format!("not running {shown}")))?;
-    let fence = guard.fence();
-    tracing::info!(lock = %args.name, fence, "acquired; starting {shown}");
-
-    // Signal handlers before the child starts, so none is missed.
+    // Signal handlers first: a signal while waiting gives up the wait (nothing is held or
+    // queued afterwards); one after the grant is forwarded to the command.
     let handler = |kind| {
         signal(kind).map_err(|e| Failure::new(exit::STORE, format!("cannot handle signals: {e}")))
     };
     let mut int = handler(SignalKind::interrupt())?;
     let mut term = handler(SignalKind::terminate())?;
     let mut hup = handler(SignalKind::hangup())?;
+
+    let waits = args.lease.wait.is_some_and(|w| w != Wait::No);
+    let acquire = acquire_showing_holder(lm, &args.name, b, waits, out);
+    let interrupted = |sig: Signal| {
+        Failure::new(
+            u8::try_from(128 + sig as i32).unwrap_or(1),
+            format!(
+                "interrupted by {sig} while waiting for lock {:?}; {shown} did not run",
+                args.name
+            ),
+        )
+    };
+    let guard = tokio::select! {
+        acquired = acquire => acquired
+            .map_err(|e| contention(e, args.busy_exit_code, &format!("not running {shown}")))?,
+        _ = int.recv() => return Err(interrupted(Signal::SIGINT)),
+        _ = term.recv() => return Err(interrupted(Signal::SIGTERM)),
+        _ = hup.recv() => return Err(interrupted(Signal::SIGHUP)),
+    };
+    let fence = guard.fence();
+    tracing::info!(lock = %args.name, fence, "acquired; starting {shown}");
 
     let spawned = tokio::process::Command::new(&program)
         .args(&args.command[1..])

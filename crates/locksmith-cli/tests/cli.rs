@@ -487,6 +487,28 @@ fn signals_are_forwarded_to_the_command() {
     }
 }
 
+#[test]
+fn a_signal_while_waiting_gives_up_and_holds_nothing() {
+    let store = Store::new();
+    let (token, _) = store.acquire("busy", "60s");
+    let ran = store.path("ran");
+    let waiter = store.spawn(&["run", "busy", "--wait", "forever", "--", "touch", s(&ran)]);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(waiter.pid(), Signal::SIGTERM).expect("signal locksmith");
+    let (done, took) = finish(waiter, LIMIT);
+    assert_eq!(done.code, Some(128 + 15), "{done:?}");
+    assert!(took < LIMIT);
+    assert!(one_line(&done).contains("interrupted"), "{done:?}");
+    assert!(
+        !ran.exists(),
+        "the command ran although the wait was interrupted"
+    );
+    // the holder is untouched, and nothing else holds or waits
+    let released = store.run(&["release", "busy", "--token", &token]);
+    assert_eq!(released.code, Some(0), "{released:?}");
+    assert_eq!(store.status("busy"), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // run: the lock lost while the command runs
 
