@@ -17,8 +17,9 @@ pub(crate) fn wait(s: &str) -> Result<Wait, String> {
     if s.eq_ignore_ascii_case("forever") {
         return Ok(Wait::Forever);
     }
+    // `--wait 0s` means "do not wait", with the busy exit code.
     duration(s)
-        .map(Wait::For)
+        .map(|d| if d.is_zero() { Wait::No } else { Wait::For(d) })
         .map_err(|e| format!("{e}, or `forever`"))
 }
 

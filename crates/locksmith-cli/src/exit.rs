@@ -6,9 +6,9 @@ use locksmith::Error;
 pub(crate) const OK: u8 = 0;
 /// `status`: the lock is free. `release`/`extend`: the token does not hold the lock.
 pub(crate) const NOT_HELD: u8 = 1;
-/// Bad usage: unknown flag, malformed duration, bad name, bad store URL.
+/// Bad usage: unknown flag, malformed duration, bad name, bad store URL, unusable lock file.
 pub(crate) const USAGE: u8 = 2;
-/// The store failed: unreachable server, unwritable or corrupt file.
+/// The store failed: an operation failed or stayed busy, a server is unreachable.
 pub(crate) const STORE: u8 = 3;
 /// `--wait` ran out while the lock stayed held.
 pub(crate) const TIMEOUT: u8 = 4;
@@ -22,11 +22,12 @@ pub(crate) const TABLE: &str = "\
 Exit codes:
   0   ok (status: the lock is held)
   1   status: the lock is free; release/extend: the token does not hold the lock
-  2   usage error: bad flag, duration, name or store URL
-  3   store error: unreachable server, unwritable or corrupt file
+  2   usage error: bad flag, duration, name or store URL, or an unusable lock file
+  3   store error: the store failed or stayed busy, a server is unreachable
   4   --wait ran out
   75  busy: the lock is held elsewhere (run --busy-exit-code N overrides)
-  76  the lock was lost while the command ran; the command was stopped
+  76  the lock was lost (or --max-hold reached) while the command ran; it was stopped
+  126 run: the command could not be started (127: not found)
   run otherwise exits with the command's code (128+N if it was killed by signal N)";
 
 /// A failure to report: one line on stderr and an exit code.

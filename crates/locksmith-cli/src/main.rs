@@ -56,6 +56,7 @@ fn main() -> ExitCode {
                 },
                 quiet: false,
                 color: false,
+                table_color: false,
             };
             out.error(&Failure::new(
                 exit::USAGE,
@@ -65,18 +66,16 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&cli);
-    let color = match cli.color {
+    let color = |terminal: bool| match cli.color {
         Color::Always => true,
         Color::Never => false,
-        Color::Auto => {
-            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::io::stderr().is_terminal()
-        }
+        Color::Auto => std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && terminal,
     };
     let out = Out {
         format: cli.format,
         quiet: cli.quiet,
-        color,
+        color: color(std::io::stderr().is_terminal()),
+        table_color: color(std::io::stdout().is_terminal()),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -20,7 +20,10 @@ use crate::exit::Failure;
 pub(crate) struct Out {
     pub(crate) format: Format,
     pub(crate) quiet: bool,
+    /// Colour on stderr (errors).
     pub(crate) color: bool,
+    /// Colour on stdout (tables).
+    pub(crate) table_color: bool,
 }
 
 pub(crate) fn ms(d: Duration) -> u64 {
@@ -93,12 +96,18 @@ impl Out {
         self.format == Format::Json
     }
 
-    /// A result line on stdout. Output errors (a closed pipe) end the program quietly.
+    /// A result line on stdout. Read-only output to a closed pipe (`| head`) ends the program
+    /// quietly, as `grep` would.
     pub(crate) fn line(&self, text: impl std::fmt::Display) {
-        let mut stdout = std::io::stdout().lock();
-        if writeln!(stdout, "{text}").is_err() {
+        if !self.try_line(text) {
             std::process::exit(0);
         }
+    }
+
+    /// A result line on stdout; whether it was written (and flushed).
+    pub(crate) fn try_line(&self, text: impl std::fmt::Display) -> bool {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{text}").is_ok() && stdout.flush().is_ok()
     }
 
     /// A JSON object on stdout.
@@ -131,7 +140,7 @@ impl Out {
     pub(crate) fn table(&self, header: &[&str]) -> Table {
         let mut table = Table::new();
         table.load_style(comfy_table::presets::NOTHING);
-        if self.color {
+        if self.table_color {
             table.enforce_styling();
         } else {
             table.force_no_tty();

@@ -92,9 +92,40 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
     }
 }
 
-fn send(child: &tokio::process::Child, sig: Signal) {
-    if let Some(id) = child.id().and_then(|id| i32::try_from(id).ok()) {
-        let _ = kill(Pid::from_raw(id), sig);
+/// Where `run` sends signals: the command, or its whole process group.
+struct Target {
+    pid: Option<i32>,
+    group: bool,
+}
+
+impl Target {
+    fn send(&self, sig: Signal) {
+        if let Some(pid) = self.pid {
+            let to = if self.group { -pid } else { pid };
+            let _ = kill(Pid::from_raw(to), sig);
+        }
+    }
+}
+
+/// Makes the command die with locksmith: if locksmith is killed outright (SIGKILL, or a
+/// signal it does not handle), nobody renews the lease any more, so the command must not
+/// run on unlocked.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut tokio::process::Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2) and
+    // getppid(2), which are async-signal-safe; it allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // locksmith may have died before the prctl took effect
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "locksmith exited before the command started",
+                ));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -111,8 +142,10 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
     if let Some(d) = args.min_hold {
         b = b.min_hold(d);
     }
+    // The lease must outlive the kill grace: the library's max_hold is --max-hold plus the
+    // grace; locksmith itself starts stopping the command at --max-hold.
     if let Some(d) = args.max_hold {
-        b = b.max_hold(d);
+        b = b.max_hold(d.saturating_add(args.kill_grace));
     }
     // Signal handlers first: a signal while waiting gives up the wait (nothing is held or
     // queued afterwards); one after the grant is forwarded to the command.
@@ -123,7 +156,10 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
     let mut term = handler(SignalKind::terminate())?;
     let mut hup = handler(SignalKind::hangup())?;
 
-    let waits = args.lease.wait.is_some_and(|w| w != Wait::No);
+    let waits = args
+        .lease
+        .wait
+        .is_some_and(|w| w != Wait::No && w != Wait::For(Duration::ZERO));
     let acquire = acquire_showing_holder(lm, &args.name, b, waits, out);
     let interrupted = |sig: Signal| {
         Failure::new(
@@ -144,16 +180,25 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
     let fence = guard.fence();
     tracing::info!(lock = %args.name, fence, "acquired; starting {shown}");
 
-    let spawned = tokio::process::Command::new(&program)
+    // Without a terminal (cron, scripts, services) the command gets a process group of its
+    // own, so stopping it reaches everything it started. On a terminal it stays in
+    // locksmith's group for job control, and the terminal's own Ctrl-C reaches it directly.
+    let on_terminal = std::io::stdin().is_terminal();
+    let mut command = tokio::process::Command::new(&program);
+    command
         .args(&args.command[1..])
         .env("LOCKSMITH_NAME", &args.name)
         .env("LOCKSMITH_FENCE", fence.to_string())
-        .env("LOCKSMITH_OWNER", &owner)
-        .spawn();
-    let mut child = match spawned {
+        .env("LOCKSMITH_OWNER", &owner);
+    if !on_terminal {
+        command.process_group(0);
+    }
+    die_with_parent(&mut command);
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let _ = guard.release().await;
+            // Nothing ran: free the lock at once, whatever --min-hold says.
+            let _ = guard.release_now().await;
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -162,29 +207,49 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
             return Err(Failure::new(code, format!("cannot run {shown}: {e}")));
         }
     };
+    let target = Target {
+        pid: child.id().and_then(|id| i32::try_from(id).ok()),
+        group: !on_terminal,
+    };
 
     let lost = guard.lost();
     tokio::pin!(lost);
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            _ = int.recv() => send(&child, Signal::SIGINT),
-            _ = term.recv() => send(&child, Signal::SIGTERM),
-            _ = hup.recv() => send(&child, Signal::SIGHUP),
-            reason = &mut lost => {
-                out.error(&Failure::new(exit::LOST, format!(
-                    "lock {:?} was lost while {shown} ran ({reason}); stopping it (SIGTERM, then SIGKILL after {})",
-                    args.name, human(args.kill_grace)
-                )));
-                send(&child, Signal::SIGTERM);
-                if tokio::time::timeout(args.kill_grace, child.wait()).await.is_err() {
-                    send(&child, Signal::SIGKILL);
-                    let _ = child.wait().await;
-                }
-                let _ = guard.release().await;
-                return Ok(exit::LOST);
-            }
+    let max_hold = async {
+        match args.max_hold {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
         }
+    };
+    tokio::pin!(max_hold);
+    let status = loop {
+        let why = tokio::select! {
+            status = child.wait() => break status,
+            _ = int.recv() => {
+                // On a terminal, Ctrl-C already reached the command; do not send a second.
+                if !on_terminal {
+                    target.send(Signal::SIGINT);
+                }
+                continue;
+            }
+            _ = term.recv() => { target.send(Signal::SIGTERM); continue; }
+            _ = hup.recv() => { target.send(Signal::SIGHUP); continue; }
+            reason = &mut lost => reason.to_string(),
+            _ = &mut max_hold => "--max-hold was reached".to_string(),
+        };
+        out.error(&Failure::new(exit::LOST, format!(
+            "lock {:?} was lost while {shown} ran ({why}); stopping it (SIGTERM, then SIGKILL after {})",
+            args.name, human(args.kill_grace)
+        )));
+        target.send(Signal::SIGTERM);
+        if tokio::time::timeout(args.kill_grace, child.wait())
+            .await
+            .is_err()
+        {
+            target.send(Signal::SIGKILL);
+            let _ = child.wait().await;
+        }
+        let _ = guard.release().await;
+        return Ok(exit::LOST);
     };
     let status =
         status.map_err(|e| Failure::new(exit::STORE, format!("waiting for {shown}: {e}")))?;
@@ -200,12 +265,15 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
                 ),
             ));
         }
-        Err(e) => {
-            tracing::warn!(lock = %args.name, error = %e, "release failed; the lease will expire")
-        }
+        Err(e) => out.note(format!(
+            "locksmith: warning: releasing {:?} failed ({e}); it stays held until its lease expires",
+            args.name
+        )),
     }
     if out.json() {
-        out.object(json!({"type": "run", "name": args.name, "fence": fence, "exit_code": code}));
+        // The command's code stands even if nobody reads this line.
+        let _ = out
+            .try_line(json!({"type": "run", "name": args.name, "fence": fence, "exit_code": code}));
     }
     Ok(code)
 }
@@ -219,18 +287,28 @@ pub(crate) async fn acquire(lm: &Locksmith, args: AcquireArgs, out: Out) -> Resu
         .map_err(|e| contention(e, exit::BUSY, "try again later or pass --wait"))?;
     let fence = guard.fence();
     let expires = guard.expires_in();
-    let token = guard.leak();
-    if out.json() {
-        out.object(json!({
+    let token = guard.token().expose().to_string();
+    let printed = if out.json() {
+        out.try_line(json!({
             "type": "acquired",
             "name": args.name,
-            "token": token.expose(),
+            "token": token,
             "fence": fence,
             "expires_in_ms": expires.map(ms),
-        }));
+        }))
     } else {
-        out.line(format!("token={}", token.expose()));
-        out.line(format!("fence={fence}"));
+        out.try_line(format!("token={token}\nfence={fence}"))
+    };
+    if !printed {
+        // Nobody received the token, so nobody could release the lock: give it back.
+        let _ = guard.release_now().await;
+        return Err(Failure::new(
+            exit::STORE,
+            "cannot write the token to stdout (closed?); the lock was released",
+        ));
+    }
+    let _ = guard.leak();
+    if !out.json() {
         out.note(format!(
             "locksmith: acquired {:?} (fence {fence}); it stays held until it expires in {} or `locksmith release {} --token …`",
             args.name,

@@ -1308,3 +1308,97 @@ fn the_store_url_can_come_from_the_environment() {
         .assert()
         .code(0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// run: stopping the command and everything it started
+
+/// Whether a process with this pid still exists (and is not a zombie of ours).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+fn read_pid(path: &Path) -> i32 {
+    wait_until("the command writes its pid", LIMIT, || path.exists());
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+#[test]
+fn max_hold_stops_the_command_and_its_children() {
+    let store = Store::new();
+    let pid_file = store.path("grandchild");
+    // a grandchild that ignores nothing: it must be stopped with its parent
+    let script = r#"sleep 30 & echo $! > "$1.tmp"; mv "$1.tmp" "$1"; wait"#;
+    let started = Instant::now();
+    let child = store.spawn(&[
+        "run",
+        "mh",
+        "--ttl",
+        "1s",
+        "--max-hold",
+        "1s",
+        "--kill-grace",
+        "500ms",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        s(&pid_file),
+    ]);
+    let grandchild = read_pid(&pid_file);
+    let (done, _) = finish(child, LIMIT);
+    assert_eq!(done.code, Some(76), "{done:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "stopped before --max-hold"
+    );
+    assert!(one_line(&done).contains("max-hold"), "{done:?}");
+    wait_until("the grandchild is gone", LIMIT, || !alive(grandchild));
+    assert_eq!(store.status("mh"), 1, "the lock outlived the command");
+}
+
+#[test]
+fn the_command_dies_with_a_killed_locksmith() {
+    let store = Store::new();
+    let pid_file = store.path("pid");
+    let script = r#"echo $$ > "$1.tmp"; mv "$1.tmp" "$1"; exec sleep 30"#;
+    let mut child = store.spawn(&["run", "pk", "--", "sh", "-c", script, "sh", s(&pid_file)]);
+    let command = read_pid(&pid_file);
+    kill(child.pid(), Signal::SIGKILL).expect("SIGKILL locksmith");
+    let _ = child.has_exited();
+    wait_until("the command is gone", LIMIT, || !alive(command));
+}
+
+#[test]
+fn a_command_that_cannot_start_frees_the_lock_despite_min_hold() {
+    let store = Store::new();
+    let done = store.run(&[
+        "run",
+        "nf",
+        "--min-hold",
+        "1h",
+        "--",
+        "/nonexistent/command",
+    ]);
+    assert_eq!(done.code, Some(127), "{done:?}");
+    assert!(one_line(&done).contains("cannot run"), "{done:?}");
+    assert_eq!(
+        store.status("nf"),
+        1,
+        "a command that never ran kept the lock"
+    );
+}
+
+#[test]
+fn wait_zero_is_busy_not_timeout() {
+    let store = Store::new();
+    let (token, _) = store.acquire("w0", "60s");
+    let done = store.run(&["run", "w0", "--wait", "0s", "--", "true"]);
+    assert_eq!(done.code, Some(75), "{done:?}");
+    let released = store.run(&["release", "w0", "--token", &token]);
+    assert_eq!(released.code, Some(0));
+}

@@ -272,6 +272,7 @@ macro_rules! for_each_case {
             never_expiring_lock,
             min_hold_keeps_lock,
             min_hold_passed_releases,
+            release_now_ignores_min_hold,
             // renewal and loss
             auto_renew_holds_past_ttl,
             lost_when_cleared,

@@ -520,14 +520,33 @@ impl LockGuard {
     /// # Cancel safety
     ///
     /// If cancelled, the guard is dropped, which releases the lock again without waiting.
-    pub async fn release(mut self) -> Result<()> {
+    pub async fn release(self) -> Result<()> {
+        let min_hold = self.held.min_hold;
+        self.release_with(min_hold).await
+    }
+
+    /// Releases the lock at once, ignoring `min_hold`: for work that did not happen (a job
+    /// that failed to start should not block the next attempt for the rest of the period).
+    ///
+    /// # Errors
+    ///
+    /// As [`release`](LockGuard::release).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`release`](LockGuard::release).
+    pub async fn release_now(self) -> Result<()> {
+        self.release_with(None).await
+    }
+
+    async fn release_with(mut self, min_hold: Option<Duration>) -> Result<()> {
         self.stop_watchdog();
         let held = self.held.clone();
         let status = held.status.send_replace(Status::Releasing);
         let lost = held.loss_at(status, Instant::now()).is_some();
         let answer = held
             .store
-            .release(&held.ns, &held.name, &held.token, held.min_hold)
+            .release(&held.ns, &held.name, &held.token, min_hold)
             .await;
         // Only now: a release cancelled above is retried by Drop.
         held.finish();

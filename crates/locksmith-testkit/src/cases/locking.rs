@@ -470,6 +470,22 @@ pub async fn min_hold_passed_releases(ctx: Ctx) {
     assert!(other.lock("mp").try_acquire().await.unwrap().is_some());
 }
 
+/// `release_now` frees the lock at once despite `min_hold` (work that did not happen).
+pub async fn release_now_ignores_min_hold(ctx: Ctx) {
+    let other = ctx.client().await;
+    let g = ctx
+        .lm
+        .lock("rn")
+        .ttl(Duration::from_secs(30))
+        .min_hold(Duration::from_secs(20))
+        .acquire()
+        .await
+        .unwrap();
+    g.release_now().await.unwrap();
+    assert!(ctx.lm.inspect("rn").await.unwrap().is_none());
+    assert!(other.lock("rn").try_acquire().await.unwrap().is_some());
+}
+
 /// Invalid names are refused by every call, with the reason; odd but valid names work.
 pub async fn invalid_names(ctx: Ctx) {
     let lm = &ctx.lm;
