@@ -92,6 +92,38 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
     }
 }
 
+/// A signal handler, or none for a signal the caller ignores (never fires).
+struct Handler(Option<tokio::signal::unix::Signal>);
+
+impl Handler {
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The signals this process was started with ignored, from `/proc/self/status` (read before
+/// any handler is installed). Empty where that file is unavailable.
+fn ignored_signals() -> Vec<Signal> {
+    let mask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]
+        .into_iter()
+        .filter(|&sig| mask & (1 << (sig as i32 - 1)) != 0)
+        .collect()
+}
+
 /// Where `run` sends signals: the command, or its whole process group.
 struct Target {
     pid: Option<i32>,
@@ -148,13 +180,20 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
         b = b.max_hold(d.saturating_add(args.kill_grace));
     }
     // Signal handlers first: a signal while waiting gives up the wait (nothing is held or
-    // queued afterwards); one after the grant is forwarded to the command.
-    let handler = |kind| {
-        signal(kind).map_err(|e| Failure::new(exit::STORE, format!("cannot handle signals: {e}")))
+    // queued afterwards); one after the grant is forwarded to the command. A signal our
+    // caller ignores (`nohup`, `&` in a script) stays ignored, for us and for the command.
+    let ignored = ignored_signals();
+    let handler = |kind: SignalKind, sig: Signal| -> Result<Handler, Failure> {
+        if ignored.contains(&sig) {
+            return Ok(Handler(None));
+        }
+        signal(kind)
+            .map(|s| Handler(Some(s)))
+            .map_err(|e| Failure::new(exit::STORE, format!("cannot handle signals: {e}")))
     };
-    let mut int = handler(SignalKind::interrupt())?;
-    let mut term = handler(SignalKind::terminate())?;
-    let mut hup = handler(SignalKind::hangup())?;
+    let mut int = handler(SignalKind::interrupt(), Signal::SIGINT)?;
+    let mut term = handler(SignalKind::terminate(), Signal::SIGTERM)?;
+    let mut hup = handler(SignalKind::hangup(), Signal::SIGHUP)?;
 
     let waits = args
         .lease

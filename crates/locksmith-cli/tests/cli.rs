@@ -1402,3 +1402,30 @@ fn wait_zero_is_busy_not_timeout() {
     let released = store.run(&["release", "w0", "--token", &token]);
     assert_eq!(released.code, Some(0));
 }
+
+#[test]
+fn a_signal_the_caller_ignores_stays_ignored() {
+    let store = Store::new();
+    let mask_file = store.path("mask");
+    // like `nohup`: SIGHUP ignored before locksmith starts
+    let script = format!(
+        r#"trap "" HUP; exec {BIN} --url "$1" run nh -- sh -c 'grep SigIgn /proc/self/status > "$0.tmp"; mv "$0.tmp" "$0"; sleep 1' "$2""#
+    );
+    let mut child = StdCommand::new("sh")
+        .args(["-c", &script, "sh", &store.url, s(&mask_file)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the command reports its signal mask", LIMIT, || {
+        mask_file.exists()
+    });
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+    kill(pid, Signal::SIGHUP).expect("SIGHUP locksmith");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGHUP was not ignored: {status:?}");
+    let mask = std::fs::read_to_string(&mask_file).unwrap();
+    let bits = u64::from_str_radix(mask.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
+    assert_eq!(bits & 1, 1, "the command does not ignore SIGHUP: {mask}");
+}
