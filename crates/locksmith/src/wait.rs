@@ -396,16 +396,9 @@ impl Inner {
         }
     }
 
-    pub(crate) fn guard(
-        &self,
-        claim: Claim,
-        fence: u64,
-        sent: Instant,
-        ttl: Option<Duration>,
-        plan: &Plan,
-    ) -> LockGuard {
+    pub(crate) fn guard(&self, claim: Claim, fence: u64, sent: Instant, plan: &Plan) -> LockGuard {
         let terms = Terms {
-            ttl,
+            ttl: claim.ttl,
             min_hold: plan.min_hold,
             max_hold: plan.max_hold,
         };
@@ -731,7 +724,7 @@ async fn acquire_one(inner: &Inner, name: LockName, plan: Plan) -> Result<LockGu
     let claim = inner.claim(name, &plan, plan.token.clone());
     let claims: Arc<[Claim]> = Arc::from(vec![claim]);
     let (fences, sent) = wait_loop(inner, &claims, &plan).await?;
-    Ok(inner.guard(claims[0].clone(), fences[0], sent, plan.ttl, &plan))
+    Ok(inner.guard(claims[0].clone(), fences[0], sent, &plan))
 }
 
 async fn acquire_many(inner: &Inner, names: Vec<LockName>, plan: Plan) -> Result<Vec<LockGuard>> {
@@ -743,7 +736,7 @@ async fn acquire_many(inner: &Inner, names: Vec<LockName>, plan: Plan) -> Result
     Ok(claims
         .iter()
         .zip(fences)
-        .map(|(claim, fence)| inner.guard(claim.clone(), fence, sent, plan.ttl, &plan))
+        .map(|(claim, fence)| inner.guard(claim.clone(), fence, sent, &plan))
         .collect())
 }
 
