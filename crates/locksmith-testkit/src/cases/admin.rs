@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use locksmith::{Error, Expired, ListQuery, SetAction, SetPolicy, Wait};
 
-use super::{SOON, assert_err, ms};
+use super::{SOON, assert_err, lease_left, ms};
 use crate::Ctx;
 
 fn is_invalid_name(e: &Error) -> bool {
@@ -170,14 +170,7 @@ pub async fn set_locks_skip_flags(ctx: Ctx) {
     assert_eq!(out.locks.len(), 1);
     assert!(out.created_tokens.is_empty());
     assert!(ctx.lm.inspect("a").await.unwrap().is_none());
-    let left = ctx
-        .lm
-        .inspect("b")
-        .await
-        .unwrap()
-        .unwrap()
-        .expires_in
-        .unwrap();
+    let left = lease_left(&ctx.lm, "b").await;
     assert!(left <= Duration::from_secs(5));
     // only renew, with a shorter TTL: never shortens
     let out = ctx
@@ -186,14 +179,7 @@ pub async fn set_locks_skip_flags(ctx: Ctx) {
         .await
         .unwrap();
     assert_eq!(out.statuses[0].action, SetAction::Renewed);
-    let left2 = ctx
-        .lm
-        .inspect("b")
-        .await
-        .unwrap()
-        .unwrap()
-        .expires_in
-        .unwrap();
+    let left2 = lease_left(&ctx.lm, "b").await;
     assert!(left2 > Duration::from_secs(4), "{left2:?}");
     if ctx.caps().never_expire {
         let out = ctx

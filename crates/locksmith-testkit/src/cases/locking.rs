@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use locksmith::{Error, Renew, Token, Wait};
 
-use super::{SOON, assert_err, assert_invalid_option, eventually, ms};
+use super::{SOON, assert_err, assert_invalid_option, eventually, lease_left, ms};
 use crate::Ctx;
 
 /// Acquire, look, release.
@@ -346,14 +346,7 @@ pub async fn extend_may_shorten(ctx: Ctx) {
         .await
         .unwrap();
     g.extend(ms(200)).await.unwrap();
-    let left = ctx
-        .lm
-        .inspect("es")
-        .await
-        .unwrap()
-        .unwrap()
-        .expires_in
-        .unwrap();
+    let left = lease_left(&ctx.lm, "es").await;
     assert!(left <= ms(200), "{left:?}");
     tokio::time::sleep(ms(300)).await;
     assert!(other.lock("es").try_acquire().await.unwrap().is_some());
@@ -365,14 +358,7 @@ pub async fn renew_by_adds(ctx: Ctx) {
     let other = ctx.client().await;
     let g = ctx.lm.lock("ra").ttl(ms(300)).acquire().await.unwrap();
     g.renew_by(Duration::from_secs(1)).await.unwrap();
-    let left = ctx
-        .lm
-        .inspect("ra")
-        .await
-        .unwrap()
-        .unwrap()
-        .expires_in
-        .unwrap();
+    let left = lease_left(&ctx.lm, "ra").await;
     assert!(
         left > Duration::from_secs(1) && left <= ms(1300),
         "{left:?}"
@@ -393,14 +379,7 @@ pub async fn renew_by_never_shortens(ctx: Ctx) {
         .await
         .unwrap();
     g.renew_by(ms(100)).await.unwrap();
-    let left = ctx
-        .lm
-        .inspect("rs")
-        .await
-        .unwrap()
-        .unwrap()
-        .expires_in
-        .unwrap();
+    let left = lease_left(&ctx.lm, "rs").await;
     assert!(left > Duration::from_secs(9), "{left:?}");
     g.release().await.unwrap();
 }

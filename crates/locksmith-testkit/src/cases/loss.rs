@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use locksmith::{Error, LossReason, Renew, Wait};
 
-use super::{SOON, assert_err, eventually, eventually_free, ms};
+use super::{SOON, assert_err, eventually, eventually_free, lease_left, ms};
 use crate::Ctx;
 
 /// With `Renew::Auto` the lock is held long past its TTL.
@@ -24,14 +24,7 @@ pub async fn auto_renew_holds_past_ttl(ctx: Ctx) {
     tokio::time::sleep(ms(1000)).await;
     assert!(g.is_held());
     assert!(other.lock("ar").try_acquire().await.unwrap().is_none());
-    let left = ctx
-        .lm
-        .inspect("ar")
-        .await
-        .unwrap()
-        .unwrap()
-        .expires_in
-        .unwrap();
+    let left = lease_left(&ctx.lm, "ar").await;
     assert!(left <= ms(300), "{left:?}");
     g.release().await.unwrap();
     assert!(other.lock("ar").try_acquire().await.unwrap().is_some());
@@ -486,14 +479,7 @@ pub async fn renew_by_survives_auto_renew(ctx: Ctx) {
         .unwrap();
     g.renew_by(Duration::from_secs(5)).await.unwrap();
     tokio::time::sleep(ms(400)).await; // past at least one renewal
-    let left = ctx
-        .lm
-        .inspect("rbs")
-        .await
-        .unwrap()
-        .unwrap()
-        .expires_in
-        .unwrap();
+    let left = lease_left(&ctx.lm, "rbs").await;
     assert!(
         left > Duration::from_secs(4),
         "renewal shortened renew_by: {left:?}"
@@ -513,14 +499,7 @@ pub async fn renew_by_capped_at_max_hold(ctx: Ctx) {
         .await
         .unwrap();
     g.renew_by(Duration::from_secs(3600)).await.unwrap();
-    let left = ctx
-        .lm
-        .inspect("rbc")
-        .await
-        .unwrap()
-        .unwrap()
-        .expires_in
-        .unwrap();
+    let left = lease_left(&ctx.lm, "rbc").await;
     assert!(left <= ms(1030), "lease moved past max_hold: {left:?}");
     assert_eq!(g.lost().await, LossReason::MaxHold);
 }
@@ -550,14 +529,7 @@ pub async fn lease_changes_serialised(ctx: Ctx) {
             t.await.unwrap();
         }
         let local = g.expires_in().unwrap();
-        let store = ctx
-            .lm
-            .inspect("ser")
-            .await
-            .unwrap()
-            .unwrap()
-            .expires_in
-            .unwrap();
+        let store = lease_left(&ctx.lm, "ser").await;
         assert!(
             local <= store + ms(5),
             "wave {wave}: guard believes {local:?} but the store has {store:?}"
@@ -566,14 +538,7 @@ pub async fn lease_changes_serialised(ctx: Ctx) {
     tokio::time::sleep(ms(150)).await;
     for _ in 0..5 {
         let local = g.expires_in().unwrap();
-        let store = ctx
-            .lm
-            .inspect("ser")
-            .await
-            .unwrap()
-            .unwrap()
-            .expires_in
-            .unwrap();
+        let store = lease_left(&ctx.lm, "ser").await;
         assert!(
             local <= store + ms(5),
             "guard believes {local:?} but the store has {store:?}"

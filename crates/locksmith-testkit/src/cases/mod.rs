@@ -50,6 +50,16 @@ pub async fn eventually_free(lm: &Locksmith, name: &str) {
     .await;
 }
 
+/// The time left on `name`'s lease as the store reports it (the lock must exist and expire).
+pub async fn lease_left(lm: &Locksmith, name: &str) -> Duration {
+    lm.inspect(name)
+        .await
+        .expect("inspect")
+        .unwrap_or_else(|| panic!("lock {name:?} has no row"))
+        .expires_in
+        .unwrap_or_else(|| panic!("lock {name:?} never expires"))
+}
+
 /// Asserts `result` is the error `pred` describes, showing it otherwise.
 #[track_caller]
 pub fn assert_err<T: std::fmt::Debug>(
