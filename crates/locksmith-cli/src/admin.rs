@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::{ListArgs, NamesArgs, ResetArgs, SetArgs};
 use crate::exit::{self, Failure};
-use crate::output::{Out, holder};
+use crate::output::{Out, cell, holder};
 
 /// Locks fetched per page: the list streams, page by page.
 const PAGE: usize = 1000;
@@ -164,10 +164,10 @@ pub(crate) async fn reset(lm: &Locksmith, args: ResetArgs, out: Out) -> Result<u
         for i in &page.items {
             table.add_row(vec![
                 i.name.clone(),
-                i.owner.clone(),
-                i.host.clone(),
-                i.pid.to_string(),
-                i.fence.to_string(),
+                cell(&i.owner),
+                cell(&i.host),
+                cell(&i.pid),
+                cell(&i.fence),
             ]);
         }
         eprintln!("{table}");

@@ -69,26 +69,42 @@ pub(crate) fn lock_json(info: &LockInfo) -> Value {
         "host": info.host,
         "pid": info.pid,
         "fence": info.fence,
-        "held_for_ms": ms(info.held_for),
+        "held_for_ms": info.held_for.map(ms),
         "expires_in_ms": info.expires_in.map(ms),
         "expired": info.expired,
         "released": info.released,
-        "acquired_at_ms": unix_ms(info.acquired_at),
+        "acquired_at_ms": info.acquired_at.map(unix_ms),
         "expires_at_ms": info.expires_at.map(unix_ms),
     })
 }
 
-/// "owner on host (pid N, fence F, held for X, expires in Y)".
+/// "owner on host (pid N, fence F, held for X, expires in Y)"; fields the store does not
+/// record are left out.
 pub(crate) fn holder(info: &LockInfo) -> String {
-    format!(
-        "{} on {} (pid {}, fence {}, held for {}, expires in {})",
-        info.owner,
-        info.host,
-        info.pid,
-        info.fence,
-        human(info.held_for),
-        expiry(info)
-    )
+    let mut s = info
+        .owner
+        .clone()
+        .unwrap_or_else(|| "an unknown holder".into());
+    if let Some(host) = &info.host {
+        s.push_str(&format!(" on {host}"));
+    }
+    let mut parts = Vec::new();
+    if let Some(pid) = info.pid {
+        parts.push(format!("pid {pid}"));
+    }
+    if let Some(fence) = info.fence {
+        parts.push(format!("fence {fence}"));
+    }
+    if let Some(held) = info.held_for {
+        parts.push(format!("held for {}", human(held)));
+    }
+    parts.push(format!("expires in {}", expiry(info)));
+    format!("{s} ({})", parts.join(", "))
+}
+
+/// A holder field for a table cell: `-` where the store does not record it.
+pub(crate) fn cell<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".to_string(), T::to_string)
 }
 
 impl Out {
@@ -173,11 +189,11 @@ impl Out {
         for i in items {
             table.add_row(vec![
                 i.name.clone(),
-                i.owner.clone(),
-                i.host.clone(),
-                i.pid.to_string(),
-                i.fence.to_string(),
-                human(i.held_for),
+                cell(&i.owner),
+                cell(&i.host),
+                cell(&i.pid),
+                cell(&i.fence),
+                i.held_for.map_or_else(|| "-".to_string(), human),
                 expiry(i),
             ]);
         }

@@ -14,6 +14,11 @@ pub fn memory_capabilities() -> Capabilities {
     caps.notify = true;
     caps.atomic_multi = true;
     caps.never_expire = true;
+    caps.expired_visible = true;
+    caps.holder_metadata = true;
+    caps.namespaces = true;
+    caps.min_hold = true;
+    caps.ordered_list = true;
     caps
 }
 

@@ -121,7 +121,10 @@ fn run_once_and_admin(lm: Locksmith) {
     let held = lm.lock("o").owner("busy").acquire().unwrap();
     assert_eq!(lm.lock("o").once(|_| 1).unwrap(), None);
     let info = lm.inspect("o").unwrap().unwrap();
-    assert_eq!((info.owner.as_str(), info.fence), ("busy", held.fence()));
+    assert_eq!(
+        (info.owner.as_deref(), info.fence),
+        (Some("busy"), Some(held.fence()))
+    );
     let token = held.leak();
     let resumed = lm.resume("o", token).unwrap();
     resumed.extend(ms(5000)).unwrap();

@@ -288,12 +288,12 @@ async fn killed_holder_keeps_the_lock_until_its_ttl_ends() {
     let killed = Instant::now();
 
     let (info, expiry_not_before) = inspect_held(&lm, "job").await;
-    assert_eq!(info.fence, fence);
-    assert_eq!(info.pid, pid, "the row names the killed process");
+    assert_eq!(info.fence, Some(fence));
+    assert_eq!(info.pid, Some(pid), "the row names the killed process");
     assert!(!info.released);
     if !info.expired {
         assert_eq!(
-            info.held_for + info.expires_in.unwrap(),
+            info.held_for.unwrap() + info.expires_in.unwrap(),
             TTL,
             "the lease is the TTL from the grant: {info:?}"
         );
@@ -375,11 +375,11 @@ async fn renewing_holder_keeps_the_lock_past_its_ttl() {
     assert!(waited >= WAIT, "gave up after {waited:?}");
 
     let (info, _) = inspect_held(&lm, "job").await;
-    assert_eq!(info.fence, fence, "still the first grant: {info:?}");
-    assert_eq!(info.pid, holder.pid());
+    assert_eq!(info.fence, Some(fence), "still the first grant: {info:?}");
+    assert_eq!(info.pid, Some(holder.pid()));
     assert!(!info.expired && !info.released, "{info:?}");
     assert!(
-        info.held_for >= 2 * TTL,
+        info.held_for.unwrap() >= 2 * TTL,
         "held for {:?}, expected well past the TTL",
         info.held_for
     );
@@ -396,7 +396,7 @@ async fn renewing_holder_keeps_the_lock_past_its_ttl() {
     holder.kill();
     let killed = Instant::now();
     let (info, expiry_not_before) = inspect_held(&lm, "job").await;
-    assert_eq!(info.fence, fence);
+    assert_eq!(info.fence, Some(fence));
     assert!(info.expires_in.unwrap() <= TTL, "{info:?}");
     let guard = lm
         .lock("job")
@@ -441,11 +441,11 @@ async fn min_hold_keeps_a_released_lock_from_other_processes() {
     helper.finish();
 
     let (info, expiry_not_before) = inspect_held(&lm, "nightly").await;
-    assert_eq!(info.fence, fence);
+    assert_eq!(info.fence, Some(fence));
     if !info.expired {
         assert!(info.released, "released but kept: {info:?}");
         assert_eq!(
-            info.held_for + info.expires_in.unwrap(),
+            info.held_for.unwrap() + info.expires_in.unwrap(),
             MIN_HOLD,
             "kept exactly until acquired_at + min_hold: {info:?}"
         );

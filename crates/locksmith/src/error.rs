@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::lease::LockInfo;
+use crate::info::{LockInfo, LossReason};
 
 /// A boxed error from a store driver, kept as the `source` of [`Error::Store`] and
 /// [`Error::Config`] so driver types never appear in the public API.
@@ -67,7 +67,7 @@ pub enum Error {
         /// The lock's name.
         name: String,
         /// Why the lease was lost.
-        reason: crate::guard::LossReason,
+        reason: LossReason,
     },
     /// A lock name is not acceptable.
     #[error("invalid lock name {name:?}: {reason}")]
@@ -155,14 +155,17 @@ impl Error {
         )
     }
 
-    /// Whether trying the same call again later may succeed: contention and retryable store
-    /// errors.
+    /// Whether this is a transient store failure worth retrying the same call (I/O, a
+    /// timeout, a dropped connection, a busy file). Never contention: a held lock is
+    /// [`is_contention`](Error::is_contention).
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::Locked { .. } | Error::Timeout { .. } => true,
-            Error::Store { retryable, .. } => *retryable,
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::Store {
+                retryable: true,
+                ..
+            }
+        )
     }
 
     /// Whether the store itself failed ([`Error::Store`]).

@@ -1,10 +1,9 @@
-//! What a grant is made of: the secret [`Token`], the [`Lease`] a body fences its writes with,
-//! and the [`LockInfo`] anyone may see.
+//! What a grant is made of: the secret [`Token`] and the [`Lease`] a body fences its writes
+//! with.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
 
@@ -96,77 +95,6 @@ impl Lease {
     /// The fencing token of this grant.
     pub fn fence(&self) -> u64 {
         self.fence
-    }
-}
-
-/// What anyone may know about a lock: who holds it, since when and until when. Never the
-/// token.
-///
-/// Durations are computed by the store from its own clock; the absolute times are for display
-/// only (they mix the store's clock with this machine's).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LockInfo {
-    /// The lock's name.
-    pub name: String,
-    /// The holder's label (`.owner(…)`, by default the program's name).
-    pub owner: String,
-    /// The holder's host name.
-    pub host: String,
-    /// The holder's process id.
-    pub pid: u32,
-    /// The fencing token of the current grant.
-    pub fence: u64,
-    /// How long ago the lock was granted.
-    pub held_for: Duration,
-    /// How long until the lease expires; `None` for a lock that never expires. Zero when
-    /// expired.
-    pub expires_in: Option<Duration>,
-    /// Whether the lease has expired (the row is still there until someone takes the lock
-    /// over or purges it).
-    pub expired: bool,
-    /// Whether the holder has released the lock and `min_hold` keeps it until `expires_in`.
-    pub released: bool,
-    /// When the lock was granted (display only).
-    pub acquired_at: SystemTime,
-    /// When the lease expires (display only); `None` when it never expires.
-    pub expires_at: Option<SystemTime>,
-}
-
-impl fmt::Display for LockInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} on {} (pid {}, fence {}, held for {}",
-            self.owner,
-            self.host,
-            self.pid,
-            self.fence,
-            DisplayDuration(self.held_for)
-        )?;
-        match (self.expired, self.expires_in) {
-            (true, _) => f.write_str(", expired")?,
-            (false, Some(d)) => write!(f, ", expires in {}", DisplayDuration(d))?,
-            (false, None) => f.write_str(", never expires")?,
-        }
-        if self.released {
-            f.write_str(", released but kept by min_hold")?;
-        }
-        f.write_str(")")
-    }
-}
-
-/// Formats a duration to millisecond precision for messages.
-pub(crate) struct DisplayDuration(pub(crate) Duration);
-
-impl fmt::Display for DisplayDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms < 1000 {
-            write!(f, "{ms}ms")
-        } else {
-            write!(f, "{:.1}s", self.0.as_secs_f64())
-        }
     }
 }
 

@@ -88,6 +88,8 @@ use std::sync::Arc;
 pub mod blocking;
 mod error;
 mod guard;
+mod held;
+mod info;
 mod lease;
 mod name;
 mod options;
@@ -97,12 +99,13 @@ mod wait;
 mod watchdog;
 
 pub use error::{BoxError, Error, Result};
-pub use guard::{LockGuard, LossReason};
-pub use lease::{Lease, LockInfo, MAX_TOKEN_LEN, Token};
+pub use guard::LockGuard;
+pub use info::{LockInfo, LossReason};
+pub use lease::{Lease, MAX_TOKEN_LEN, Token};
 pub use name::{LockName, MAX_NAME_LEN, MAX_NAMESPACE_LEN, Namespace};
 pub use options::{
-    DEFAULT_PAGE, DEFAULT_TTL, Expired, ListQuery, MAX_DURATION, MAX_PAGE, Page, Renew, SetAction,
-    SetCounts, SetOutcome, SetPolicy, SetStatus, Wait,
+    Cursor, DEFAULT_PAGE, DEFAULT_TTL, Expired, ListQuery, MAX_DURATION, MAX_PAGE, Page, Renew,
+    SetAction, SetCounts, SetOutcome, SetPolicy, SetStatus, Wait,
 };
 pub use store::Capabilities;
 pub use wait::{AcquireAllBuilder, LockBuilder};
@@ -387,6 +390,12 @@ impl Locksmith {
         self.inner.store.capabilities()
     }
 
+    /// The store behind this handle, e.g. to wrap it (tests that inject faults) and build
+    /// another handle with [`with_store`](Locksmith::with_store).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.inner.store.clone()
+    }
+
     /// Starts building an acquisition of the lock `name` (validated when acquired).
     pub fn lock(&self, name: impl Into<String>) -> LockBuilder {
         LockBuilder::new(self.clone(), name.into())
@@ -560,6 +569,8 @@ impl Locksmith {
                 host: self.inner.host.clone(),
                 pid: self.inner.pid,
                 ttl: policy.ttl,
+                min_hold: None,
+                waited: std::time::Duration::ZERO,
             })
             .collect();
         self.inner

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::lease::{DisplayDuration, LockInfo, Token};
+use crate::info::{DisplayDuration, LockInfo};
+use crate::lease::Token;
 
 /// The lease of a lock acquired without `.ttl(…)`: 60 seconds.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -208,8 +209,8 @@ pub struct ListQuery {
     pub prefix: String,
     /// Which rows to return with respect to expiry.
     pub expired: Expired,
-    /// Start after this name (exclusive): pass the previous [`Page::next`].
-    pub after: Option<String>,
+    /// Continue where the previous page ended: pass its [`Page::next`].
+    pub after: Option<Cursor>,
     /// At most this many items (1 to [`MAX_PAGE`], default [`DEFAULT_PAGE`]).
     pub limit: usize,
 }
@@ -245,9 +246,9 @@ impl ListQuery {
         self
     }
 
-    /// Starts after `name` (exclusive).
-    pub fn after(mut self, name: impl Into<String>) -> ListQuery {
-        self.after = Some(name.into());
+    /// Continues after the page that returned `cursor` (its [`Page::next`]).
+    pub fn after(mut self, cursor: Cursor) -> ListQuery {
+        self.after = Some(cursor);
         self
     }
 
@@ -271,6 +272,33 @@ impl ListQuery {
     }
 }
 
+/// Where a [`Page`] ended: pass it back as [`ListQuery::after`] for the next page.
+///
+/// Opaque: its text is the store's own (the last name on stores that list in name order, a
+/// scan cursor on others), printable so a command-line tool can hand it over, and valid only
+/// for the store and query that produced it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Cursor(String);
+
+impl Cursor {
+    /// A cursor from its text: one a store produced, or one printed by
+    /// [`as_str`](Cursor::as_str) earlier.
+    pub fn new(text: impl Into<String>) -> Cursor {
+        Cursor(text.into())
+    }
+
+    /// The cursor's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// One page of [`Locksmith::list`](crate::Locksmith::list).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -278,12 +306,12 @@ pub struct Page {
     /// The locks, ordered by name.
     pub items: Vec<LockInfo>,
     /// Pass this as [`ListQuery::after`] for the next page; `None` on the last page.
-    pub next: Option<String>,
+    pub next: Option<Cursor>,
 }
 
 impl Page {
     /// Builds a page (for store implementations).
-    pub fn new(items: Vec<LockInfo>, next: Option<String>) -> Page {
+    pub fn new(items: Vec<LockInfo>, next: Option<Cursor>) -> Page {
         Page { items, next }
     }
 }

@@ -23,8 +23,10 @@ use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 
 use crate::error::{Error, Result};
-use crate::guard::{Held, LockGuard, LossReason, Terms};
-use crate::lease::{Lease, LockInfo, Token};
+use crate::guard::LockGuard;
+use crate::held::{Held, Terms};
+use crate::info::{LockInfo, LossReason};
+use crate::lease::{Lease, Token};
 use crate::name::LockName;
 use crate::options::{Options, Plan, Renew, Wait};
 use crate::registry::Ticket;
@@ -393,6 +395,8 @@ impl Inner {
             host: self.host.clone(),
             pid: self.pid,
             ttl: plan.ttl,
+            min_hold: plan.min_hold,
+            waited: Duration::ZERO,
         }
     }
 
@@ -706,7 +710,7 @@ async fn adopt(inner: &Inner, claims: &[Claim]) -> Result<Option<(Vec<u64>, Inst
         let Some(info) = inner.store.held_by(&inner.ns, &c.name, &c.token).await? else {
             return Ok(None);
         };
-        fences.push(info.fence);
+        fences.push(info.fence.unwrap_or(0));
         if let Some(left) = info.expires_in {
             let e = asked + left;
             end = Some(end.map_or(e, |x: Instant| x.min(e)));
@@ -759,7 +763,7 @@ pub(crate) async fn resume(inner: &Inner, name: LockName, token: Token) -> Resul
         inner.ns.clone(),
         name,
         token,
-        info.fence,
+        info.fence.unwrap_or(0),
         sent,
         terms,
     );

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::time::sleep_until;
 
-use crate::guard::{Held, Status};
+use crate::held::{Held, Status};
 use crate::store::{ExtendMode, Extended};
 
 fn retry_interval(ttl: Duration) -> Duration {

@@ -27,7 +27,7 @@ pub async fn acquire_all_all_or_nothing(ctx: Ctx) {
     match &err {
         Error::Locked { name, holder } => {
             assert_eq!(name, "b");
-            assert_eq!(holder.fence, held.fence());
+            assert_eq!(holder.fence, Some(held.fence()));
         }
         other => panic!("expected Locked, got {other:?}"),
     }
@@ -127,10 +127,10 @@ pub async fn set_locks_statuses_and_counts(ctx: Ctx) {
     assert_eq!(created, ["a", "c"]);
     assert_eq!(out.locks.len(), 3);
     let a = out.locks.iter().find(|l| l.name == "a").unwrap();
-    assert_eq!(a.owner, "operator");
+    assert_eq!(a.owner.as_deref(), Some("operator"));
     // the renewed lock keeps its holder, who can still use it
     let b = ctx.lm.inspect("b").await.unwrap().unwrap();
-    assert_eq!(b.fence, held.fence());
+    assert_eq!(b.fence, Some(held.fence()));
     assert!(b.expires_in.unwrap() > Duration::from_secs(25));
     held.release().await.unwrap();
     // a created lock can be resumed with its token
@@ -209,7 +209,7 @@ pub async fn set_locks_fail_rolls_back(ctx: Ctx) {
     match &err {
         Error::Locked { name, holder } => {
             assert_eq!(name, "b");
-            assert_eq!(holder.owner, "busy");
+            assert_eq!(holder.owner.as_deref(), Some("busy"));
         }
         other => panic!("expected Locked, got {other:?}"),
     }
@@ -399,7 +399,7 @@ pub async fn namespaces_isolated(ctx: Ctx) {
     assert!(g1.is_held());
     assert_eq!(
         ctx.lm.inspect("same").await.unwrap().unwrap().fence,
-        g1.fence()
+        Some(g1.fence())
     );
     assert_err(g2.release().await, "released by reset", Error::is_not_held);
     g1.release().await.unwrap();

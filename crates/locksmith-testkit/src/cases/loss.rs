@@ -334,7 +334,7 @@ pub async fn fences_strictly_increase(ctx: Ctx) {
         lm.clear(["f"]).await.unwrap();
 
         let out = lm.set_locks(["f"], Default::default()).await.unwrap();
-        fences.push(out.locks[0].fence);
+        fences.push(out.locks[0].fence.unwrap());
         match round {
             0 => {
                 lm.reset_all().await.unwrap();

@@ -21,9 +21,10 @@ use super::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, WakeHub, Wakeups,
 };
 use crate::error::{Error, Result};
-use crate::lease::{LockInfo, Token};
+use crate::info::LockInfo;
+use crate::lease::Token;
 use crate::name::{LockName, Namespace};
-use crate::options::{Expired, ListQuery, Page, SetOutcome, SetPolicy};
+use crate::options::{Cursor, Expired, ListQuery, Page, SetOutcome, SetPolicy};
 
 /// The in-process store. Build one with `Locksmith::connect("memory://")`.
 pub struct MemoryStore {
@@ -221,6 +222,12 @@ impl Store for MemoryStore {
             poll_interval: None,
             atomic_multi: true,
             never_expire: true,
+            expired_visible: true,
+            holder_metadata: true,
+            namespaces: true,
+            min_hold: true,
+            ordered_list: true,
+            ..Capabilities::NONE
         }
     }
 
@@ -290,7 +297,7 @@ impl Store for MemoryStore {
         };
         let start = match &query.after {
             Some(after) if after.as_str() >= query.prefix.as_str() => {
-                Bound::Excluded(after.clone())
+                Bound::Excluded(after.as_str().to_string())
             }
             _ => Bound::Included(query.prefix.clone()),
         };
@@ -309,7 +316,7 @@ impl Store for MemoryStore {
                 continue;
             }
             if items.len() == query.limit {
-                next = items.last().map(|i: &LockInfo| i.name.clone());
+                next = items.last().map(|i: &LockInfo| Cursor::new(i.name.clone()));
                 break;
             }
             items.push(row.info(name, now, self.epoch));

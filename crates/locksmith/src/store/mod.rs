@@ -8,18 +8,39 @@
 //!
 //! The trait is object safe (`Arc<dyn Store>`), written with `async-trait`. Names and
 //! namespaces reach a store already validated; durations are already checked to fit
-//! [`MAX_DURATION`](crate::MAX_DURATION).
+//! [`MAX_DURATION`](crate::MAX_DURATION) and rounded up to the store's
+//! [`ttl_granularity`](Capabilities::ttl_granularity).
+//!
+//! # The extension point
+//!
+//! [`Store`] is how a new backend joins locksmith: implement it, wrap it with
+//! [`Locksmith::with_store`](crate::Locksmith::with_store), and run the conformance suite of
+//! `locksmith-testkit` against it with the [`Capabilities`] it declares. The contract is on
+//! the trait. **It may still change before 1.0** (new required methods, new fields in the
+//! `#[non_exhaustive]` types); stores living in this repository are updated with it.
+//!
+//! What the core does for every store, so a store need not:
+//! - *unknown outcomes*: every call runs under the URL's `?timeout=` (default 5 s); a try
+//!   that failed or was abandoned is followed by a detached release of its claims' tokens,
+//!   and a failed `release` is retried in the background — so `release` and
+//!   `release_detached` must be idempotent (releasing a token that holds nothing is
+//!   `Released::NotHeld`, never an error);
+//! - *waiting*: FIFO among this process's waiters, re-polls at the holder's expiry and at
+//!   least every second, polling when `subscribe` fails;
+//! - *options*: validation, TTL rounding to [`Capabilities::ttl_granularity`], refusing calls
+//!   a store declares it cannot serve (`never_expire`, `min_hold`, `max_name_len`).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::error::Result;
-use crate::lease::{LockInfo, Token};
+use crate::info::LockInfo;
+use crate::lease::Token;
 use crate::name::{LockName, Namespace};
 use crate::options::{ListQuery, Page, SetOutcome, SetPolicy};
 
@@ -46,6 +67,13 @@ pub struct Claim {
     pub pid: u32,
     /// The lease: `Some(ttl)` expires at `store_now + ttl`; `None` never expires.
     pub ttl: Option<Duration>,
+    /// The `min_hold` the lock is acquired with, for stores that record it
+    /// ([`LockInfo::min_hold`]); the release itself says what to keep.
+    pub min_hold: Option<Duration>,
+    /// How long the claimant has already waited for this lock (zero on the first try). A
+    /// store whose waiters in other processes poll may use it to reserve the lock for a
+    /// waiter that has waited long, so notified waiters cannot starve it.
+    pub waited: Duration,
 }
 
 impl Claim {
@@ -65,6 +93,8 @@ impl Claim {
             host: host.into(),
             pid,
             ttl,
+            min_hold: None,
+            waited: Duration::ZERO,
         }
     }
 }
@@ -156,6 +186,24 @@ pub struct Capabilities {
     pub atomic_multi: bool,
     /// Locks may be created that never expire.
     pub never_expire: bool,
+    /// Expired locks stay visible (`inspect`, `list` with [`Expired`](crate::Expired)) until
+    /// taken over, purged or removed by retention; stores that drop keys at expiry (Redis)
+    /// do not.
+    pub expired_visible: bool,
+    /// Owner, host, pid and grant time are recorded and shown in [`LockInfo`].
+    pub holder_metadata: bool,
+    /// `?namespace=` isolates lock spaces on this store.
+    pub namespaces: bool,
+    /// A release before `min_hold` keeps the lock until `acquired_at + min_hold`.
+    pub min_hold: bool,
+    /// `list` returns names in byte order and pages by name.
+    pub ordered_list: bool,
+    /// The longest name this store (layout) accepts, in bytes (at most
+    /// [`MAX_NAME_LEN`](crate::MAX_NAME_LEN)).
+    pub max_name_len: usize,
+    /// The finest TTL the store keeps; the core rounds every TTL up to a multiple of it, so a
+    /// lease never ends in the store before the guard's local deadline.
+    pub ttl_granularity: Duration,
 }
 
 impl Capabilities {
@@ -168,22 +216,56 @@ impl Capabilities {
         poll_interval: None,
         atomic_multi: false,
         never_expire: false,
+        expired_visible: false,
+        holder_metadata: false,
+        namespaces: false,
+        min_hold: false,
+        ordered_list: false,
+        max_name_len: crate::name::MAX_NAME_LEN,
+        ttl_granularity: Duration::from_micros(1),
     };
 }
 
-/// The seam every store implements. See the [module docs](self).
+/// The fence rule every store follows (DESIGN §1): the next fence is the larger of the last
+/// fence plus one and the store's clock in microseconds since the Unix epoch. The counter
+/// keeps fences increasing when the clock steps back; the clock keeps them increasing when
+/// the counter is lost (a restart without persistence, a failover, a purged row).
+///
+/// ```
+/// use locksmith::store::hybrid_fence;
+///
+/// assert_eq!(hybrid_fence(0, 1_700_000_000_000_000), 1_700_000_000_000_000);
+/// assert_eq!(hybrid_fence(1_700_000_000_000_005, 1_700_000_000_000_000), 1_700_000_000_000_006);
+/// ```
+pub fn hybrid_fence(last: u64, clock_micros: u64) -> u64 {
+    last.saturating_add(1).max(clock_micros)
+}
+
+/// The seam every store implements. See the [module docs](self): this is locksmith's
+/// extension point, and it may still change before 1.0.
 ///
 /// # Contract
 ///
-/// - Every method is atomic with respect to every other on the same store.
+/// - Every method is atomic with respect to every other on the same store, across every
+///   process and client that shares it: two `try_acquire`s racing for a free (or expired)
+///   lock grant it to exactly one claim.
 /// - A lease whose `expires_at` has passed (store clock) is free: `try_acquire` takes it over
-///   and mints a fence greater than every fence granted before for that name.
-/// - `release`, `extend` and `held_by` succeed only for the live holder's token.
+///   and mints a fence greater than every fence granted before for that name —
+///   [`hybrid_fence`] of the last fence and the store clock, minted in the grant's atomic
+///   step (on SQL, after the row is locked).
+/// - `release`, `extend` and `held_by` succeed only for the live holder's token. `release`
+///   and `release_detached` are idempotent: the core may repeat them after a failure whose
+///   outcome it could not see.
 /// - Every change that frees a lock or moves its expiry earlier (release, a release kept by
 ///   `min_hold`, an extend that shortens, force release, reset) wakes that name's
 ///   subscribers. Waiters re-poll at the expiry they last saw, so later expiries need no
 ///   wake-up.
-/// - `release_detached` never blocks and needs no runtime.
+/// - `release_detached` never blocks, needs no runtime, and is idempotent.
+/// - A store that cannot do an operation returns [`Error::Unsupported`](crate::Error::Unsupported)
+///   (the default of the methods below that have one) and says so in its [`Capabilities`].
+/// - Errors: [`Error::Store`](crate::Error::Store) with `retryable = true` only for
+///   transient failures (I/O, timeouts, dropped connections, a busy file). Messages never
+///   contain credentials or tokens.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The store's kind for messages and metrics, e.g. `"memory"`.
@@ -195,14 +277,38 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Which lock space this is: handles that share locks (two `connect`s to one named
     /// memory store, one SQLite file, one server) return the same identity, so this
     /// process's waiters on one name share one first-come first-served queue. Never contains
-    /// a secret.
+    /// a secret (no password, no token).
     fn identity(&self) -> String;
 
     /// Grants the lock to `claim` if it is free or expired.
     async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant>;
 
-    /// Grants every lock or none.
-    async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll>;
+    /// Grants every lock or none. The default takes them one by one in the order given and
+    /// releases what it took when one is held — all or nothing, but not atomic (say
+    /// `atomic_multi = false`); stores that can do it in one step override it.
+    async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
+        let mut fences = Vec::with_capacity(claims.len());
+        for (i, claim) in claims.iter().enumerate() {
+            let answer = self.try_acquire(ns, claim).await;
+            let blocked = match answer {
+                Ok(Grant::Acquired { fence }) => {
+                    fences.push(fence);
+                    continue;
+                }
+                Ok(Grant::Held(info)) => Ok(GrantAll::Held(info)),
+                Ok(Grant::AlreadyHeld) => Ok(GrantAll::AlreadyHeld(claim.name.clone())),
+                Err(e) => Err(e),
+            };
+            // Roll back what this call took (and, after an error of unknown outcome, the
+            // claim that failed too: releasing a token that holds nothing is harmless).
+            let taken = if blocked.is_err() { i + 1 } else { i };
+            for c in &claims[..taken] {
+                self.release_detached(ns, &c.name, &c.token, None);
+            }
+            return blocked;
+        }
+        Ok(GrantAll::Acquired(fences))
+    }
 
     /// Releases the lock held by `token`, or keeps it until `acquired_at + min_hold`.
     async fn release(
@@ -240,20 +346,32 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         token: &Token,
     ) -> Result<Option<LockInfo>>;
 
-    /// The lock's info, expired rows included (`expired = true`).
+    /// The lock's info; expired rows included (`expired = true`) where the store keeps them
+    /// (`expired_visible`).
     async fn inspect(&self, ns: &Namespace, name: &LockName) -> Result<Option<LockInfo>>;
 
-    /// One page of locks in `ns`, ordered by name (byte order).
-    async fn list(&self, ns: &Namespace, query: &ListQuery) -> Result<Page>;
+    /// One page of locks in `ns`: in byte order of name where `ordered_list`, else in the
+    /// store's order. [`Page::next`] is the store's own cursor.
+    async fn list(&self, ns: &Namespace, query: &ListQuery) -> Result<Page> {
+        let _ = (ns, query);
+        Err(self.unsupported("list"))
+    }
 
     /// Removes the named locks whoever holds them; per name, whether a live lock was removed.
     async fn force_release(&self, ns: &Namespace, names: &[LockName]) -> Result<Vec<bool>>;
 
     /// Removes every lock in `ns`; returns how many rows were removed.
-    async fn reset_all(&self, ns: &Namespace) -> Result<u64>;
+    async fn reset_all(&self, ns: &Namespace) -> Result<u64> {
+        let _ = ns;
+        Err(self.unsupported("reset_all"))
+    }
 
-    /// Removes the expired rows in `ns`; returns how many.
-    async fn purge_expired(&self, ns: &Namespace) -> Result<u64>;
+    /// Removes the expired rows in `ns`; returns how many. Stores that drop locks at expiry
+    /// return 0.
+    async fn purge_expired(&self, ns: &Namespace) -> Result<u64> {
+        let _ = ns;
+        Err(self.unsupported("purge_expired"))
+    }
 
     /// django-lockmgr's multi-name set/renew in one atomic step. The claims carry fresh tokens
     /// for the locks it may create and the TTL to set (`None`: never expire).
@@ -262,30 +380,75 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         ns: &Namespace,
         claims: &[Claim],
         policy: &SetPolicy,
-    ) -> Result<SetOutcome>;
+    ) -> Result<SetOutcome> {
+        let _ = (ns, claims, policy);
+        Err(self.unsupported("set_locks"))
+    }
 
     /// Subscribes to wake-ups for one name. Returns only once the store has confirmed the
-    /// subscription, so a change after this returns is never missed.
-    async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups>;
+    /// subscription, so a change after this returns is never missed. The default never
+    /// fires: waiters poll (say `notify = false` and set `poll_interval`). Dropping the last
+    /// [`Wakeups`] of a name tells a store that built it with [`WakeHub::on_idle`] that
+    /// nobody in this process waits for it any more.
+    async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
+        let _ = (ns, name);
+        Ok(Wakeups::never())
+    }
+
+    /// Finishes queued detached releases and stops the store's background work, for
+    /// [`Locksmith::close`](crate::Locksmith::close). Calls after it may fail. The default
+    /// does nothing.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The error for an operation this store cannot do.
+    fn unsupported(&self, operation: &'static str) -> crate::Error {
+        crate::Error::Unsupported {
+            store: self.kind(),
+            operation,
+        }
+    }
 }
 
 /// A subscription to one name's wake-ups: a generation counter, so no wake-up is lost
-/// between two waits, however many happened.
-#[derive(Debug)]
+/// between two waits, however many happened. It may carry a guard that tells the store when
+/// it is dropped (see [`WakeHub::on_idle`]).
 pub struct Wakeups {
     rx: watch::Receiver<u64>,
+    _interest: Option<Box<dyn Send + Sync>>,
+}
+
+impl fmt::Debug for Wakeups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wakeups")
+            .field("generation", &*self.rx.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Wakeups {
     /// Wraps a generation receiver.
     pub fn from_receiver(rx: watch::Receiver<u64>) -> Wakeups {
-        Wakeups { rx }
+        Wakeups {
+            rx,
+            _interest: None,
+        }
+    }
+
+    /// Wraps a generation receiver with a guard dropped together with the subscription
+    /// (e.g. one that unsubscribes from the server when the last waiter leaves).
+    pub fn with_guard(rx: watch::Receiver<u64>, guard: impl Send + Sync + 'static) -> Wakeups {
+        Wakeups {
+            rx,
+            _interest: Some(Box::new(guard)),
+        }
     }
 
     /// A subscription that never fires, for stores that can only be polled.
     pub fn never() -> Wakeups {
         let (_tx, rx) = watch::channel(0);
-        Wakeups { rx }
+        Wakeups::from_receiver(rx)
     }
 
     /// Marks every wake-up so far as seen.
@@ -302,17 +465,31 @@ impl Wakeups {
     }
 }
 
+/// Called with a name when its last subscriber in this process leaves.
+pub type IdleHook = Arc<dyn Fn(&Namespace, &LockName) + Send + Sync>;
+
 /// In-process wake-up fan-out for store implementations: one generation counter per
 /// `(namespace, name)` with subscribers, dropped when nobody listens.
+///
+/// A networked store subscribes on the server when [`subscribe`](WakeHub::subscribe) reports
+/// a name's first subscriber, unsubscribes in its [`on_idle`](WakeHub::on_idle) hook, and
+/// calls [`notify_all`](WakeHub::notify_all) after a reconnect (wake-ups sent while it was
+/// away are lost, so every waiter re-tries).
 #[derive(Default)]
 pub struct WakeHub {
-    senders: Mutex<HubMap>,
+    senders: Arc<Mutex<HubMap>>,
+    idle: Option<IdleHook>,
 }
 
 #[derive(Default)]
 struct HubMap {
-    map: HashMap<(Namespace, LockName), watch::Sender<u64>>,
-    swept_at: usize,
+    map: HashMap<(Namespace, LockName), Entry>,
+}
+
+struct Entry {
+    tx: watch::Sender<u64>,
+    /// Live [`Wakeups`] of this name.
+    subscribers: usize,
 }
 
 impl fmt::Debug for WakeHub {
@@ -322,41 +499,135 @@ impl fmt::Debug for WakeHub {
     }
 }
 
+/// Counts one subscriber; when the last one of a name drops, the entry goes and the hub's
+/// idle hook runs.
+struct Interest {
+    key: (Namespace, LockName),
+    senders: Arc<Mutex<HubMap>>,
+    idle: Option<IdleHook>,
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        let last = {
+            let mut hub = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+            match hub.map.get_mut(&self.key) {
+                Some(entry) => {
+                    entry.subscribers -= 1;
+                    if entry.subscribers == 0 {
+                        hub.map.remove(&self.key);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if last && let Some(hook) = &self.idle {
+            hook(&self.key.0, &self.key.1);
+        }
+    }
+}
+
 impl WakeHub {
+    /// A hub that calls `hook` when the last subscriber of a name leaves.
+    pub fn on_idle(hook: IdleHook) -> WakeHub {
+        WakeHub {
+            senders: Arc::default(),
+            idle: Some(hook),
+        }
+    }
+
+    /// Subscribes to `name`'s wake-ups; the flag says whether this is the name's first
+    /// subscriber in this hub (a networked store then subscribes on the server).
+    pub fn subscribe_first(&self, ns: &Namespace, name: &LockName) -> (Wakeups, bool) {
+        let key = (ns.clone(), name.clone());
+        let mut hub = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = hub.map.entry(key.clone()).or_insert_with(|| Entry {
+            tx: watch::channel(0).0,
+            subscribers: 0,
+        });
+        entry.subscribers += 1;
+        let first = entry.subscribers == 1;
+        let rx = entry.tx.subscribe();
+        drop(hub);
+        let interest = Interest {
+            key,
+            senders: self.senders.clone(),
+            idle: self.idle.clone(),
+        };
+        (Wakeups::with_guard(rx, interest), first)
+    }
+
     /// Subscribes to `name`'s wake-ups.
     pub fn subscribe(&self, ns: &Namespace, name: &LockName) -> Wakeups {
-        let mut hub = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        if hub.map.len() > 64 && hub.map.len() > 2 * hub.swept_at {
-            hub.map.retain(|_, tx| tx.receiver_count() > 0);
-            hub.swept_at = hub.map.len();
-        }
-        let tx = hub
+        self.subscribe_first(ns, name).0
+    }
+
+    /// How many names have subscribers.
+    pub fn names(&self) -> usize {
+        self.senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .map
-            .entry((ns.clone(), name.clone()))
-            .or_insert_with(|| watch::channel(0).0);
-        Wakeups::from_receiver(tx.subscribe())
+            .len()
     }
 
     /// Wakes `name`'s subscribers.
     pub fn notify(&self, ns: &Namespace, name: &LockName) {
-        let mut hub = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (ns.clone(), name.clone());
-        if let Some(tx) = hub.map.get(&key) {
-            if tx.receiver_count() == 0 {
-                hub.map.remove(&key);
-            } else {
-                tx.send_modify(|g| *g = g.wrapping_add(1));
-            }
+        let hub = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = hub.map.get(&(ns.clone(), name.clone())) {
+            entry.tx.send_modify(|g| *g = g.wrapping_add(1));
         }
     }
 
     /// Wakes every subscriber in `ns`.
     pub fn notify_namespace(&self, ns: &Namespace) {
         let hub = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        for ((n, _), tx) in hub.map.iter() {
+        for ((n, _), entry) in hub.map.iter() {
             if n == ns {
-                tx.send_modify(|g| *g = g.wrapping_add(1));
+                entry.tx.send_modify(|g| *g = g.wrapping_add(1));
             }
         }
+    }
+
+    /// Wakes every subscriber of every name: after a reconnect, when wake-ups may have been
+    /// lost.
+    pub fn notify_all(&self) {
+        let hub = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in hub.map.values() {
+            entry.tx.send_modify(|g| *g = g.wrapping_add(1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_counts_subscribers_and_calls_the_idle_hook() {
+        let idle = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = idle.clone();
+        let hub = WakeHub::on_idle(Arc::new(move |_, name| {
+            seen.lock().unwrap().push(name.to_string())
+        }));
+        let ns = Namespace::default();
+        let a = LockName::new("a").unwrap();
+        let (mut w1, first) = hub.subscribe_first(&ns, &a);
+        assert!(first);
+        let (w2, first) = hub.subscribe_first(&ns, &a);
+        assert!(!first);
+        hub.notify(&ns, &a);
+        assert!(w1.rx.has_changed().unwrap());
+        w1.mark_seen();
+        hub.notify_all();
+        assert!(w1.rx.has_changed().unwrap());
+        drop(w1);
+        assert!(idle.lock().unwrap().is_empty());
+        drop(w2);
+        assert_eq!(*idle.lock().unwrap(), ["a"]);
+        assert_eq!(hub.names(), 0);
     }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use super::{Claim, ExtendMode, Extended, Grant, GrantAll, Released};
 use crate::error::Error;
-use crate::lease::{LockInfo, Token};
+use crate::info::LockInfo;
+use crate::lease::Token;
 use crate::name::LockName;
 use crate::options::{SetAction, SetOutcome, SetPolicy, SetStatus};
 
@@ -72,19 +73,17 @@ impl Row {
         let expires_in = self.expires_at.map(|e| duration(e - now));
         let held_for = duration(now - self.acquired_at);
         let wall = |t: i64| epoch + duration(t);
-        LockInfo {
-            name: name.to_string(),
-            owner: self.owner.clone(),
-            host: self.host.clone(),
-            pid: self.pid,
-            fence: self.fence,
-            held_for,
-            expires_in,
-            expired: !self.live(now),
-            released: self.token.is_none(),
-            acquired_at: wall(self.acquired_at),
-            expires_at: self.expires_at.map(wall),
-        }
+        let mut info = LockInfo::new(name, expires_in);
+        info.owner = Some(self.owner.clone());
+        info.host = Some(self.host.clone());
+        info.pid = Some(self.pid);
+        info.fence = Some(self.fence);
+        info.held_for = Some(held_for);
+        info.expired = !self.live(now);
+        info.released = self.token.is_none();
+        info.acquired_at = Some(wall(self.acquired_at));
+        info.expires_at = self.expires_at.map(wall);
+        info
     }
 }
 

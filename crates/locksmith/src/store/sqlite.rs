@@ -55,9 +55,10 @@ use super::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, WakeHub, Wakeups,
 };
 use crate::error::{Error, Result};
-use crate::lease::{LockInfo, Token};
+use crate::info::LockInfo;
+use crate::lease::Token;
 use crate::name::{LockName, Namespace};
-use crate::options::{Expired, ListQuery, Page, SetOutcome, SetPolicy};
+use crate::options::{Cursor, Expired, ListQuery, Page, SetOutcome, SetPolicy};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -765,6 +766,12 @@ impl Store for SqliteStore {
             poll_interval: Some(POLL_CAP),
             atomic_multi: true,
             never_expire: true,
+            expired_visible: true,
+            holder_metadata: true,
+            namespaces: true,
+            min_hold: true,
+            ordered_list: true,
+            ..Capabilities::NONE
         }
     }
 
@@ -885,7 +892,14 @@ impl Store for SqliteStore {
             let limit = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
             let mut items = stmt
                 .query_map(
-                    params![ns.as_str(), query.prefix, query.after, expired, now, limit],
+                    params![
+                        ns.as_str(),
+                        query.prefix,
+                        query.after.as_ref().map(Cursor::as_str),
+                        expired,
+                        now,
+                        limit
+                    ],
                     |r| {
                         let name: String = r.get(0)?;
                         Ok(row_from(r, 1)?.info(&name, now, UNIX_EPOCH))
@@ -894,7 +908,7 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<LockInfo>>>()?;
             let next = if items.len() > query.limit {
                 items.truncate(query.limit);
-                items.last().map(|i| i.name.clone())
+                items.last().map(|i| Cursor::new(i.name.clone()))
             } else {
                 None
             };
