@@ -10,9 +10,21 @@ use crate::lease::Token;
 /// The lease of a lock acquired without `.ttl(…)`: 60 seconds.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 
-/// The longest duration any option accepts (100 years): longer ones could overflow a
-/// deadline or a store's time column. Use `.no_expiry()` or `Wait::Forever` instead.
-pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The longest duration any option accepts: 100 years of 365.25 days (as `humantime` counts
+/// a year, so `"100y"` is accepted); longer ones could overflow a deadline or a store's time
+/// column. Use `.no_expiry()` or `Wait::Forever` instead.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 36_525 * 24 * 36);
+
+/// The shortest TTL a lock accepts (in `.ttl(…)`, `extend(…)` and [`SetPolicy::ttl`]): 50 ms.
+///
+/// A lease must outlive the work of keeping it: the guard's local deadline is the send time
+/// plus the TTL minus a margin of a tenth of the TTL, and `Renew::Auto` renews every third
+/// of the TTL and retries failed renewals at most every 10 ms. At 50 ms the margin is 5 ms
+/// (thousands of times the stores' 1 µs clock granularity, and above one local store round
+/// trip), and a renewal has about 28 ms — two retries — between its first attempt and the
+/// local deadline. Shorter leases expire before a grant can be used (`--ttl 1ms` would be lost
+/// as its command starts); use a TTL of seconds for anything that renews across a network.
+pub const MIN_TTL: Duration = Duration::from_millis(50);
 
 /// How long `acquire` waits for a held lock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,12 +76,26 @@ pub(crate) struct Plan {
     pub(crate) token: Option<Token>,
 }
 
+/// Checks a duration option against [`MAX_DURATION`], and a TTL (option `"ttl"`: `.ttl(…)`,
+/// `extend(…)`, [`SetPolicy::ttl`]) against [`MIN_TTL`] as well.
 pub(crate) fn check_duration(option: &'static str, d: Duration) -> Result<()> {
     if d > MAX_DURATION || Instant::now().checked_add(d).is_none() {
         return Err(Error::invalid_option(
             option,
             format!(
-                "{d:?} is longer than the 100-year limit — use .no_expiry() or Wait::Forever for \"no limit\""
+                "{} is longer than the 100-year limit (of 365.25-day years) — use .no_expiry() or Wait::Forever for \"no limit\"",
+                humantime::format_duration(d)
+            ),
+        ));
+    }
+    if option == "ttl" && d < MIN_TTL {
+        return Err(Error::invalid_option(
+            option,
+            format!(
+                "the TTL {} is below the minimum of {} (MIN_TTL), so the lease would end before it could be used — use at least {}, or seconds for locks that renew",
+                DisplayDuration(d),
+                DisplayDuration(MIN_TTL),
+                DisplayDuration(MIN_TTL)
             ),
         ));
     }
@@ -607,5 +633,42 @@ mod tests {
         }
         .validate(Wait::No)
         .unwrap();
+    }
+
+    #[test]
+    fn ttls_below_the_minimum_are_refused_everywhere() {
+        let ttl = |d: Duration| {
+            Options {
+                ttl: Some(d),
+                ..opts()
+            }
+            .validate(Wait::No)
+        };
+        for d in [Duration::from_millis(1), MIN_TTL - Duration::from_micros(1)] {
+            let e = ttl(d).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidOption { option, .. } if *option == "ttl"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("minimum of 50ms"), "{e}");
+            // extend(…) and SetPolicy share the check
+            assert!(check_duration("ttl", d).is_err());
+            assert!(SetPolicy::default().ttl(d).validate().is_err());
+        }
+        ttl(MIN_TTL).unwrap();
+        SetPolicy::default().ttl(MIN_TTL).validate().unwrap();
+        // other durations have no minimum
+        check_duration("wait", Duration::from_millis(1)).unwrap();
+        check_duration("renew_by", Duration::from_millis(1)).unwrap();
+    }
+
+    #[test]
+    fn the_100_year_limit_counts_years_as_humantime_does() {
+        let year = humantime::parse_duration("1y").unwrap();
+        assert_eq!(MAX_DURATION, year * 100);
+        check_duration("ttl", humantime::parse_duration("100y").unwrap()).unwrap();
+        let e = check_duration("ttl", humantime::parse_duration("101y").unwrap()).unwrap_err();
+        assert!(e.to_string().contains("100-year limit"), "{e}");
+        assert!(e.to_string().contains("101years"), "{e}");
     }
 }

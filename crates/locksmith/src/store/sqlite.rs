@@ -102,7 +102,8 @@ INSERT OR IGNORE INTO locksmith_fence (id, value) VALUES (0, 0);
 /// `LOCKSMITH_URL`.
 pub fn default_path() -> Result<PathBuf> {
     let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(state) = non_empty("XDG_STATE_HOME") {
+    // The XDG spec: a relative path in $XDG_STATE_HOME is invalid and is ignored.
+    if let Some(state) = non_empty("XDG_STATE_HOME").filter(|v| Path::new(v).is_absolute()) {
         return Ok(PathBuf::from(state).join("locksmith").join("locks.db"));
     }
     if let Some(home) = non_empty("HOME") {
@@ -162,8 +163,78 @@ fn open_files() -> &'static tokio::sync::Mutex<HashMap<PathBuf, Weak<SqliteStore
     OPEN.get_or_init(Default::default)
 }
 
-/// Resolves a URL body (`""`, `/abs/path.db`, `relative.db`) to an absolute path; creates
-/// the default file's directory.
+/// Decodes `%XX` escapes in a URL's path (`sqlite:///srv/my%20locks/x.db`).
+fn percent_decode(body: &str) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = body.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(byte) = hex else {
+                return Err(Error::config(format!(
+                    "the SQLite path {body:?} has a % that is not followed by two hex digits — write %25 for a literal %"
+                )));
+            };
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    if out.contains(&0) {
+        return Err(Error::config(format!(
+            "the SQLite path {body:?} decodes to a NUL byte — remove the %00"
+        )));
+    }
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(out)))
+}
+
+/// Quotes a path for a shell command shown in a hint: `'/srv/my locks'`.
+fn shell_quoted(path: &Path) -> String {
+    let s = path.to_string_lossy();
+    if !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c))
+    {
+        return s.into_owned();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Refuses a lock file path that exists and is not a regular file (a device such as
+/// `/dev/null`, a FIFO, a directory) before SQLite opens it — SQLite would write its
+/// journal beside it.
+fn check_regular(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            let (kind, example) = if meta.is_dir() {
+                ("a directory", path.join("locks.db"))
+            } else {
+                (
+                    "a device, FIFO or socket",
+                    PathBuf::from("/var/lib/locksmith/locks.db"),
+                )
+            };
+            Err(Error::config(format!(
+                "{} is not a regular file ({kind}) — give the path of a lock file, e.g. sqlite://{}",
+                path.display(),
+                example.display()
+            )))
+        }
+        _ => Ok(()), // a regular file, or missing (created in its existing directory)
+    }
+}
+
+/// Resolves a URL body (`""`, `/abs/path.db`, `relative.db`, percent-encoded) to an absolute
+/// path; creates the default file's directory. Anything but a regular file or a new file in
+/// an existing directory is refused before SQLite touches it.
 pub(crate) fn resolve(body: &str) -> Result<PathBuf> {
     if body.is_empty() {
         let path = default_path()?;
@@ -174,10 +245,13 @@ pub(crate) fn resolve(body: &str) -> Result<PathBuf> {
                 dir.display()
             ))
         })?;
+        check_regular(&path)?;
         return Ok(path);
     }
-    let path = std::path::absolute(body)
+    let decoded = percent_decode(body)?;
+    let path = std::path::absolute(&decoded)
         .map_err(|e| Error::config(format!("cannot resolve the SQLite path {body:?}: {e}")))?;
+    check_regular(&path)?;
     let dir = path.parent().unwrap_or(Path::new("/"));
     if dir.exists() && !dir.is_dir() {
         return Err(Error::config(format!(
@@ -189,7 +263,7 @@ pub(crate) fn resolve(body: &str) -> Result<PathBuf> {
         return Err(Error::config(format!(
             "the directory {} of the lock file does not exist — create it (mkdir -p {}) or choose another path",
             dir.display(),
-            dir.display()
+            shell_quoted(dir)
         )));
     }
     // One worker per file, whatever path spelled it: resolve symlinks in the directory.
