@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::{ListArgs, NamesArgs, ResetArgs, SetArgs};
 use crate::exit::{self, Failure};
-use crate::output::{Out, cell, holder};
+use crate::output::{Out, cell, count, holder, safe};
 
 /// Locks fetched per page: the list streams, page by page.
 const PAGE: usize = 1000;
@@ -77,7 +77,7 @@ pub(crate) async fn set(lm: &Locksmith, args: SetArgs, out: Out) -> Result<u8, F
     }
     let outcome = match lm.set_locks(args.names, policy).await {
         Err(Error::Locked { name, holder: info }) => {
-            return Err(Failure::new(
+            return Err(Failure::skip(
                 exit::BUSY,
                 format!(
                     "lock {name:?} is held by {} — nothing was changed (--fail)",
@@ -109,7 +109,7 @@ pub(crate) async fn set(lm: &Locksmith, args: SetArgs, out: Out) -> Result<u8, F
         let mut table = out.table(&["NAME", "WAS LOCKED", "LOCKED", "ACTION"]);
         for s in &outcome.statuses {
             table.add_row(vec![
-                s.name.clone(),
+                safe(&s.name),
                 yes_no(s.was_locked).into(),
                 yes_no(s.locked).into(),
                 action_name(s.action).into(),
@@ -128,16 +128,26 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
+/// What `clear` and `reset` tell the operator about holders still running.
+const STOPPED: &str = "locksmith: running holders are stopped: a `locksmith run` holding a \
+    removed lock stops its command within a second (exit 76), and programs using the library \
+    see their guard lost";
+
 /// `locksmith clear NAME…`.
 pub(crate) async fn clear(lm: &Locksmith, args: NamesArgs, out: Out) -> Result<u8, Failure> {
+    let mut any = false;
     for (name, existed) in lm.clear(args.names).await? {
+        any |= existed;
         if out.json() {
             out.object(json!({"type": "cleared", "name": name, "existed": existed}));
         } else if existed {
-            out.line(format!("cleared {name}"));
+            out.line(format!("cleared {}", safe(&name)));
         } else {
-            out.line(format!("{name} was not held"));
+            out.line(format!("{} was not held", safe(&name)));
         }
+    }
+    if any {
+        out.note(STOPPED);
     }
     Ok(exit::OK)
 }
@@ -163,7 +173,7 @@ pub(crate) async fn reset(lm: &Locksmith, args: ResetArgs, out: Out) -> Result<u
         let mut table = out.table(&["NAME", "OWNER", "HOST", "PID", "FENCE"]);
         for i in &page.items {
             table.add_row(vec![
-                i.name.clone(),
+                safe(&i.name),
                 cell(&i.owner),
                 cell(&i.host),
                 cell(&i.pid),
@@ -174,6 +184,7 @@ pub(crate) async fn reset(lm: &Locksmith, args: ResetArgs, out: Out) -> Result<u
         if page.next.is_some() {
             eprintln!("… and more (only the first {PAGE} are shown)");
         }
+        eprintln!("A `locksmith run` holding one of them stops its command within a second.");
         eprint!("Type YES to remove them: ");
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
@@ -187,7 +198,10 @@ pub(crate) async fn reset(lm: &Locksmith, args: ResetArgs, out: Out) -> Result<u
     if out.json() {
         out.object(json!({"type": "reset", "removed": removed}));
     } else {
-        out.line(format!("removed {removed} locks"));
+        out.line(format!("removed {}", count(removed, "lock", "locks")));
+        if removed > 0 {
+            out.note(STOPPED);
+        }
     }
     Ok(exit::OK)
 }
@@ -198,7 +212,10 @@ pub(crate) async fn purge(lm: &Locksmith, out: Out) -> Result<u8, Failure> {
     if out.json() {
         out.object(json!({"type": "purged", "removed": purged}));
     } else {
-        out.line(format!("purged {purged} expired locks"));
+        out.line(format!(
+            "purged {}",
+            count(purged, "expired lock", "expired locks")
+        ));
     }
     Ok(exit::OK)
 }

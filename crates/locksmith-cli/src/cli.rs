@@ -6,10 +6,28 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use locksmith::Wait;
 
-/// Parses `30s`, `5m`, `1h30m`, `250ms`.
+/// Parses `30s`, `5m`, `1h30m`, `250ms`, up to the 100-year limit.
 pub(crate) fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{e} — write a duration such as 30s, 5m, 1h30m or 250ms"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} — write a duration such as 30s, 5m, 1h30m or 250ms"))?;
+    if d > locksmith::MAX_DURATION {
+        return Err(format!(
+            "{s} is longer than the 100-year limit — write a duration such as 30s, 5m, 1h30m or 250ms"
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses a TTL: a duration from the library's minimum (50ms) to 100 years.
+pub(crate) fn ttl(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d < locksmith::MIN_TTL {
+        return Err(format!(
+            "{s} is below the shortest TTL, {}ms: the lease would end before the lock could be used — write a duration such as 30s, 5m, 1h30m or 250ms",
+            locksmith::MIN_TTL.as_millis()
+        ));
+    }
+    Ok(d)
 }
 
 /// Parses `--wait`: a duration, or `forever`.
@@ -22,6 +40,9 @@ pub(crate) fn wait(s: &str) -> Result<Wait, String> {
         .map(|d| if d.is_zero() { Wait::No } else { Wait::For(d) })
         .map_err(|e| format!("{e}, or `forever`"))
 }
+
+/// The heading of the options every command takes, listed after the command's own.
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,30 +57,30 @@ pub(crate) fn wait(s: &str) -> Result<Wait, String> {
     propagate_version = true
 )]
 pub(crate) struct Cli {
-    /// The lock store.
+    /// The lock store [default: sqlite://, the per-user file; empty means the default].
     #[arg(
         long,
         env = "LOCKSMITH_URL",
         global = true,
-        default_value = locksmith::DEFAULT_URL,
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = GLOBAL
     )]
-    pub(crate) url: String,
+    pub(crate) url: Option<String>,
 
     /// Output format: human text, or one JSON object per line.
-    #[arg(long, value_enum, global = true, default_value_t = Format::Human)]
+    #[arg(long, value_enum, global = true, default_value_t = Format::Human, help_heading = GLOBAL)]
     pub(crate) format: Format,
 
-    /// Print only what was asked for (no notes, no spinner).
-    #[arg(short, long, global = true)]
+    /// Print only what was asked for: no notes, no spinner, nothing for a busy lock.
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub(crate) quiet: bool,
 
     /// Log what locksmith does to stderr (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub(crate) verbose: u8,
 
     /// When to use colour (NO_COLOR is honoured by `auto`).
-    #[arg(long, value_enum, global = true, default_value_t = Color::Auto)]
+    #[arg(long, value_enum, global = true, default_value_t = Color::Auto, help_heading = GLOBAL)]
     pub(crate) color: Color,
 
     #[command(subcommand)]
@@ -106,9 +127,13 @@ SIGKILL after --kill-grace, and locksmith exits 76.")]
     /// Acquire a lock and keep it after exiting; prints the token and fence.
     #[command(after_help = "\
 Examples:
+  set -e
   eval \"$(locksmith acquire migration --ttl 10m)\"    # sets $token and $fence
-  ...
-  locksmith release migration --token \"$token\"")]
+  ./migrate.sh                                        # runs only if the lock was acquired
+  locksmith release migration --token \"$token\"
+
+On failure, acquire prints `(exit N)` on stdout (unless it is a terminal), so the eval fails
+with acquire's exit code and `set -e` stops the script.")]
     Acquire(AcquireArgs),
 
     /// Set the lease of a lock held by a token to end TTL from now.
@@ -141,11 +166,13 @@ Examples:
   locksmith set a b --fail")]
     Set(SetArgs),
 
-    /// Force-release locks whoever holds them, and say which existed.
+    /// Force-release locks whoever holds them, and say which existed; a `locksmith run`
+    /// holding one stops its command within a second.
     #[command(after_help = "Example:\n  locksmith clear nightly-backup")]
     Clear(NamesArgs),
 
-    /// Remove every lock in the namespace (asks to type YES unless --force).
+    /// Remove every lock in the namespace (asks to type YES unless --force); running holders
+    /// are stopped.
     #[command(
         after_help = "Examples:\n  locksmith reset\n  locksmith reset --force   # in scripts"
     )]
@@ -167,8 +194,8 @@ Examples:
 
 #[derive(Args, Debug)]
 pub(crate) struct LeaseArgs {
-    /// The lease: the lock expires this long after its last renewal.
-    #[arg(long, value_parser = duration, default_value = "60s")]
+    /// The lease: the lock expires this long after its last renewal (at least 50ms).
+    #[arg(long, value_parser = ttl, default_value = "60s")]
     pub(crate) ttl: Duration,
     /// How long to wait for a held lock: a duration, or `forever`. Default: do not wait.
     #[arg(long, value_parser = wait)]
@@ -213,8 +240,8 @@ pub(crate) struct AcquireArgs {
 pub(crate) struct ExtendArgs {
     #[command(flatten)]
     pub(crate) token: TokenArgs,
-    /// The new lease, from now.
-    #[arg(long, value_parser = duration)]
+    /// The new lease, from now (at least 50ms).
+    #[arg(long, value_parser = ttl)]
     pub(crate) ttl: Duration,
 }
 
@@ -263,8 +290,8 @@ pub(crate) struct SetArgs {
     /// The locks never expire.
     #[arg(short = 'k', long, conflicts_with = "ttl")]
     pub(crate) no_expiry: bool,
-    /// The lease to set.
-    #[arg(short = 't', long, value_parser = duration)]
+    /// The lease to set (at least 50ms).
+    #[arg(short = 't', long, value_parser = ttl)]
     pub(crate) ttl: Option<Duration>,
     /// Change nothing and exit 75 if any of the locks is held.
     #[arg(short = 'e', long)]

@@ -5,6 +5,7 @@ use locksmith::Error;
 /// Success (and, for `status`, "the lock is held").
 pub(crate) const OK: u8 = 0;
 /// `status`: the lock is free. `release`/`extend`: the token does not hold the lock.
+/// `reset`: cancelled at the prompt, nothing removed.
 pub(crate) const NOT_HELD: u8 = 1;
 /// Bad usage: unknown flag, malformed duration, bad name, bad store URL, unusable lock file.
 pub(crate) const USAGE: u8 = 2;
@@ -21,20 +22,24 @@ pub(crate) const LOST: u8 = 76;
 pub(crate) const TABLE: &str = "\
 Exit codes:
   0   ok (status: the lock is held)
-  1   status: the lock is free; release/extend: the token does not hold the lock
+  1   status: the lock is free; release/extend: the token does not hold the lock;
+      reset: cancelled at the prompt, nothing removed
   2   usage error: bad flag, duration, name or store URL, or an unusable lock file
   3   store error: the store failed or stayed busy, a server is unreachable
   4   --wait ran out
   75  busy: the lock is held elsewhere (run --busy-exit-code N overrides)
   76  the lock was lost (or --max-hold reached) while the command ran; it was stopped
   126 run: the command could not be started (127: not found)
-  run otherwise exits with the command's code (128+N if it was killed by signal N)";
+  run otherwise exits with the command's code (128+N if it was killed by signal N)
+With -q a busy lock (75, or run --busy-exit-code N) prints nothing.";
 
 /// A failure to report: one line on stderr and an exit code.
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) code: u8,
     pub(crate) message: String,
+    /// An expected skip (the lock is held elsewhere): silent with `-q`.
+    pub(crate) skip: bool,
 }
 
 impl Failure {
@@ -42,6 +47,15 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            skip: false,
+        }
+    }
+
+    /// An expected skip: the lock is held elsewhere.
+    pub(crate) fn skip(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            skip: true,
+            ..Failure::new(code, message)
         }
     }
 }
@@ -56,6 +70,13 @@ impl From<Error> for Failure {
             Error::InvalidName { .. } | Error::InvalidOption { .. } | Error::Config { .. } => USAGE,
             _ => STORE,
         };
-        Failure::new(code, e.to_string())
+        let message = match e {
+            // The CLI's words: `--max-hold`, not `max_hold`.
+            Error::InvalidOption { option, message } => {
+                format!("--{}: {message}", option.replace('_', "-"))
+            }
+            e => e.to_string(),
+        };
+        Failure::new(code, message)
     }
 }

@@ -24,6 +24,69 @@ fn wants_json(args: &[std::ffi::OsString]) -> bool {
         || args.iter().any(|a| a == "--format=json")
 }
 
+/// The subcommand the raw arguments name (for errors found before they parse): the first
+/// word that is not an option or the value of a global option.
+fn subcommand_of(args: &[std::ffi::OsString]) -> Option<String> {
+    let mut words = args.iter().skip(1);
+    while let Some(word) = words.next() {
+        let word = word.to_str()?;
+        if matches!(word, "--url" | "--format" | "--color") {
+            words.next();
+        } else if word == "--" {
+            return None;
+        } else if !word.starts_with('-') {
+            return Some(word.to_string());
+        }
+    }
+    None
+}
+
+/// The one line a clap error becomes: its message and tips (`tip: to pass 'echo' as a
+/// value, use '-- echo'`, `tip: a similar subcommand exists: 'list'`), without the usage,
+/// pointing at the help of the command at fault.
+fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    let rendered = e.render().to_string();
+    let mut parts: Vec<&str> = Vec::new();
+    let mut command = None;
+    for line in rendered.lines().map(str::trim) {
+        if let Some(usage) = line.strip_prefix("Usage: ") {
+            // `locksmith run [OPTIONS] …`: the command at fault is the second word
+            command = usage
+                .split_whitespace()
+                .nth(1)
+                .filter(|w| Cli::command().find_subcommand(w).is_some())
+                .map(str::to_string);
+            break;
+        }
+        if !line.is_empty() && !line.starts_with("For more information") {
+            parts.push(line);
+        }
+    }
+    // Errors in a value carry no usage: the command is the one the arguments name.
+    let command = command.or_else(|| {
+        subcommand_of(args).filter(|w| Cli::command().find_subcommand(w).is_some())
+    });
+    let joined = parts.join("; ");
+    let message = joined.strip_prefix("error: ").unwrap_or(&joined);
+    let help = match command {
+        Some(sub) => format!("locksmith {sub} --help"),
+        None => "locksmith --help".to_string(),
+    };
+    format!("{message} (see `{help}`)")
+}
+
+/// Prints `(exit N)` on stdout for a failed `acquire`, unless stdout is a terminal or the
+/// output is JSON: `eval "$(locksmith acquire …)"` then fails with N instead of evaluating
+/// nothing and going on without the lock.
+fn fail_closed(subcommand: Option<&str>, json: bool, code: u8) {
+    if code != exit::OK && subcommand == Some("acquire") && !json && !std::io::stdout().is_terminal()
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "(exit {code})").and_then(|()| stdout.flush());
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&args) {
@@ -39,17 +102,10 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
         Err(e) => {
-            // One line, in the chosen format: clap's first paragraph, without its "error: ".
-            let rendered = e.render().to_string();
-            let paragraph: Vec<&str> = rendered
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let joined = paragraph.join(" ");
-            let message = joined.strip_prefix("error: ").unwrap_or(&joined);
+            // One line, in the chosen format.
+            let json = wants_json(&args);
             let out = Out {
-                format: if wants_json(&args) {
+                format: if json {
                     cli::Format::Json
                 } else {
                     cli::Format::Human
@@ -58,13 +114,12 @@ fn main() -> ExitCode {
                 color: false,
                 table_color: false,
             };
-            out.error(&Failure::new(
-                exit::USAGE,
-                format!("{message} (see `locksmith --help`)"),
-            ));
+            out.error(&Failure::new(exit::USAGE, usage_line(&e, &args)));
+            fail_closed(subcommand_of(&args).as_deref(), json, exit::USAGE);
             return ExitCode::from(exit::USAGE);
         }
     };
+    let subcommand = subcommand_of(&args);
     init_tracing(&cli);
     let color = |terminal: bool| match cli.color {
         Color::Always => true,
@@ -85,16 +140,19 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             out.error(&Failure::new(exit::STORE, format!("cannot start: {e}")));
+            fail_closed(subcommand.as_deref(), out.json(), exit::STORE);
             return ExitCode::from(exit::STORE);
         }
     };
-    match runtime.block_on(dispatch(cli, out)) {
-        Ok(code) => ExitCode::from(code),
+    let code = match runtime.block_on(dispatch(cli, out)) {
+        Ok(code) => code,
         Err(failure) => {
-            out.error(&failure);
-            ExitCode::from(failure.code)
+            out.failure(&failure);
+            failure.code
         }
-    }
+    };
+    fail_closed(subcommand.as_deref(), out.json(), code);
+    ExitCode::from(code)
 }
 
 fn init_tracing(cli: &Cli) {
@@ -119,13 +177,36 @@ async fn connect(url: &str) -> Result<Locksmith, Failure> {
     Locksmith::connect(url).await.map_err(Failure::from)
 }
 
+/// Whether the store URL is the in-process memory store.
+fn is_memory(url: &str) -> bool {
+    url.trim_start()
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("memory:"))
+}
+
 async fn dispatch(cli: Cli, out: Out) -> Result<u8, Failure> {
     if let Command::Completions { shell } = cli.command {
         let mut cmd = Cli::command();
         clap_complete::generate(shell, &mut cmd, "locksmith", &mut std::io::stdout());
         return Ok(exit::OK);
     }
-    let lm = connect(&cli.url).await?;
+    // An empty URL (`LOCKSMITH_URL=`) means the default, as for the library's from_env.
+    let url = cli
+        .url
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| locksmith::DEFAULT_URL.to_string());
+    if is_memory(&url) && !matches!(cli.command, Command::Run(_)) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "{url} keeps locks inside this one locksmith process, so they vanish when it exits — \
+                 only `run` can use it (for trying things out); use a shared store such as \
+                 sqlite:///var/lib/locksmith/locks.db, or the default (no --url)"
+            ),
+        ));
+    }
+    let lm = connect(&url).await?;
     match cli.command {
         Command::Run(args) => run::run(&lm, args, out).await,
         Command::Acquire(args) => run::acquire(&lm, args, out).await,

@@ -34,6 +34,62 @@ fn unix_ms(t: SystemTime) -> u64 {
     ms(t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
 }
 
+/// Whether a character must not reach a terminal raw: control characters (ESC, newline,
+/// tab, …) and the bidirectional overrides that reorder what follows them.
+fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text (a lock name, owner or host) made safe for a person's terminal: control characters
+/// are shown escaped (`a\u{1b}[31mb`, `a\nb`), so they can neither colour the terminal nor
+/// split a table row. JSON output stays exact and never goes through this.
+pub(crate) fn safe(text: &str) -> String {
+    if !text.chars().any(unsafe_char) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A word quoted for a POSIX shell, for commands shown as hints: as is when it is plain,
+/// `'…'` otherwise, and `$'…'` with escapes when it holds control characters.
+pub(crate) fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.to_string();
+    }
+    if word.chars().any(unsafe_char) {
+        let mut quoted = String::from("$'");
+        for c in word.chars() {
+            match c {
+                '\\' => quoted.push_str("\\\\"),
+                '\'' => quoted.push_str("\\'"),
+                c if unsafe_char(c) && (c as u32) < 0x80 => {
+                    quoted.push_str(&format!("\\x{:02x}", c as u32));
+                }
+                c if unsafe_char(c) => quoted.push_str(&format!("\\u{:04x}", c as u32)),
+                c => quoted.push(c),
+            }
+        }
+        quoted.push('\'');
+        return quoted;
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// `1 lock`, `2 locks`.
+pub(crate) fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A short human duration: `250ms`, `4.2s`, `3m 5s`, `2h 10m`.
 pub(crate) fn human(d: Duration) -> String {
     if d < Duration::from_secs(1) {
@@ -83,10 +139,10 @@ pub(crate) fn lock_json(info: &LockInfo) -> Value {
 pub(crate) fn holder(info: &LockInfo) -> String {
     let mut s = info
         .owner
-        .clone()
-        .unwrap_or_else(|| "an unknown holder".into());
+        .as_deref()
+        .map_or_else(|| "an unknown holder".into(), safe);
     if let Some(host) = &info.host {
-        s.push_str(&format!(" on {host}"));
+        s.push_str(&format!(" on {}", safe(host)));
     }
     let mut parts = Vec::new();
     if let Some(pid) = info.pid {
@@ -104,7 +160,8 @@ pub(crate) fn holder(info: &LockInfo) -> String {
 
 /// A holder field for a table cell: `-` where the store does not record it.
 pub(crate) fn cell<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map_or_else(|| "-".to_string(), T::to_string)
+    v.as_ref()
+        .map_or_else(|| "-".to_string(), |v| safe(&v.to_string()))
 }
 
 impl Out {
@@ -131,14 +188,15 @@ impl Out {
         self.line(value);
     }
 
-    /// A note for people on stderr (not in JSON mode, not with -q).
+    /// A note for people on stderr (not in JSON mode, not with -q); control characters in it
+    /// are escaped.
     pub(crate) fn note(&self, text: impl std::fmt::Display) {
         if !self.quiet && !self.json() {
-            eprintln!("{text}");
+            eprintln!("{}", safe(&text.to_string()));
         }
     }
 
-    /// The one line a failure prints.
+    /// The one line a failure prints (in human text, control characters escaped).
     pub(crate) fn error(&self, failure: &Failure) {
         if self.json() {
             eprintln!(
@@ -146,10 +204,26 @@ impl Out {
                 json!({"type": "error", "code": failure.code, "message": failure.message})
             );
         } else if self.color {
-            eprintln!("\x1b[1;31mlocksmith: error:\x1b[0m {}", failure.message);
+            eprintln!(
+                "\x1b[1;31mlocksmith: error:\x1b[0m {}",
+                safe(&failure.message)
+            );
         } else {
-            eprintln!("locksmith: error: {}", failure.message);
+            eprintln!("locksmith: error: {}", safe(&failure.message));
         }
+    }
+
+    /// Reports a failure: an expected skip (the lock is busy) prints nothing with `-q`, and is
+    /// a note rather than an error when its exit code is 0 (`--busy-exit-code 0`).
+    pub(crate) fn failure(&self, failure: &Failure) {
+        if failure.skip && self.quiet {
+            return;
+        }
+        if failure.skip && failure.code == 0 {
+            self.note(format!("locksmith: skipped: {}", failure.message));
+            return;
+        }
+        self.error(failure);
     }
 
     /// A table with a header row.
@@ -188,7 +262,7 @@ impl Out {
         ]);
         for i in items {
             table.add_row(vec![
-                i.name.clone(),
+                safe(&i.name),
                 cell(&i.owner),
                 cell(&i.host),
                 cell(&i.pid),

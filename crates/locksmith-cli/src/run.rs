@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{AcquireArgs, ExtendArgs, LeaseArgs, NameArgs, RunArgs, TokenArgs};
 use crate::exit::{self, Failure};
-use crate::output::{self, Out, holder, human, ms};
+use crate::output::{self, Out, holder, human, ms, safe, shell_quote};
 
 /// The default owner label: the user running the command.
 fn user() -> String {
@@ -46,7 +46,7 @@ async fn acquire_showing_holder(
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     spinner.enable_steady_tick(Duration::from_millis(100));
-    spinner.set_message(format!("waiting for lock {name}"));
+    spinner.set_message(format!("waiting for lock {}", safe(name)));
     let acquire = builder.acquire();
     tokio::pin!(acquire);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -57,7 +57,7 @@ async fn acquire_showing_holder(
                 if let Ok(Some(info)) = lm.inspect(name).await
                     && !info.expired
                 {
-                    spinner.set_message(format!("waiting for lock {name}: held by {}", holder(&info)));
+                    spinner.set_message(format!("waiting for lock {}: held by {}", safe(name), holder(&info)));
                 }
             }
         }
@@ -66,22 +66,42 @@ async fn acquire_showing_holder(
     result
 }
 
-/// Turns contention into the CLI's exit codes with a message naming the holder.
-fn contention(e: Error, busy_code: u8, what: &str) -> Failure {
+/// Turns contention into the CLI's exit codes with a message naming the holder: `busy`
+/// follows a held lock (an expected skip, silent with -q), `timed_out` a `--wait` that ran out.
+fn contention(e: Error, busy_code: u8, busy: &str, timed_out: &str) -> Failure {
     match e {
-        Error::Locked { name, holder: info } => Failure::new(
+        Error::Locked { name, holder: info } => Failure::skip(
             busy_code,
-            format!("lock {name:?} is held by {} — {what}", holder(&info)),
+            format!("lock {name:?} is held by {} — {busy}", holder(&info)),
         ),
         Error::Timeout { name, waited } => Failure::new(
             exit::TIMEOUT,
             format!(
-                "gave up after waiting {} for lock {name:?} — {what}",
+                "gave up after waiting {} for lock {name:?} — {timed_out}",
                 human(waited)
             ),
         ),
         other => other.into(),
     }
+}
+
+/// How often `run` checks that its lock is still its own, on any store: a `clear` or `reset`
+/// from anywhere stops the command within about this long (plus one store call), even where
+/// the store cannot notify this process.
+const OWNERSHIP_CHECK: Duration = Duration::from_millis(500);
+
+/// Whether the lock is still the one `run` was granted (same fence; same process where the
+/// store keeps no fences). `None` when the store could not be asked.
+async fn still_ours(lm: &Locksmith, name: &str, fence: u64) -> Option<bool> {
+    let info = lm.inspect(name).await.ok()?;
+    Some(info.is_some_and(|info| {
+        !info.expired
+            && !info.released
+            && match info.fence {
+                Some(f) => f == fence,
+                None => info.pid == Some(std::process::id()),
+            }
+    }))
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {
@@ -170,6 +190,20 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
         .to_string_lossy()
         .into_owned();
     let owner = args.lease.owner.clone().unwrap_or_else(|| shown.clone());
+    // The library's max_hold must not be below the TTL; say so in the CLI's words (the
+    // library would see --max-hold plus the kill grace).
+    if let Some(max_hold) = args.max_hold
+        && max_hold < args.lease.ttl
+    {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "--max-hold {} is shorter than --ttl {} — raise --max-hold or lower --ttl (the lock is renewed every third of --ttl until --max-hold)",
+                human(max_hold),
+                human(args.lease.ttl)
+            ),
+        ));
+    }
     let mut b = builder(lm, &args.name, &args.lease, owner.clone()).renew(Renew::Auto);
     if let Some(d) = args.min_hold {
         b = b.min_hold(d);
@@ -210,8 +244,10 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
         )
     };
     let guard = tokio::select! {
-        acquired = acquire => acquired
-            .map_err(|e| contention(e, args.busy_exit_code, &format!("not running {shown}")))?,
+        acquired = acquire => acquired.map_err(|e| {
+            let not_running = format!("not running {shown}");
+            contention(e, args.busy_exit_code, &not_running, &not_running)
+        })?,
         _ = int.recv() => return Err(interrupted(Signal::SIGINT)),
         _ = term.recv() => return Err(interrupted(Signal::SIGTERM)),
         _ = hup.recv() => return Err(interrupted(Signal::SIGHUP)),
@@ -243,7 +279,13 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
             } else {
                 126
             };
-            return Err(Failure::new(code, format!("cannot run {shown}: {e}")));
+            return Err(Failure::new(
+                code,
+                format!(
+                    "cannot run {}: {e}; the lock was released",
+                    shell_quote(&program.to_string_lossy())
+                ),
+            ));
         }
     };
     let target = Target {
@@ -260,6 +302,8 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
         }
     };
     tokio::pin!(max_hold);
+    let mut check = tokio::time::interval(OWNERSHIP_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let status = loop {
         let why = tokio::select! {
             status = child.wait() => break status,
@@ -274,6 +318,13 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
             _ = hup.recv() => { target.send(Signal::SIGHUP); continue; }
             reason = &mut lost => reason.to_string(),
             _ = &mut max_hold => "--max-hold was reached".to_string(),
+            _ = check.tick() => {
+                if still_ours(lm, &args.name, fence).await == Some(false) {
+                    "it was cleared, reset or taken over".to_string()
+                } else {
+                    continue;
+                }
+            }
         };
         out.error(&Failure::new(exit::LOST, format!(
             "lock {:?} was lost while {shown} ran ({why}); stopping it (SIGTERM, then SIGKILL after {})",
@@ -310,20 +361,35 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
         )),
     }
     if out.json() {
-        // The command's code stands even if nobody reads this line.
-        let _ = out
-            .try_line(json!({"type": "run", "name": args.name, "fence": fence, "exit_code": code}));
+        // On stderr, like errors: stdout is the command's alone.
+        eprintln!(
+            "{}",
+            json!({"type": "run", "name": args.name, "fence": fence, "exit_code": code})
+        );
     }
     Ok(code)
 }
 
 /// `locksmith acquire NAME`: prints the token and fence; the lock outlives the command.
 pub(crate) async fn acquire(lm: &Locksmith, args: AcquireArgs, out: Out) -> Result<u8, Failure> {
-    let b = builder(lm, &args.name, &args.lease, user());
+    // No renewal: the process exits at once, and its watchdog would die with it.
+    let b = builder(lm, &args.name, &args.lease, user()).renew(Renew::Off);
     let waits = args.lease.wait.is_some_and(|w| w != Wait::No);
+    let busy = if args.lease.wait.is_some() {
+        "try again later"
+    } else {
+        "try again later or pass --wait (e.g. --wait 5m)"
+    };
     let guard = acquire_showing_holder(lm, &args.name, b, waits, out)
         .await
-        .map_err(|e| contention(e, exit::BUSY, "try again later or pass --wait"))?;
+        .map_err(|e| {
+            contention(
+                e,
+                exit::BUSY,
+                busy,
+                "try again later or wait longer (a larger --wait, or --wait forever)",
+            )
+        })?;
     let fence = guard.fence();
     let expires = guard.expires_in();
     let token = guard.token().expose().to_string();
@@ -352,7 +418,7 @@ pub(crate) async fn acquire(lm: &Locksmith, args: AcquireArgs, out: Out) -> Resu
             "locksmith: acquired {:?} (fence {fence}); it stays held until it expires in {} or `locksmith release {} --token …`",
             args.name,
             expires.map_or("never".into(), human),
-            args.name
+            shell_quote(&args.name)
         ));
     }
     Ok(exit::OK)
@@ -420,8 +486,8 @@ pub(crate) async fn status(lm: &Locksmith, args: NameArgs, out: Out) -> Result<u
         out.object(value);
     } else if !out.quiet {
         match &info {
-            Some(info) => out.line(format!("{} is held by {}", args.name, holder(info))),
-            None => out.line(format!("{} is free", args.name)),
+            Some(info) => out.line(format!("{} is held by {}", safe(&args.name), holder(info))),
+            None => out.line(format!("{} is free", safe(&args.name))),
         }
     }
     Ok(if info.is_some() {
