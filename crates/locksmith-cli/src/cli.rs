@@ -21,6 +21,12 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
 /// Parses a TTL: a duration from the library's minimum (50ms) to 100 years.
 pub(crate) fn ttl(s: &str) -> Result<Duration, String> {
     let d = duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "a zero TTL would expire as it is granted — write a duration such as 30s, 5m, 1h30m or 250ms (at least {}ms)",
+            locksmith::MIN_TTL.as_millis()
+        ));
+    }
     if d < locksmith::MIN_TTL {
         return Err(format!(
             "{s} is below the shortest TTL, {}ms: the lease would end before the lock could be used — write a duration such as 30s, 5m, 1h30m or 250ms",

@@ -41,9 +41,9 @@ fn subcommand_of(args: &[std::ffi::OsString]) -> Option<String> {
     None
 }
 
-/// The one line a clap error becomes: its message and tips (`tip: to pass 'echo' as a
-/// value, use '-- echo'`, `tip: a similar subcommand exists: 'list'`), without the usage,
-/// pointing at the help of the command at fault.
+/// The one line a clap error becomes: its message, tips (`tip: a similar subcommand exists:
+/// 'list'`) and usage (`usage: locksmith run [OPTIONS] <NAME> -- <COMMAND>...`, which shows
+/// where `--` goes), pointing at the help of the command at fault.
 fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
     let rendered = e.render().to_string();
     let mut parts: Vec<&str> = Vec::new();
@@ -56,6 +56,7 @@ fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
                 .nth(1)
                 .filter(|w| Cli::command().find_subcommand(w).is_some())
                 .map(str::to_string);
+            parts.push(line);
             break;
         }
         if !line.is_empty() && !line.starts_with("For more information") {
@@ -66,7 +67,7 @@ fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
     let command = command.or_else(|| {
         subcommand_of(args).filter(|w| Cli::command().find_subcommand(w).is_some())
     });
-    let joined = parts.join("; ");
+    let joined = parts.join("; ").replacen("; Usage: ", "; usage: ", 1);
     let message = joined.strip_prefix("error: ").unwrap_or(&joined);
     let help = match command {
         Some(sub) => format!("locksmith {sub} --help"),

@@ -138,3 +138,26 @@ fn reset_asks_for_yes_on_a_terminal() {
     let shown = on_terminal(&format!("{BIN} --url {url} reset"), "YES\n");
     assert!(shown.contains("removed 2 locks"), "{shown:?}");
 }
+
+#[test]
+fn names_with_control_characters_are_escaped_on_a_terminal() {
+    if !script_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = url(&dir);
+    let evil = "a\x1b[31mb";
+    let set = Command::new(BIN)
+        .args(["--url", &url, "set", evil])
+        .output()
+        .unwrap();
+    assert!(set.status.success());
+    // the reset prompt's table, and the status line
+    let cmd = format!(
+        "{BIN} --url {url} reset; {BIN} --url {url} status \"$(printf 'a\\033[31mb')\""
+    );
+    let shown = on_terminal(&cmd, "no\n");
+    assert!(shown.contains("Type YES"), "{shown:?}");
+    assert!(!shown.contains(evil), "a raw escape reached the terminal: {shown:?}");
+    assert!(shown.contains(r"a\u{1b}[31mb"), "{shown:?}");
+}
