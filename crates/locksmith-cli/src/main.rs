@@ -64,9 +64,8 @@ fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
         }
     }
     // Errors in a value carry no usage: the command is the one the arguments name.
-    let command = command.or_else(|| {
-        subcommand_of(args).filter(|w| Cli::command().find_subcommand(w).is_some())
-    });
+    let command = command
+        .or_else(|| subcommand_of(args).filter(|w| Cli::command().find_subcommand(w).is_some()));
     let joined = parts.join("; ").replacen("; Usage: ", "; usage: ", 1);
     let message = joined.strip_prefix("error: ").unwrap_or(&joined);
     let help = match command {
@@ -80,7 +79,10 @@ fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
 /// output is JSON: `eval "$(locksmith acquire …)"` then fails with N instead of evaluating
 /// nothing and going on without the lock.
 fn fail_closed(subcommand: Option<&str>, json: bool, code: u8) {
-    if code != exit::OK && subcommand == Some("acquire") && !json && !std::io::stdout().is_terminal()
+    if code != exit::OK
+        && subcommand == Some("acquire")
+        && !json
+        && !std::io::stdout().is_terminal()
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();

@@ -37,7 +37,8 @@ fn unix_ms(t: SystemTime) -> u64 {
 /// Whether a character must not reach a terminal raw: control characters (ESC, newline,
 /// tab, …) and the bidirectional overrides that reorder what follows them.
 fn unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Text (a lock name, owner or host) made safe for a person's terminal: control characters

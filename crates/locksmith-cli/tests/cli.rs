@@ -406,7 +406,15 @@ fn run_exits_with_the_commands_code() {
     }
 
     // the result goes to stderr: stdout is the command's alone
-    let done = store.run(&["--format", "json", "run", "job", "--", "echo", "from the command"]);
+    let done = store.run(&[
+        "--format",
+        "json",
+        "run",
+        "job",
+        "--",
+        "echo",
+        "from the command",
+    ]);
     assert_eq!(done.code, Some(0), "{done:?}");
     assert_eq!(done.stdout, "from the command\n", "{done:?}");
     let result = parse_object(one_line(&done));
@@ -1511,7 +1519,11 @@ fn the_readme_eval_idiom_fails_closed_under_set_e() {
         let done = shell_e(shell, &format!("{block}{after}"), &store);
         assert_eq!(done.code, Some(75), "{shell}: {done:?}");
         assert!(!done.stdout.contains("RAN-PAST"), "{shell}: {done:?}");
-        let done = shell_e(shell, &format!("eval \"$(locksmith -q acquire migration)\"{after}"), &store);
+        let done = shell_e(
+            shell,
+            &format!("eval \"$(locksmith -q acquire migration)\"{after}"),
+            &store,
+        );
         assert_eq!(done.code, Some(75), "{shell} -q: {done:?}");
         assert!(!done.stdout.contains("RAN-PAST"), "{shell}: {done:?}");
 
@@ -1535,7 +1547,11 @@ fn the_readme_eval_idiom_fails_closed_under_set_e() {
         );
         assert_eq!(done.code, Some(0), "{shell}: {done:?}");
         assert!(done.stdout.contains("RAN-PAST"), "{shell}: {done:?}");
-        assert_eq!(store.status("migration"), 1, "the snippet releases the lock");
+        assert_eq!(
+            store.status("migration"),
+            1,
+            "the snippet releases the lock"
+        );
     }
 }
 
@@ -1543,7 +1559,10 @@ fn the_readme_eval_idiom_fails_closed_under_set_e() {
 fn lock_files_that_are_not_regular_files_are_refused_and_nothing_is_created() {
     let store = Store::new();
     let fifo = store.path("fifo");
-    let made = StdCommand::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    let made = StdCommand::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
     assert!(made.success());
     let journal_existed = Path::new("/dev/null-journal").exists();
     let entries = |dir: &Path| -> BTreeSet<String> {
@@ -1711,7 +1730,10 @@ fn ttls_below_the_minimum_are_refused() {
         let done = store.run(&args);
         assert_eq!(done.code, Some(2), "{args:?}: {done:?}");
         let line = done.stderr.lines().next().unwrap_or_default();
-        assert!(line.contains("50ms"), "{args:?}: the minimum is not named: {line}");
+        assert!(
+            line.contains("50ms"),
+            "{args:?}: the minimum is not named: {line}"
+        );
     }
     assert!(!ran.exists(), "the command ran");
     assert_eq!(store.status("z"), 1);
@@ -1728,11 +1750,20 @@ fn quiet_means_nothing_on_stderr_for_a_busy_lock() {
     store.acquire("busy", "30s");
     for (args, code) in [
         (vec!["-q", "run", "busy", "--", "true"], 75),
-        (vec!["-q", "run", "busy", "--busy-exit-code", "0", "--", "true"], 0),
-        (vec!["run", "-q", "busy", "--busy-exit-code", "9", "--", "true"], 9),
+        (
+            vec!["-q", "run", "busy", "--busy-exit-code", "0", "--", "true"],
+            0,
+        ),
+        (
+            vec!["run", "-q", "busy", "--busy-exit-code", "9", "--", "true"],
+            9,
+        ),
         (vec!["-q", "acquire", "busy"], 75),
         (vec!["-q", "set", "busy", "--fail"], 75),
-        (vec!["-q", "--format", "json", "run", "busy", "--", "true"], 75),
+        (
+            vec!["-q", "--format", "json", "run", "busy", "--", "true"],
+            75,
+        ),
     ] {
         let done = store.run(&args);
         assert_eq!(done.code, Some(code), "{args:?}: {done:?}");
@@ -1752,7 +1783,16 @@ fn quiet_means_nothing_on_stderr_for_a_busy_lock() {
 #[test]
 fn errors_speak_the_clis_words() {
     let store = Store::new();
-    let done = store.run(&["run", "x", "--ttl", "60s", "--max-hold", "30s", "--", "true"]);
+    let done = store.run(&[
+        "run",
+        "x",
+        "--ttl",
+        "60s",
+        "--max-hold",
+        "30s",
+        "--",
+        "true",
+    ]);
     assert_eq!(done.code, Some(2), "{done:?}");
     let line = one_line(&done);
     assert!(
@@ -1790,10 +1830,22 @@ fn errors_speak_the_clis_words() {
 fn usage_errors_keep_clap_tips_and_point_at_the_commands_help() {
     let store = Store::new();
     for (args, says, help) in [
-        (vec!["run", "x", "echo", "hi"], "-- <COMMAND>", "`locksmith run --help`"),
+        (
+            vec!["run", "x", "echo", "hi"],
+            "-- <COMMAND>",
+            "`locksmith run --help`",
+        ),
         (vec!["lst"], "'list'", "`locksmith --help`"),
-        (vec!["list", "--expird"], "--expired", "`locksmith list --help`"),
-        (vec!["acquire", "a", "--ttl", "soon"], "soon", "`locksmith acquire --help`"),
+        (
+            vec!["list", "--expird"],
+            "--expired",
+            "`locksmith list --help`",
+        ),
+        (
+            vec!["acquire", "a", "--ttl", "soon"],
+            "soon",
+            "`locksmith acquire --help`",
+        ),
     ] {
         let done = store.run(&args);
         assert_eq!(done.code, Some(2), "{args:?}: {done:?}");
@@ -1824,7 +1876,10 @@ fn the_default_file_follows_xdg_and_sqlite_paths_are_percent_decoded() {
     };
     in_home(&["acquire", "x"]).assert().code(0);
     assert!(default.exists(), "not in $HOME/.local/state");
-    assert!(!cwd.join("state").exists(), "a relative XDG_STATE_HOME was used");
+    assert!(
+        !cwd.join("state").exists(),
+        "a relative XDG_STATE_HOME was used"
+    );
     // LOCKSMITH_URL= (empty) is the default file
     in_home(&["-q", "status", "x"])
         .env("LOCKSMITH_URL", "")
@@ -1835,9 +1890,14 @@ fn the_default_file_follows_xdg_and_sqlite_paths_are_percent_decoded() {
     let store = Store::new();
     let encoded = format!("sqlite://{}/my%20locks.db", s(store.dir.path()));
     bare(&["--url", &encoded, "acquire", "p"]).assert().code(0);
-    assert!(store.path("my locks.db").exists(), "the path was not decoded");
+    assert!(
+        store.path("my locks.db").exists(),
+        "the path was not decoded"
+    );
     let plain = format!("sqlite://{}/my locks.db", s(store.dir.path()));
-    bare(&["--url", &plain, "-q", "status", "p"]).assert().code(0);
+    bare(&["--url", &plain, "-q", "status", "p"])
+        .assert()
+        .code(0);
 }
 
 #[test]
@@ -1928,7 +1988,8 @@ fn the_readme_is_true_to_a_fresh_checkout() {
         .find(|l| l.contains("Prerequisites"))
         .expect("a Prerequisites line");
     assert!(
-        prerequisites.contains(&format!("Rust ≥ {version}")) && prerequisites.contains("C compiler"),
+        prerequisites.contains(&format!("Rust ≥ {version}"))
+            && prerequisites.contains("C compiler"),
         "{prerequisites}"
     );
     // the quick start's dependency line points at the crate in a checkout

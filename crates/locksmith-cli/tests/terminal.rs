@@ -153,11 +153,13 @@ fn names_with_control_characters_are_escaped_on_a_terminal() {
         .unwrap();
     assert!(set.status.success());
     // the reset prompt's table, and the status line
-    let cmd = format!(
-        "{BIN} --url {url} reset; {BIN} --url {url} status \"$(printf 'a\\033[31mb')\""
-    );
+    let cmd =
+        format!("{BIN} --url {url} reset; {BIN} --url {url} status \"$(printf 'a\\033[31mb')\"");
     let shown = on_terminal(&cmd, "no\n");
     assert!(shown.contains("Type YES"), "{shown:?}");
-    assert!(!shown.contains(evil), "a raw escape reached the terminal: {shown:?}");
+    assert!(
+        !shown.contains(evil),
+        "a raw escape reached the terminal: {shown:?}"
+    );
     assert!(shown.contains(r"a\u{1b}[31mb"), "{shown:?}");
 }

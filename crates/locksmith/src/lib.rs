@@ -104,8 +104,8 @@ pub use info::{LockInfo, LossReason};
 pub use lease::{Lease, MAX_TOKEN_LEN, Token};
 pub use name::{LockName, MAX_NAME_LEN, MAX_NAMESPACE_LEN, Namespace};
 pub use options::{
-    Cursor, DEFAULT_PAGE, DEFAULT_TTL, Expired, ListQuery, MAX_DURATION, MAX_PAGE, MIN_TTL, Page, Renew,
-    SetAction, SetCounts, SetOutcome, SetPolicy, SetStatus, Wait,
+    Cursor, DEFAULT_PAGE, DEFAULT_TTL, Expired, ListQuery, MAX_DURATION, MAX_PAGE, MIN_TTL, Page,
+    Renew, SetAction, SetCounts, SetOutcome, SetPolicy, SetStatus, Wait,
 };
 pub use store::Capabilities;
 pub use wait::{AcquireAllBuilder, LockBuilder};

@@ -199,8 +199,7 @@ fn percent_decode(body: &str) -> Result<PathBuf> {
 fn shell_quoted(path: &Path) -> String {
     let s = path.to_string_lossy();
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c))
     {
         return s.into_owned();
