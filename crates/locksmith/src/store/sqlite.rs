@@ -163,6 +163,71 @@ fn open_files() -> &'static tokio::sync::Mutex<HashMap<PathBuf, Weak<SqliteStore
     OPEN.get_or_init(Default::default)
 }
 
+/// Resolves a URL body (`""`, `/abs/path.db`, `relative.db`, percent-encoded) to an absolute
+/// path; creates the default file's directory. Anything but a regular file or a new file in
+/// an existing directory is refused before SQLite touches it.
+pub(crate) fn resolve(body: &str) -> Result<PathBuf> {
+    if body.is_empty() {
+        let path = default_path()?;
+        let dir = path.parent().expect("the default path has a directory");
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::config(format!(
+                "cannot create the directory {} for the default lock file: {e} — create it, or set LOCKSMITH_URL to a writable path",
+                dir.display()
+            ))
+        })?;
+        check_regular(&path)?;
+        return Ok(path);
+    }
+    let decoded = percent_decode(body)?;
+    let path = std::path::absolute(&decoded)
+        .map_err(|e| Error::config(format!("cannot resolve the SQLite path {body:?}: {e}")))?;
+    check_regular(&path)?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::config(format!(
+            "{} is a file, not a directory — choose a lock file path inside a directory",
+            dir.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(Error::config(format!(
+            "the directory {} of the lock file does not exist — create it (mkdir -p {}) or choose another path",
+            dir.display(),
+            shell_quoted(dir)
+        )));
+    }
+    // One worker per file, whatever path spelled it: resolve symlinks in the directory.
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    Ok(match path.file_name() {
+        Some(file) => dir.join(file),
+        None => path,
+    })
+}
+
+/// Refuses an existing, non-empty file that does not start with SQLite's header (SQLite
+/// itself would treat a 1-byte file as empty and overwrite it).
+fn check_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(()); // missing (created by SQLite) or unreadable (reported by SQLite)
+    };
+    let mut header = Vec::with_capacity(16);
+    if let Err(e) = file.by_ref().take(16).read_to_end(&mut header) {
+        return Err(Error::config(format!(
+            "cannot read {}: {e}",
+            path.display()
+        )));
+    }
+    if header.is_empty() || header == b"SQLite format 3\0" {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "{} is not a SQLite database — move it aside and let locksmith create a new one, or choose another path; locksmith never overwrites a file",
+        path.display()
+    )))
+}
+
 /// Decodes `%XX` escapes in a URL's path (`sqlite:///srv/my%20locks/x.db`).
 fn percent_decode(body: &str) -> Result<PathBuf> {
     use std::os::unix::ffi::OsStringExt;
@@ -229,71 +294,6 @@ fn check_regular(path: &Path) -> Result<()> {
         }
         _ => Ok(()), // a regular file, or missing (created in its existing directory)
     }
-}
-
-/// Resolves a URL body (`""`, `/abs/path.db`, `relative.db`, percent-encoded) to an absolute
-/// path; creates the default file's directory. Anything but a regular file or a new file in
-/// an existing directory is refused before SQLite touches it.
-pub(crate) fn resolve(body: &str) -> Result<PathBuf> {
-    if body.is_empty() {
-        let path = default_path()?;
-        let dir = path.parent().expect("the default path has a directory");
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::config(format!(
-                "cannot create the directory {} for the default lock file: {e} — create it, or set LOCKSMITH_URL to a writable path",
-                dir.display()
-            ))
-        })?;
-        check_regular(&path)?;
-        return Ok(path);
-    }
-    let decoded = percent_decode(body)?;
-    let path = std::path::absolute(&decoded)
-        .map_err(|e| Error::config(format!("cannot resolve the SQLite path {body:?}: {e}")))?;
-    check_regular(&path)?;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::config(format!(
-            "{} is a file, not a directory — choose a lock file path inside a directory",
-            dir.display()
-        )));
-    }
-    if !dir.is_dir() {
-        return Err(Error::config(format!(
-            "the directory {} of the lock file does not exist — create it (mkdir -p {}) or choose another path",
-            dir.display(),
-            shell_quoted(dir)
-        )));
-    }
-    // One worker per file, whatever path spelled it: resolve symlinks in the directory.
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    Ok(match path.file_name() {
-        Some(file) => dir.join(file),
-        None => path,
-    })
-}
-
-/// Refuses an existing, non-empty file that does not start with SQLite's header (SQLite
-/// itself would treat a 1-byte file as empty and overwrite it).
-fn check_header(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return Ok(()); // missing (created by SQLite) or unreadable (reported by SQLite)
-    };
-    let mut header = Vec::with_capacity(16);
-    if let Err(e) = file.by_ref().take(16).read_to_end(&mut header) {
-        return Err(Error::config(format!(
-            "cannot read {}: {e}",
-            path.display()
-        )));
-    }
-    if header.is_empty() || header == b"SQLite format 3\0" {
-        return Ok(());
-    }
-    Err(Error::config(format!(
-        "{} is not a SQLite database — move it aside and let locksmith create a new one, or choose another path; locksmith never overwrites a file",
-        path.display()
-    )))
 }
 
 impl SqliteStore {
