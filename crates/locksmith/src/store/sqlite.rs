@@ -163,10 +163,11 @@ fn open_files() -> &'static tokio::sync::Mutex<HashMap<PathBuf, Weak<SqliteStore
     OPEN.get_or_init(Default::default)
 }
 
-/// Resolves a URL body (`""`, `/abs/path.db`, `relative.db`, percent-encoded) to an absolute
-/// path; creates the default file's directory. Anything but a regular file or a new file in
-/// an existing directory is refused before SQLite touches it.
+/// Resolves a URL body (`""`, `/abs/path.db`, `relative.db`) to an absolute path; creates
+/// the default file's directory.
 pub(crate) fn resolve(body: &str) -> Result<PathBuf> {
+    // The body is percent-decoded (`my%20locks.db`); anything but a regular file or a new
+    // file in an existing directory is refused before SQLite touches it.
     if body.is_empty() {
         let path = default_path()?;
         let dir = path.parent().expect("the default path has a directory");
