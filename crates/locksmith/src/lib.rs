@@ -219,7 +219,7 @@ impl<'a> StoreUrl<'a> {
     }
 
     /// Removes the duration parameter `key`, e.g. `latency=5ms`.
-    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "memory", feature = "sqlite")), allow(dead_code))]
     fn take_duration(&mut self, key: &str) -> Result<Option<std::time::Duration>> {
         self.take(key)
             .map(|v| {
@@ -250,9 +250,10 @@ async fn open_store(url: &mut StoreUrl<'_>) -> Result<Arc<dyn Store>> {
     match url.scheme {
         #[cfg(feature = "sqlite")]
         "sqlite" => {
-            url.finish("?namespace=")?;
+            let options = store::sqlite::StoreOptions::new(url.take_duration("retain")?);
+            url.finish("?namespace= and ?retain=")?;
             let path = store::sqlite::resolve(url.body)?;
-            Ok(store::sqlite::SqliteStore::open(path).await?)
+            Ok(store::sqlite::SqliteStore::open_with(path, &options).await?)
         }
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => Err(Error::config(
@@ -261,12 +262,10 @@ async fn open_store(url: &mut StoreUrl<'_>) -> Result<Arc<dyn Store>> {
         #[cfg(feature = "memory")]
         "memory" => {
             let latency = url.take_duration("latency")?;
-            url.finish("?namespace= and ?latency=")?;
-            let store: Arc<dyn Store> = if url.body.is_empty() {
-                store::memory::MemoryStore::new()
-            } else {
-                store::memory::MemoryStore::named(url.body)
-            };
+            let options = store::memory::StoreOptions::new(url.take_duration("retain")?);
+            url.finish("?namespace=, ?latency= and ?retain=")?;
+            let name = Some(url.body).filter(|b| !b.is_empty());
+            let store: Arc<dyn Store> = store::memory::MemoryStore::open(name, &options);
             Ok(match latency {
                 Some(latency) if !latency.is_zero() => store::memory::Delayed::new(store, latency),
                 _ => store,

@@ -1,22 +1,38 @@
 //! The in-process store: `memory://` (private to one [`Locksmith`](crate::Locksmith) and its
 //! clones) and `memory://NAME` (shared by every `connect` with that name in this process).
 //!
-//! Expiry uses [`Instant`], fences come from one store-wide counter, and waiters are woken by
-//! notifications (no polling). Nothing survives the process. A named store lives as long as
-//! the process; a private one as long as a [`Locksmith`](crate::Locksmith) or a guard uses it.
+//! Expiry uses [`Instant`]; fences are [`hybrid_fence`](super::hybrid_fence)s of one
+//! store-wide counter and the wall clock (microseconds since the Unix epoch), so they look
+//! like the fences of every other store and keep increasing if the wall clock steps back.
+//! Waiters are woken by notifications (no polling). Nothing survives the process. A named
+//! store lives as long as the process; a private one as long as a
+//! [`Locksmith`](crate::Locksmith) or a guard uses it.
+//!
+//! # Garbage
+//!
+//! Rows that expired more than `?retain=` ago (humantime, default `1h`; `0s` removes expired
+//! rows at the next sweep) are removed by an amortised sweep: once the store has served as
+//! many calls since the last sweep as it had rows after it (at least 64), the next call scans
+//! every row. Within retention, an expired row stays visible (`inspect`, `list` with
+//! [`Expired::Include`]). The first `connect` to a named store sets its retention; a later
+//! `connect` giving `?retain=` changes it for every handle.
+//!
+//! # Test hooks
 //!
 //! For testing how your code handles an unreachable store, [`set_offline`] makes a named
 //! store fail every call with a retryable [`Error::Store`] until it is turned back on.
+//! [`step_clock`] steps a named store's clock (expiry and fences) forwards or backwards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::rows::{self, Row, Table, micros};
+pub(crate) use super::rows::StoreOptions;
+use super::rows::{self, DEFAULT_RETAIN, Row, Table, micros};
 use super::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, WakeHub, Wakeups,
 };
@@ -35,6 +51,10 @@ pub struct MemoryStore {
     state: Mutex<State>,
     hub: WakeHub,
     offline: AtomicBool,
+    /// Test hook: microseconds added to both clocks ([`step_clock`]).
+    offset: AtomicI64,
+    /// `?retain=`, in microseconds.
+    retain: AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -49,13 +69,22 @@ impl std::fmt::Debug for MemoryStore {
 struct State {
     fence: u64,
     spaces: HashMap<Namespace, BTreeMap<String, Row>>,
+    /// Calls since the last garbage sweep.
+    calls: usize,
+    /// Rows left by the last sweep: the next one runs after as many calls (at least
+    /// [`MIN_SWEEP_EVERY`]), so sweeping costs O(1) per call, amortised.
+    rows_after_sweep: usize,
 }
+
+const MIN_SWEEP_EVERY: usize = 64;
 
 /// One namespace of the in-process store, under the store's mutex.
 struct MemTable<'a> {
     rows: &'a mut BTreeMap<String, Row>,
     fence: &'a mut u64,
     now: i64,
+    /// The fence clock: wall-clock microseconds since the Unix epoch.
+    wall: i64,
     epoch: SystemTime,
 }
 
@@ -84,7 +113,7 @@ impl Table for MemTable<'_> {
     }
 
     fn next_fence(&mut self) -> Result<u64> {
-        *self.fence += 1;
+        *self.fence = super::hybrid_fence(*self.fence, u64::try_from(self.wall).unwrap_or(0));
         Ok(*self.fence)
     }
 }
@@ -116,18 +145,72 @@ pub fn set_offline(name: &str, offline: bool) -> bool {
     }
 }
 
+/// Test hook: steps the clock of the named store `memory://NAME` by `micros` microseconds
+/// (negative: backwards), for this process, as a clock step on a store host would. Both
+/// the expiry clock and the fence clock move: leases end earlier (or later), and fences
+/// keep increasing however far the clock goes back (the store-wide counter carries them).
+/// Steps add up. Returns `false` if no store of that name exists.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> locksmith::Result<()> {
+/// use locksmith::Locksmith;
+/// use locksmith::store::memory::step_clock;
+///
+/// let lm = Locksmith::connect("memory://step-clock-doc").await?;
+/// let first = lm.lock("job").try_acquire().await?.expect("free");
+/// let fence = first.fence();
+/// first.release().await?;
+/// assert!(step_clock("step-clock-doc", -3_600_000_000)); // one hour back
+/// let second = lm.lock("job").try_acquire().await?.expect("free");
+/// assert!(second.fence() > fence);
+/// # Ok(())
+/// # }
+/// ```
+pub fn step_clock(name: &str, micros: i64) -> bool {
+    let store = named()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned();
+    match store {
+        Some(store) => {
+            store.offset.fetch_add(micros, Ordering::SeqCst);
+            true
+        }
+        None => false,
+    }
+}
+
 impl MemoryStore {
     /// A new private store.
     pub fn new() -> Arc<MemoryStore> {
-        Arc::new(MemoryStore::with_label("memory://".to_string()))
+        MemoryStore::open(None, &StoreOptions::default())
     }
 
     /// The process-wide store called `name`, created on first use.
     pub fn named(name: &str) -> Arc<MemoryStore> {
-        let mut map = named().lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string())
-            .or_insert_with(|| Arc::new(MemoryStore::with_label(format!("memory://{name}"))))
-            .clone()
+        MemoryStore::open(Some(name), &StoreOptions::default())
+    }
+
+    /// A private store (`name = None`) or the named one, with the URL's options.
+    pub(crate) fn open(name: Option<&str>, options: &StoreOptions) -> Arc<MemoryStore> {
+        let store = match name {
+            None => Arc::new(MemoryStore::with_label("memory://".to_string())),
+            Some(name) => named()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(MemoryStore::with_label(format!("memory://{name}"))))
+                .clone(),
+        };
+        if let Some(retain) = options.retain {
+            let us = u64::try_from(retain.as_micros()).unwrap_or(u64::MAX);
+            store.retain.store(us, Ordering::SeqCst);
+        }
+        store
     }
 
     fn with_label(label: String) -> MemoryStore {
@@ -138,6 +221,8 @@ impl MemoryStore {
             state: Mutex::new(State::default()),
             hub: WakeHub::default(),
             offline: AtomicBool::new(false),
+            offset: AtomicI64::new(0),
+            retain: AtomicU64::new(DEFAULT_RETAIN.as_micros() as u64),
         }
     }
 
@@ -158,17 +243,28 @@ impl MemoryStore {
         Ok(self.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The expiry clock: microseconds since the store was created (monotonic), stepped by
+    /// [`step_clock`].
     fn now(&self) -> i64 {
-        micros(self.origin.elapsed())
+        micros(self.origin.elapsed()).saturating_add(self.offset.load(Ordering::SeqCst))
     }
 
-    /// Runs `op` on one namespace's rows as one atomic step.
+    /// The fence clock: wall-clock microseconds since the Unix epoch, stepped by
+    /// [`step_clock`].
+    fn wall(&self) -> i64 {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        micros(since).saturating_add(self.offset.load(Ordering::SeqCst))
+    }
+
+    /// Runs `op` on one namespace's rows as one atomic step, then sweeps garbage when due.
     fn with_table<T>(
         &self,
         ns: &Namespace,
         op: impl FnOnce(&mut MemTable<'_>) -> Result<T>,
     ) -> Result<T> {
-        let now = self.now();
+        let (now, wall) = (self.now(), self.wall());
         let mut guard = self.state()?;
         let state = &mut *guard;
         let rows = state.spaces.entry(ns.clone()).or_default();
@@ -176,10 +272,16 @@ impl MemoryStore {
             rows,
             fence: &mut state.fence,
             now,
+            wall,
             epoch: self.epoch,
         });
         if state.spaces.get(ns).is_some_and(BTreeMap::is_empty) {
             state.spaces.remove(ns);
+        }
+        state.calls += 1;
+        if state.calls >= state.rows_after_sweep.max(MIN_SWEEP_EVERY) {
+            let retain = i64::try_from(self.retain.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
+            sweep(state, now.saturating_sub(retain));
         }
         answer
     }
@@ -197,6 +299,18 @@ impl MemoryStore {
         }
         Ok(outcome)
     }
+}
+
+/// Removes every row that expired at or before `cutoff`, in every namespace.
+fn sweep(state: &mut State, cutoff: i64) {
+    let mut left = 0;
+    state.spaces.retain(|_, rows| {
+        rows.retain(|_, row| row.expires_at.is_none_or(|e| e > cutoff));
+        left += rows.len();
+        !rows.is_empty()
+    });
+    state.calls = 0;
+    state.rows_after_sweep = left;
 }
 
 #[async_trait]

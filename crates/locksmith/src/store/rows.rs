@@ -4,6 +4,20 @@
 //!
 //! Times are microseconds on the store's clock: since the store was created for memory
 //! (monotonic), since the Unix epoch for SQLite (shared by every process on the machine).
+//!
+//! # Reservations (cross-process fairness)
+//!
+//! Where waiters in other processes poll (SQLite), a process whose waiters are notified
+//! could win every race for a lock that keeps being released and re-taken, starving a
+//! poller elsewhere. So a claim that has already waited [`RESERVE_AFTER`]
+//! ([`Claim::waited`]) and finds the lock held *reserves* the next grant for
+//! [`RESERVE_FOR`]: while a live reservation of another token exists, a free (or expired)
+//! lock is not granted to anyone else — they see [`Grant::Held`] with a [`LockInfo`] whose
+//! holder fields are `None`, `released = true` and `expires_in` the time left on the
+//! reservation. The reserver refreshes the reservation on every try while the lock is
+//! held, and a grant to anyone removes the name's reservation. A reservation is never taken
+//! over while it is live, so long waiters are served one after the other. A reserver that
+//! went away blocks the free lock for at most [`RESERVE_FOR`].
 
 use std::time::{Duration, SystemTime};
 
@@ -27,6 +41,45 @@ pub(crate) struct Row {
     pub(crate) acquired_at: i64,
     /// Microseconds, store clock; `None`: never expires.
     pub(crate) expires_at: Option<i64>,
+    /// The `min_hold` the lock was acquired with, in microseconds.
+    pub(crate) min_hold: Option<i64>,
+}
+
+/// How long expired rows stay visible by default before a write removes them (`?retain=`).
+pub(crate) const DEFAULT_RETAIN: Duration = Duration::from_secs(3600);
+
+/// At most this many garbage rows are removed per write (SQLite), so a write's extra work
+/// is bounded while garbage still goes faster than one write can make it.
+pub(crate) const SWEEP_LIMIT: i64 = 64;
+
+/// Store options parsed from the URL, for the stores that keep rows themselves.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StoreOptions {
+    /// `?retain=`: how long after expiry a row is kept (visible as expired) before a write
+    /// removes it; `None` keeps the store's current setting (default one hour). Zero removes
+    /// expired rows at the next write.
+    pub(crate) retain: Option<Duration>,
+}
+
+impl StoreOptions {
+    pub(crate) fn new(retain: Option<Duration>) -> StoreOptions {
+        StoreOptions { retain }
+    }
+}
+
+/// How long a claim must have waited before it reserves the next grant.
+pub(crate) const RESERVE_AFTER: Duration = Duration::from_millis(200);
+
+/// How long a reservation lasts after the reserver's last try: several of its polls (capped
+/// at 25 ms, plus jitter and scheduling delays on a loaded machine).
+pub(crate) const RESERVE_FOR: Duration = Duration::from_millis(250);
+
+/// The next grant of a name, reserved for a claim that has waited long.
+#[derive(Clone, Debug)]
+pub(crate) struct Reservation {
+    pub(crate) token: Token,
+    /// Microseconds, store clock.
+    pub(crate) until: i64,
 }
 
 pub(crate) fn micros(d: Duration) -> i64 {
@@ -64,6 +117,7 @@ impl Row {
             fence,
             acquired_at: now,
             expires_at: deadline(now, claim.ttl)?,
+            min_hold: claim.min_hold.map(micros),
         })
     }
 
@@ -83,6 +137,7 @@ impl Row {
         info.released = self.token.is_none();
         info.acquired_at = Some(wall(self.acquired_at));
         info.expires_at = self.expires_at.map(wall);
+        info.min_hold = self.min_hold.map(duration);
         info
     }
 }
@@ -101,8 +156,24 @@ pub(crate) trait Table {
     fn put(&mut self, name: &str, row: &Row) -> Result<(), Self::Error>;
     /// Whether a row was there.
     fn delete(&mut self, name: &str) -> Result<bool, Self::Error>;
-    /// Mints the next fence of the store-wide counter.
+    /// Mints the next fence: [`hybrid_fence`](super::hybrid_fence) of the store-wide
+    /// counter and the store's fence clock.
     fn next_fence(&mut self) -> Result<u64, Self::Error>;
+    /// The live reservation of `name`, if any. Stores without reservations return `None`.
+    fn reservation(&mut self, name: &str) -> Result<Option<Reservation>, Self::Error> {
+        let _ = name;
+        Ok(None)
+    }
+    /// Records (or refreshes) the reservation of `name`.
+    fn reserve(&mut self, name: &str, reservation: &Reservation) -> Result<(), Self::Error> {
+        let _ = (name, reservation);
+        Ok(())
+    }
+    /// Removes the reservation of `name`, if any.
+    fn unreserve(&mut self, name: &str) -> Result<(), Self::Error> {
+        let _ = name;
+        Ok(())
+    }
 }
 
 fn live<T: Table>(t: &mut T, name: &str) -> Result<Option<Row>, T::Error> {
@@ -114,19 +185,54 @@ fn grant<T: Table>(t: &mut T, claim: &Claim) -> Result<u64, T::Error> {
     let fence = t.next_fence()?;
     let row = Row::granted(claim, fence, t.now())?;
     t.put(claim.name.as_str(), &row)?;
+    t.unreserve(claim.name.as_str())?;
     Ok(fence)
 }
 
-/// Why a claim cannot be granted now, if it cannot.
+/// What a claim sees of a free lock reserved for another claim.
+pub(crate) fn reserved_info(name: &str, reservation: &Reservation, now: i64) -> LockInfo {
+    let mut info = LockInfo::new(name, Some(duration(reservation.until - now)));
+    info.released = true;
+    info
+}
+
+/// Whether `claim`, blocked by a live holder, should record or refresh a reservation, given
+/// the name's live reservation: when it has waited long, and nobody else has one, or its own
+/// has less than half its time left (so a poller does not write on every try).
+pub(crate) fn wants_reservation(claim: &Claim, current: Option<&Reservation>, now: i64) -> bool {
+    claim.waited >= RESERVE_AFTER
+        && match current {
+            None => true,
+            Some(r) if r.token == claim.token => r.until - now < micros(RESERVE_FOR) / 2,
+            Some(_) => false,
+        }
+}
+
+/// Why a claim cannot be granted now, if it cannot; records its reservation when it has
+/// waited long.
 fn blocked<T: Table>(t: &mut T, claim: &Claim) -> Result<Option<Grant>, T::Error> {
     let now = t.now();
-    Ok(live(t, claim.name.as_str())?.map(|row| {
+    let name = claim.name.as_str();
+    if let Some(row) = live(t, name)? {
         if row.token.as_ref() == Some(&claim.token) {
-            Grant::AlreadyHeld
-        } else {
-            Grant::Held(row.info(claim.name.as_str(), now, t.epoch()))
+            return Ok(Some(Grant::AlreadyHeld));
         }
-    }))
+        let current = t.reservation(name)?;
+        if wants_reservation(claim, current.as_ref(), now) {
+            let until = now.saturating_add(micros(RESERVE_FOR));
+            t.reserve(
+                name,
+                &Reservation {
+                    token: claim.token.clone(),
+                    until,
+                },
+            )?;
+        }
+        return Ok(Some(Grant::Held(row.info(name, now, t.epoch()))));
+    }
+    Ok(t.reservation(name)?
+        .filter(|r| r.token != claim.token)
+        .map(|r| Grant::Held(reserved_info(name, &r, now))))
 }
 
 pub(crate) fn try_acquire<T: Table>(t: &mut T, claim: &Claim) -> Result<Grant, T::Error> {

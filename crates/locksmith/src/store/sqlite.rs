@@ -13,12 +13,43 @@
 //! - Expiry uses this machine's wall clock (microseconds since the Unix epoch), shared by
 //!   every process using the file. A clock step on this machine moves every lease; fences
 //!   protect against that as against a paused holder.
-//! - Fences come from one counter row in the file, bumped in the grant's transaction, so
-//!   they keep increasing across restarts of every process — and, with `synchronous = FULL`,
-//!   across a power cut or OS crash, which could otherwise roll back a handed-out fence.
+//! - Fences are [`hybrid_fence`](super::hybrid_fence)s, minted in the grant's transaction:
+//!   `max(counter + 1, clock)` where the counter is one row in the file and the clock is
+//!   this machine's wall clock in microseconds since the Unix epoch (about 1.7 × 10^15
+//!   today, below 2^53 until the year 2255). The counter keeps fences increasing when the
+//!   clock steps back; the clock keeps them increasing when the counter is lost.
+//! - The file runs `synchronous = NORMAL` in WAL: a commit is durable across a crash of any
+//!   process, but a power cut or OS crash may roll back the last transactions — grants whose
+//!   fences were already handed out, and the counter with them. Fences survive that: the
+//!   rolled-back counter is at most the clock of those grants, and the next grant after the
+//!   reboot takes the clock, which has moved past them (unless the machine's clock also
+//!   stepped back across the reboot, by more than the time the reboot took). `FULL` would
+//!   fsync on every grant, for about a tenth of the throughput.
 //! - Waiters in this process are woken by the worker at once; waiters in other processes
 //!   poll with jittered backoff capped at 25 ms and re-poll at the holder's expiry. A poller
-//!   reads first and writes only when the lock looks free.
+//!   reads first and writes only when the lock looks free (or to reserve it, below).
+//! - Cross-process fairness: a process whose waiters are notified at once could win every
+//!   race against a poller in another process. So a claim that has waited 200 ms
+//!   ([`Claim::waited`](super::Claim::waited)) and finds the lock held writes a
+//!   *reservation* of the next grant, valid for 250 ms after its latest try (it refreshes
+//!   it while it keeps polling). While another token's reservation is live, the free lock is
+//!   granted to nobody else: they see it held, with holder fields `None`, `released = true`
+//!   and `expires_in` the reservation's time left. A grant removes the name's reservation, and
+//!   a live reservation is never taken over, so waiters that have waited long are served in
+//!   turn. Bound: a poller that keeps polling gets the lock at the latest at the second
+//!   release after it has waited 200 ms plus one poll interval — in practice within
+//!   200 ms + the holder's hold time + 25 ms of the first release after that; a reserver
+//!   that went away holds a free lock back for at most 250 ms.
+//! - Garbage: every write transaction also removes up to 64 rows (of any namespace) that
+//!   expired more than `?retain=` ago (humantime, default `1h`; `0s` removes expired rows at
+//!   the next write), through an index on `expires_at`, and lapsed reservations. So a write's
+//!   extra work is bounded, and per-period names (`report-2026-12-02`) do not grow the file
+//!   without bound. Within retention an expired row stays visible (`inspect`, `list` with
+//!   [`Expired::Include`]). Retention is per file and process: a later `connect` giving
+//!   `?retain=` changes it for every handle of this process.
+//! - The schema is versioned (`user_version`); version 2 added `min_hold`, the
+//!   reservations table and the expiry index, and a version-1 file is upgraded in place when
+//!   opened (version-1 builds then refuse the file as newer).
 //! - Opening first checks, without changing anything, that the file is SQLite, writable,
 //!   and either empty or a locksmith lock file (`application_id` "LKSM") of a schema this
 //!   build knows (`user_version`). Then it sets WAL and creates or upgrades the schema in
@@ -27,9 +58,16 @@
 //!   busy). A file from a newer locksmith, another program's database, a file that is not
 //!   SQLite, an unwritable file or a missing directory is a clear error naming the path —
 //!   never a silent reset.
-//! - Dropping the last handle to a file lets its worker finish the queued jobs (detached
-//!   releases included) and waits up to a second for that, so locks dropped just before a
-//!   program ends are released rather than left to expire.
+//! - Dropping the last handle to a file never blocks: its worker finishes the queued jobs
+//!   (detached releases included) on its own and then ends. A program that is about to
+//!   exit calls [`Locksmith::close`](crate::Locksmith::close) (which calls
+//!   [`Store::close`]) to wait, up to 5 s, until the jobs queued before it are done, so locks
+//!   dropped just before the end are released rather than left to expire.
+//!
+//! # Test hooks
+//!
+//! [`step_clock`] steps this process's clock for one file (expiry and fences), to test
+//! clock steps on a store host.
 //!
 //! # The default file
 //!
@@ -42,6 +80,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -50,7 +89,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::rows::{self, Row, Table, micros};
+pub(crate) use super::rows::StoreOptions;
+use super::rows::{self, DEFAULT_RETAIN, Reservation, Row, SWEEP_LIMIT, Table, micros};
 use super::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, WakeHub, Wakeups,
 };
@@ -61,7 +101,7 @@ use crate::name::{LockName, Namespace};
 use crate::options::{Cursor, Expired, ListQuery, Page, SetOutcome, SetPolicy};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of locksmith lock files ("LKSM"): a database without it is another
 /// program's, and is never changed.
@@ -73,6 +113,10 @@ const BUSY_LIMIT: Duration = Duration::from_secs(10);
 /// The backoff cap of busy retries and of other processes' pollers.
 const POLL_CAP: Duration = Duration::from_millis(25);
 
+/// How long [`Store::close`] waits for the worker to finish the jobs queued before it.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// A new file's schema (version 2).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS locksmith_locks (
     namespace   TEXT NOT NULL,
@@ -84,6 +128,7 @@ CREATE TABLE IF NOT EXISTS locksmith_locks (
     fence       INTEGER NOT NULL,
     acquired_at INTEGER NOT NULL,
     expires_at  INTEGER,
+    min_hold    INTEGER,
     PRIMARY KEY (namespace, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS locksmith_fence (
@@ -92,6 +137,24 @@ CREATE TABLE IF NOT EXISTS locksmith_fence (
 );
 INSERT OR IGNORE INTO locksmith_fence (id, value) VALUES (0, 0);
 ";
+
+/// What version 2 added, on top of either schema: the reservations of cross-process
+/// fairness and the expiry index garbage collection walks.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS locksmith_reservations (
+    namespace TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    token     TEXT NOT NULL,
+    until     INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS locksmith_reservations_until ON locksmith_reservations (until);
+CREATE INDEX IF NOT EXISTS locksmith_locks_expires_at ON locksmith_locks (expires_at)
+    WHERE expires_at IS NOT NULL;
+";
+
+/// Upgrades a version-1 file (before `min_hold` was recorded).
+const MIGRATE_V1: &str = "ALTER TABLE locksmith_locks ADD COLUMN min_hold INTEGER;";
 
 /// The default lock file: `$XDG_STATE_HOME/locksmith/locks.db`, else
 /// `$HOME/.local/state/locksmith/locks.db`.
@@ -116,32 +179,16 @@ pub fn default_path() -> Result<PathBuf> {
 }
 
 /// The embedded SQLite store. Build one with `Locksmith::connect("sqlite://…")`.
+///
+/// Dropping the last handle of a file never blocks: the worker thread runs the jobs still
+/// queued (detached releases) on its own and then ends. [`Store::close`] waits for them.
 pub struct SqliteStore {
     path: PathBuf,
-    /// `None` once dropping.
+    /// Dropped with the store, which ends the worker once it has run every queued job.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    /// Closed by the worker thread when it ends.
-    finished: Mutex<mpsc::Receiver<()>>,
     hub: Arc<WakeHub>,
-}
-
-/// How long dropping the last handle waits for the worker to finish queued jobs.
-const DRAIN_LIMIT: Duration = Duration::from_secs(1);
-
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        // Closing the queue ends the worker once it has run every queued job.
-        drop(
-            self.jobs
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
-        let finished = self.finished.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(DRAIN_LIMIT) {
-            tracing::warn!(path = %self.path.display(), "the SQLite worker did not finish its queued jobs in time");
-        }
-    }
+    /// `?retain=` in microseconds, shared with the worker.
+    retain: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -161,6 +208,69 @@ fn open_files() -> &'static tokio::sync::Mutex<HashMap<PathBuf, Weak<SqliteStore
     static OPEN: OnceLock<tokio::sync::Mutex<HashMap<PathBuf, Weak<SqliteStore>>>> =
         OnceLock::new();
     OPEN.get_or_init(Default::default)
+}
+
+/// Test-hook clock offsets (microseconds) per file, for this process.
+fn clock_offsets() -> &'static Mutex<HashMap<PathBuf, Arc<AtomicI64>>> {
+    static OFFSETS: OnceLock<Mutex<HashMap<PathBuf, Arc<AtomicI64>>>> = OnceLock::new();
+    OFFSETS.get_or_init(Default::default)
+}
+
+fn clock_offset(path: &Path) -> Arc<AtomicI64> {
+    clock_offsets()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(normalise(path))
+        .or_default()
+        .clone()
+}
+
+/// Test hook: steps this process's clock for the lock file at `path` by `micros`
+/// microseconds (negative: backwards), as a clock step on this machine would — for this
+/// process only, and for every handle of it on that file, open now or later. Both the expiry
+/// clock ("now" for leases) and the fence clock move. Steps add up. Other processes using
+/// the file keep the real clock.
+///
+/// Fences keep increasing however far the clock steps back: the counter in the file
+/// carries them.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> locksmith::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("locksmith-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// use locksmith::Locksmith;
+/// use locksmith::store::sqlite::step_clock;
+///
+/// let path = dir.join("step.db");
+/// let lm = Locksmith::connect(&format!("sqlite://{}", path.display())).await?;
+/// let first = lm.lock("job").try_acquire().await?.expect("free");
+/// let fence = first.fence();
+/// first.release().await?;
+/// step_clock(&path, -3_600_000_000); // one hour back
+/// let second = lm.lock("job").try_acquire().await?.expect("free");
+/// assert!(second.fence() > fence);
+/// # drop(second); lm.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn step_clock(path: &Path, micros: i64) {
+    clock_offset(path).fetch_add(micros, Ordering::SeqCst);
+}
+
+/// The path every spelling of one file maps to: absolute, with the directory's symlinks
+/// resolved.
+fn normalise(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(file)) => dir
+            .canonicalize()
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .join(file),
+        _ => path,
+    }
 }
 
 /// Resolves a URL body (`""`, `/abs/path.db`, `relative.db`) to an absolute path; creates
@@ -199,11 +309,7 @@ pub(crate) fn resolve(body: &str) -> Result<PathBuf> {
         )));
     }
     // One worker per file, whatever path spelled it: resolve symlinks in the directory.
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    Ok(match path.file_name() {
-        Some(file) => dir.join(file),
-        None => path,
-    })
+    Ok(normalise(&path))
 }
 
 /// Refuses an existing, non-empty file that does not start with SQLite's header (SQLite
@@ -306,21 +412,36 @@ impl SqliteStore {
     /// [`Error::Config`] naming the path and the fix for a newer schema, an unwritable or
     /// corrupt file, or a file that is not SQLite; [`Error::Store`] for other I/O failures.
     pub async fn open(path: PathBuf) -> Result<Arc<SqliteStore>> {
+        SqliteStore::open_with(path, &StoreOptions::default()).await
+    }
+
+    /// [`open`](SqliteStore::open) with the URL's options (`?retain=`).
+    pub(crate) async fn open_with(
+        path: PathBuf,
+        options: &StoreOptions,
+    ) -> Result<Arc<SqliteStore>> {
+        let retain_us = options.retain.map(micros);
         let mut open = open_files().lock().await;
         if let Some(store) = open.get(&path).and_then(Weak::upgrade) {
+            if let Some(us) = retain_us {
+                store.retain.store(us, Ordering::SeqCst);
+            }
             return Ok(store);
         }
         open.retain(|_, w| w.strong_count() > 0);
         let hub = Arc::new(WakeHub::default());
+        let retain = Arc::new(AtomicI64::new(retain_us.unwrap_or(micros(DEFAULT_RETAIN))));
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let clock = Clock {
+            offset: clock_offset(&path),
+            retain: retain.clone(),
+        };
         let (thread_path, thread_hub) = (path.clone(), hub.clone());
-        let (finished_tx, finished) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("locksmith-sqlite".into())
             .spawn(move || {
-                let _finished = finished_tx; // dropped when the thread ends
-                match Worker::open(thread_path, thread_hub) {
+                match Worker::open(thread_path, thread_hub, clock) {
                     Ok(mut worker) => {
                         let _ = ready_tx.send(Ok(()));
                         while let Ok(job) = rx.recv() {
@@ -346,8 +467,8 @@ impl SqliteStore {
         let store = Arc::new(SqliteStore {
             path: path.clone(),
             jobs: Mutex::new(Some(jobs)),
-            finished: Mutex::new(finished),
             hub,
+            retain,
         });
         open.insert(path, Arc::downgrade(&store));
         Ok(store)
@@ -539,18 +660,29 @@ impl SqlError {
     }
 }
 
-fn now_micros() -> i64 {
-    micros(
-        SystemTime::now()
+/// The worker's clock (the test hook's offset on top of the wall clock) and retention.
+struct Clock {
+    offset: Arc<AtomicI64>,
+    /// Microseconds.
+    retain: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// Wall-clock microseconds since the Unix epoch, plus the test hook's offset: the clock
+    /// of expiry and of fences.
+    fn now(&self) -> i64 {
+        let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO),
-    )
+            .unwrap_or(Duration::ZERO);
+        micros(since).saturating_add(self.offset.load(Ordering::SeqCst))
+    }
 }
 
 /// The worker thread's side: the connection and the wake-ups it sends.
 pub(crate) struct Worker {
     conn: Connection,
     hub: Arc<WakeHub>,
+    clock: Clock,
 }
 
 /// One namespace's rows on a connection (inside a transaction for writes).
@@ -560,7 +692,7 @@ struct SqlTable<'c> {
     now: i64,
 }
 
-const COLUMNS: &str = "token, owner, host, pid, fence, acquired_at, expires_at";
+const COLUMNS: &str = "token, owner, host, pid, fence, acquired_at, expires_at, min_hold";
 
 fn row_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
     let token: Option<String> = r.get(at)?;
@@ -573,6 +705,7 @@ fn row_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
         fence: u64::try_from(r.get::<_, i64>(at + 4)?).unwrap_or(0),
         acquired_at: r.get(at + 5)?,
         expires_at: r.get(at + 6)?,
+        min_hold: r.get(at + 7)?,
     })
 }
 
@@ -601,8 +734,9 @@ impl Table for SqlTable<'_> {
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO locksmith_locks
-                 (namespace, name, token, owner, host, pid, fence, acquired_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 (namespace, name, token, owner, host, pid, fence, acquired_at, expires_at,
+                  min_hold)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 self.ns,
@@ -614,6 +748,7 @@ impl Table for SqlTable<'_> {
                 i64::try_from(row.fence).unwrap_or(i64::MAX),
                 row.acquired_at,
                 row.expires_at,
+                row.min_hold,
             ])?;
         Ok(())
     }
@@ -627,18 +762,64 @@ impl Table for SqlTable<'_> {
     }
 
     fn next_fence(&mut self) -> Result<u64, SqlError> {
+        // hybrid_fence in SQL; a lost counter row is recreated from the clock.
         let fence: i64 = self
             .conn
             .prepare_cached(
-                "UPDATE locksmith_fence SET value = value + 1 WHERE id = 0 RETURNING value",
+                "INSERT INTO locksmith_fence (id, value) VALUES (0, max(?1, 1))
+                 ON CONFLICT (id) DO UPDATE SET value = max(value + 1, excluded.value)
+                 RETURNING value",
             )?
-            .query_row([], |r| r.get(0))?;
+            .query_row([self.now], |r| r.get(0))?;
         Ok(u64::try_from(fence).unwrap_or(0))
+    }
+
+    fn reservation(&mut self, name: &str) -> Result<Option<Reservation>, SqlError> {
+        let found: Option<(String, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT token, until FROM locksmith_reservations
+                 WHERE namespace = ?1 AND name = ?2 AND until > ?3",
+            )?
+            .query_row(params![self.ns, name, self.now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        Ok(found.and_then(|(token, until)| {
+            Some(Reservation {
+                token: token.parse().ok()?,
+                until,
+            })
+        }))
+    }
+
+    fn reserve(&mut self, name: &str, reservation: &Reservation) -> Result<(), SqlError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO locksmith_reservations (namespace, name, token, until)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                self.ns,
+                name,
+                reservation.token.expose(),
+                reservation.until
+            ])?;
+        Ok(())
+    }
+
+    fn unreserve(&mut self, name: &str) -> Result<(), SqlError> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM locksmith_reservations WHERE namespace = ?1 AND name = ?2",
+            )?
+            .execute(params![self.ns, name])?;
+        Ok(())
     }
 }
 
 impl Worker {
-    fn open(path: PathBuf, hub: Arc<WakeHub>) -> Result<Worker> {
+    fn open(path: PathBuf, hub: Arc<WakeHub>, clock: Clock) -> Result<Worker> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -652,7 +833,7 @@ impl Worker {
             )));
         }
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
-        let mut worker = Worker { conn, hub };
+        let mut worker = Worker { conn, hub, clock };
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -667,7 +848,7 @@ impl Worker {
         }
         worker
             .conn
-            .execute_batch("PRAGMA synchronous = FULL;")
+            .execute_batch("PRAGMA synchronous = NORMAL;")
             .map_err(fail)?;
         Ok(worker)
     }
@@ -698,7 +879,12 @@ impl Worker {
             return Err(newer(version));
         }
         if version < SCHEMA_VERSION {
-            tx.execute_batch(SCHEMA)?;
+            if version == 1 {
+                tx.execute_batch(MIGRATE_V1)?;
+            } else {
+                tx.execute_batch(SCHEMA)?;
+            }
+            tx.execute_batch(SCHEMA_V2)?;
             tx.execute_batch(&format!(
                 "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
             ))?;
@@ -742,7 +928,7 @@ impl Worker {
         op(&mut SqlTable {
             conn: &self.conn,
             ns: ns.as_str(),
-            now: now_micros(),
+            now: self.clock.now(),
         })
     }
 
@@ -755,25 +941,52 @@ impl Worker {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // The clock is read once the write lock is held, so grants are ordered in time.
+        let now = self.clock.now();
         let out = op(&mut SqlTable {
             conn: &tx,
             ns: ns.as_str(),
-            now: now_micros(),
+            now,
         })?;
+        // Garbage, bounded per write: rows expired more than `retain` ago, in any namespace
+        // (through the expiry index), and lapsed reservations.
+        let cutoff = now.saturating_sub(self.clock.retain.load(Ordering::SeqCst));
+        tx.prepare_cached(
+            "DELETE FROM locksmith_locks WHERE (namespace, name) IN (
+                 SELECT namespace, name FROM locksmith_locks
+                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+        )?
+        .execute(params![cutoff, SWEEP_LIMIT])?;
+        tx.prepare_cached(
+            "DELETE FROM locksmith_reservations WHERE (namespace, name) IN (
+                 SELECT namespace, name FROM locksmith_reservations WHERE until <= ?1 LIMIT ?2)",
+        )?
+        .execute(params![now, SWEEP_LIMIT])?;
         tx.commit()?;
         Ok(out)
     }
 
     fn try_acquire(&mut self, ns: &Namespace, claim: &Claim) -> Result<Grant, SqlError> {
-        // Read first: a poller that finds the lock held writes nothing.
-        let now = now_micros();
-        let seen = self.read(ns, |t| t.get(claim.name.as_str()))?;
-        if let Some(row) = seen.filter(|r| r.live(now)) {
-            return Ok(if row.token.as_ref() == Some(&claim.token) {
-                Grant::AlreadyHeld
-            } else {
-                Grant::Held(row.info(claim.name.as_str(), now, UNIX_EPOCH))
-            });
+        // Read first: a poller that finds the lock held (and need not reserve it) writes
+        // nothing.
+        let name = claim.name.as_str();
+        let seen = self.read(ns, |t| {
+            let row = t.get(name)?.filter(|r| r.live(t.now));
+            let reserved = t.reservation(name)?;
+            Ok((row, reserved, t.now))
+        })?;
+        match seen {
+            (Some(row), reserved, now) => {
+                if row.token.as_ref() == Some(&claim.token) {
+                    return Ok(Grant::AlreadyHeld);
+                }
+                if !rows::wants_reservation(claim, reserved.as_ref(), now) {
+                    return Ok(Grant::Held(row.info(name, now, UNIX_EPOCH)));
+                }
+            }
+            (None, Some(r), now) if r.token != claim.token => {
+                return Ok(Grant::Held(rows::reserved_info(name, &r, now)));
+            }
+            _ => {}
         }
         self.write(ns, |t| rows::try_acquire(t, claim))
     }
@@ -793,9 +1006,9 @@ impl Worker {
     }
 
     /// Releases from `Drop` or for a requester that went away. Nobody waits for the answer,
-    /// so a busy file is retried here — a few times only, so the worker (and every caller
-    /// queued behind it) is held up for at most a few hundred milliseconds; after that the
-    /// lease expires on its own.
+    /// so a busy file is retried here — for half a second only, so the worker (and every
+    /// caller queued behind it) is held up for at most that long; after that the lease
+    /// expires on its own.
     fn release_unattended(
         &mut self,
         ns: &Namespace,
@@ -803,12 +1016,11 @@ impl Worker {
         token: &Token,
         min_hold: Option<Duration>,
     ) {
-        const ATTEMPTS: u32 = 4;
-        let mut attempt = 1;
+        const PATIENCE: Duration = Duration::from_millis(500);
+        let started = Instant::now();
         loop {
             match self.release(ns, name, token, min_hold) {
-                Err(e) if e.is_busy() && attempt < ATTEMPTS => {
-                    attempt += 1;
+                Err(e) if e.is_busy() && started.elapsed() < PATIENCE => {
                     std::thread::sleep(jitter(POLL_CAP));
                 }
                 Err(e) => {
@@ -945,7 +1157,7 @@ impl Store for SqliteStore {
     async fn list(&self, ns: &Namespace, query: &ListQuery) -> Result<Page> {
         let (ns, query) = (ns.clone(), query.clone());
         self.run(move |w| {
-            let now = now_micros();
+            let now = w.clock.now();
             let expired = match query.expired {
                 Expired::Exclude => 0,
                 Expired::Include => 1,
@@ -1047,5 +1259,26 @@ impl Store for SqliteStore {
     async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
         // In-process wake-ups come from this process's worker; other processes are polled.
         Ok(self.hub.subscribe(ns, name))
+    }
+
+    /// Waits, up to 5 s and without blocking a thread, until the worker has run every job
+    /// queued before this call (detached releases included). The store stays usable: other
+    /// handles of this process may share it.
+    async fn close(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel::<()>();
+        self.send(Box::new(move |_| {
+            let _ = tx.send(());
+        }))?;
+        match tokio::time::timeout(CLOSE_LIMIT, rx).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::store(
+                "sqlite",
+                true,
+                format!(
+                    "the SQLite worker for {} did not finish its queued jobs within {CLOSE_LIMIT:?} — another process may hold a long write transaction on the file",
+                    self.path.display()
+                ),
+            )),
+        }
     }
 }
