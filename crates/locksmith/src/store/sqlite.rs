@@ -252,7 +252,7 @@ fn clock_offset(path: &Path) -> Arc<AtomicI64> {
 /// step_clock(&path, -3_600_000_000); // one hour back
 /// let second = lm.lock("job").try_acquire().await?.expect("free");
 /// assert!(second.fence() > fence);
-/// # drop(second); lm.close().await?;
+/// # drop(second);
 /// # Ok(())
 /// # }
 /// ```
@@ -1006,7 +1006,7 @@ impl Worker {
     }
 
     /// Releases from `Drop` or for a requester that went away. Nobody waits for the answer,
-    /// so a busy file is retried here — for half a second only, so the worker (and every
+    /// so a busy file is retried here — for a second only, so the worker (and every
     /// caller queued behind it) is held up for at most that long; after that the lease
     /// expires on its own.
     fn release_unattended(
@@ -1016,7 +1016,7 @@ impl Worker {
         token: &Token,
         min_hold: Option<Duration>,
     ) {
-        const PATIENCE: Duration = Duration::from_millis(500);
+        const PATIENCE: Duration = Duration::from_secs(1);
         let started = Instant::now();
         loop {
             match self.release(ns, name, token, min_hold) {
@@ -1280,5 +1280,29 @@ impl Store for SqliteStore {
                 ),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_worker_runs_wal_with_synchronous_normal() {
+        let dir = std::env::temp_dir().join(format!("locksmith-sync-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(dir.join("l.db")).await.unwrap();
+        let (mode, sync): (String, i64) = store
+            .run(|w| {
+                let mode = w.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                let sync = w.conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+                Ok((mode, sync))
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode.to_lowercase(), "wal");
+        assert_eq!(sync, 1, "synchronous = NORMAL");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
