@@ -5,9 +5,10 @@
 //! The store-level tests set `Claim::waited` by hand. The end-to-end test runs three
 //! processes (this test binary re-executed as a child with `LOCKSMITH_FAIRNESS_ROLE` set):
 //! two alternate on one lock with two tasks each (hold 20 ms, release, re-acquire at once;
-//! the other task of the process is notified of every release), a third waits, polling.
-//! Bound: the third gets the lock within 1 s of starting to wait (by design about 200 ms to
-//! qualify + one poll to reserve + one hold + one poll to take it ≈ 260 ms).
+//! the other task of the process is notified of every release), a third waits, polling, five
+//! times in a row. Bound: the third gets the lock within 1 s of starting to wait, every time
+//! (by design about 200 ms to qualify + one poll to reserve + one hold + one poll to take it
+//! ≈ 270 ms; measured 67–277 ms). Without reservations it took up to 2.4 s.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -194,7 +195,9 @@ const URL: &str = "LOCKSMITH_FAIRNESS_URL";
 const STOP: &str = "LOCKSMITH_FAIRNESS_STOP";
 /// How long an alternator holds the lock each time.
 const HOLD: Duration = Duration::from_millis(20);
-/// The bound this test holds the store to.
+/// How many times the polling waiter waits for the lock.
+const ROUNDS: usize = 5;
+/// The bound this test holds the store to, for every round.
 const BOUND: Duration = Duration::from_secs(1);
 
 /// Not a test of its own: the body of a child process when `LOCKSMITH_FAIRNESS_ROLE` is set
@@ -246,19 +249,24 @@ fn fairness_child() {
                 println!("FAIR DONE {total}");
             }
             "wait" => {
-                let started = Instant::now();
-                let got = lm
-                    .lock("hot")
-                    .ttl(Duration::from_secs(10))
-                    .wait(Wait::For(Duration::from_secs(10)))
-                    .acquire()
-                    .await;
-                match got {
-                    Ok(g) => {
-                        println!("FAIR GOT {}", started.elapsed().as_millis());
-                        g.release().await.expect("release");
+                for _ in 0..ROUNDS {
+                    let started = Instant::now();
+                    let got = lm
+                        .lock("hot")
+                        .ttl(Duration::from_secs(10))
+                        .wait(Wait::For(Duration::from_secs(10)))
+                        .acquire()
+                        .await;
+                    match got {
+                        Ok(g) => {
+                            println!("FAIR GOT {}", started.elapsed().as_millis());
+                            tokio::time::sleep(HOLD).await;
+                            g.release().await.expect("release");
+                        }
+                        Err(e) => println!("FAIR FAILED {e}"),
                     }
-                    Err(e) => println!("FAIR FAILED {e}"),
+                    // Let the alternators take over again.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
             other => panic!("unknown role {other}"),
@@ -323,14 +331,19 @@ fn a_polling_waiter_in_another_process_is_not_starved() {
     b.expect("RUNNING");
     std::thread::sleep(Duration::from_millis(300)); // both busy alternating
     let waiter = ChildProcess::spawn("wait", &url, &stop);
-    let got = waiter.expect("GOT");
+    let waits: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let got = waiter.expect("GOT");
+            Duration::from_millis(got[4..].trim().parse().expect("milliseconds"))
+        })
+        .collect();
     std::fs::write(&stop, b"").unwrap();
     let done_a = a.expect("DONE");
     let done_b = b.expect("DONE");
-    let ms: u64 = got[4..].trim().parse().expect("milliseconds");
-    eprintln!("the polling waiter got the lock after {ms} ms (alternators: {done_a}, {done_b})");
+    eprintln!("the polling waiter got the lock after {waits:?} (alternators: {done_a}, {done_b})");
+    let longest = waits.iter().max().unwrap();
     assert!(
-        Duration::from_millis(ms) <= BOUND,
-        "the polling waiter waited {ms} ms (bound {BOUND:?})"
+        *longest <= BOUND,
+        "the polling waiter waited {longest:?} (bound {BOUND:?}): {waits:?}"
     );
 }
