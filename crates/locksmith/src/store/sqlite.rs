@@ -31,15 +31,15 @@
 //! - Cross-process fairness: a process whose waiters are notified at once could win every
 //!   race against a poller in another process. So a claim that has waited 200 ms
 //!   ([`Claim::waited`](super::Claim::waited)) and finds the lock held writes a
-//!   *reservation* of the next grant, valid for 250 ms after its latest try (it refreshes
-//!   it while it keeps polling). While another token's reservation is live, the free lock is
+//!   *reservation* of the next grant, valid for 100 ms after its latest try (it refreshes
+//!   it while it keeps polling; releasing its token removes it). While another token's reservation is live, the free lock is
 //!   granted to nobody else: they see it held, with holder fields `None`, `released = true`
 //!   and `expires_in` the reservation's time left. A grant removes the name's reservation, and
 //!   a live reservation is never taken over, so waiters that have waited long are served in
 //!   turn. Bound: a poller that keeps polling gets the lock at the latest at the second
 //!   release after it has waited 200 ms plus one poll interval — in practice within
 //!   200 ms + the holder's hold time + 25 ms of the first release after that; a reserver
-//!   that went away holds a free lock back for at most 250 ms.
+//!   that went away holds a free lock back for at most 100 ms.
 //! - Garbage: every write transaction also removes up to 64 rows (of any namespace) that
 //!   expired more than `?retain=` ago (humantime, default `1h`; `0s` removes expired rows at
 //!   the next write), through an index on `expires_at`, and lapsed reservations. So a write's
