@@ -77,7 +77,10 @@ async fn a_long_waiter_reserves_the_next_grant() {
     let holder = claim("hot", Duration::ZERO);
     assert!(acquired(&*store, &holder).await);
     let long = claim("hot", LONG);
-    assert!(!acquired(&*store, &long).await, "held: the long waiter reserves");
+    assert!(
+        !acquired(&*store, &long).await,
+        "held: the long waiter reserves"
+    );
     assert_eq!(reservations(&f.path), 1);
     release(&*store, &holder).await;
 
@@ -129,7 +132,11 @@ async fn a_lapsed_reservation_frees_the_lock() {
     // The reserver went away: 100 ms later (stepped clock) the lock is free for anyone.
     sqlite::step_clock(&f.path, 110_000);
     assert!(acquired(&*store, &newcomer).await);
-    assert_eq!(reservations(&f.path), 0, "the grant removed the lapsed reservation");
+    assert_eq!(
+        reservations(&f.path),
+        0,
+        "the grant removed the lapsed reservation"
+    );
 }
 
 #[tokio::test]
@@ -298,7 +305,12 @@ struct ChildProcess {
 impl ChildProcess {
     fn spawn(role: &str, url: &str, stop: &Path) -> ChildProcess {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["fairness_child", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "fairness_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(ROLE, role)
             .env(URL, url)
             .env(STOP, stop)

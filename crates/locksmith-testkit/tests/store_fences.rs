@@ -78,7 +78,10 @@ async fn memory_fences_follow_the_clock_and_survive_steps_back() {
 
     assert!(memory::step_clock(&name, -HOUR_US));
     let f2 = fence_of(&*store, "a").await;
-    assert!(f2 > f1, "after the clock stepped back an hour: {f2} !> {f1}");
+    assert!(
+        f2 > f1,
+        "after the clock stepped back an hour: {f2} !> {f1}"
+    );
     // Another name shares the store-wide counter.
     let f3 = fence_of(&*store, "b").await;
     assert!(f3 > f2);
@@ -93,7 +96,10 @@ async fn memory_fences_follow_the_clock_and_survive_steps_back() {
     assert!(store.reset_all(&Namespace::default()).await.unwrap() >= 1);
     assert!(memory::step_clock(&name, -HOUR_US));
     let f6 = fence_of(&*store, "a").await;
-    assert!(f6 > f5, "after reset_all and another step back: {f6} !> {f5}");
+    assert!(
+        f6 > f5,
+        "after reset_all and another step back: {f6} !> {f5}"
+    );
 
     // Back to real time: the clock takes over again.
     assert!(memory::step_clock(&name, 2 * HOUR_US - 10_000));
@@ -156,7 +162,10 @@ async fn sqlite_fences_survive_clock_steps_reopen_purge_reset_and_a_lost_counter
 
     sqlite::step_clock(&f.path, -HOUR_US);
     let f2 = fence_of(&*store, "a").await;
-    assert!(f2 > f1, "after the clock stepped back an hour: {f2} !> {f2}");
+    assert!(
+        f2 > f1,
+        "after the clock stepped back an hour: {f2} !> {f2}"
+    );
 
     // Reopen: every handle dropped; the worker is given time to end.
     drop(store);
@@ -175,7 +184,10 @@ async fn sqlite_fences_survive_clock_steps_reopen_purge_reset_and_a_lost_counter
     assert!(store.reset_all(&Namespace::default()).await.unwrap() >= 1);
     sqlite::step_clock(&f.path, -HOUR_US);
     let f6 = fence_of(&*store, "a").await;
-    assert!(f6 > f5, "after reset_all and another step back: {f6} !> {f5}");
+    assert!(
+        f6 > f5,
+        "after reset_all and another step back: {f6} !> {f5}"
+    );
 
     // Back to the real clock, then lose the counter: the clock carries the fences.
     sqlite::step_clock(&f.path, 2 * HOUR_US - 10_000);

@@ -141,19 +141,17 @@ async fn a_version_1_file_opens_and_is_upgraded() {
         .expect("a version-1 file opens");
     let ns = Namespace::default();
     let old = LockName::new("old").unwrap();
-    let info = store.inspect(&ns, &old).await.unwrap().expect("the old lock");
+    let info = store
+        .inspect(&ns, &old)
+        .await
+        .unwrap()
+        .expect("the old lock");
     assert_eq!(info.fence, Some(7));
     assert_eq!(info.owner.as_deref(), Some("v1"));
     assert_eq!(info.min_hold, None);
     assert!(!info.expired);
     // Its holder still holds it.
-    assert!(
-        store
-            .held_by(&ns, &old, &token)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(store.held_by(&ns, &old, &token).await.unwrap().is_some());
     let taker = claim("old", Duration::from_secs(60), None);
     assert!(matches!(
         store.try_acquire(&ns, &taker).await.unwrap(),
@@ -191,7 +189,10 @@ async fn a_version_1_file_opens_and_is_upgraded() {
         "locksmith_reservations",
         "locksmith_reservations_until",
     ] {
-        assert!(objects.iter().any(|o| o == wanted), "{wanted} in {objects:?}");
+        assert!(
+            objects.iter().any(|o| o == wanted),
+            "{wanted} in {objects:?}"
+        );
     }
 
     // Reopening an upgraded file changes nothing.
