@@ -615,4 +615,8 @@ impl Store for Delayed {
     async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
         delayed!(self.subscribe(ns, name))
     }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
 }

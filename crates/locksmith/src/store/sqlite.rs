@@ -20,26 +20,30 @@
 //!   clock steps back; the clock keeps them increasing when the counter is lost.
 //! - The file runs `synchronous = NORMAL` in WAL: a commit is durable across a crash of any
 //!   process, but a power cut or OS crash may roll back the last transactions — grants whose
-//!   fences were already handed out, and the counter with them. Fences survive that: the
-//!   rolled-back counter is at most the clock of those grants, and the next grant after the
-//!   reboot takes the clock, which has moved past them (unless the machine's clock also
-//!   stepped back across the reboot, by more than the time the reboot took). `FULL` would
-//!   fsync on every grant, for about a tenth of the throughput.
+//!   fences were already handed out, and the counter with them. Fences survive that: a fence
+//!   is the clock of its grant (or, when grants come faster than one per microsecond or the
+//!   clock stepped back, the counter just above it), so the lost fences lie before the power
+//!   cut, and the first grant after the reboot takes the clock, which has moved past them —
+//!   unless the machine's clock stepped back across the reboot by more than the reboot
+//!   took. `FULL` would fsync on every grant, for about a tenth of the throughput.
 //! - Waiters in this process are woken by the worker at once; waiters in other processes
 //!   poll with jittered backoff capped at 25 ms and re-poll at the holder's expiry. A poller
 //!   reads first and writes only when the lock looks free (or to reserve it, below).
 //! - Cross-process fairness: a process whose waiters are notified at once could win every
 //!   race against a poller in another process. So a claim that has waited 200 ms
-//!   ([`Claim::waited`](super::Claim::waited)) and finds the lock held writes a
-//!   *reservation* of the next grant, valid for 100 ms after its latest try (it refreshes
-//!   it while it keeps polling; releasing its token removes it). While another token's reservation is live, the free lock is
-//!   granted to nobody else: they see it held, with holder fields `None`, `released = true`
-//!   and `expires_in` the reservation's time left. A grant removes the name's reservation, and
-//!   a live reservation is never taken over, so waiters that have waited long are served in
-//!   turn. Bound: a poller that keeps polling gets the lock at the latest at the second
-//!   release after it has waited 200 ms plus one poll interval — in practice within
-//!   200 ms + the holder's hold time + 25 ms of the first release after that; a reserver
-//!   that went away holds a free lock back for at most 100 ms.
+//!   ([`Claim::waited`](super::Claim::waited), filled in by the core) and finds the lock
+//!   held writes a *reservation* of the next grant, valid for 100 ms after its latest try
+//!   (it refreshes it while it keeps polling; releasing its token removes it). While another
+//!   token's reservation is live, the free lock is granted to nobody else: they see it held,
+//!   with holder fields `None`, `released = true` and `expires_in` the reservation's time
+//!   left. A grant removes the name's reservation, and a live reservation is never taken
+//!   over, so waiters that have waited long are served in turn. Bound: once a poller has
+//!   waited 200 ms, its next try while the lock is held reserves it (unless an earlier long
+//!   waiter's reservation is live: that one is served first), and the next release goes to
+//!   it at its next poll, at most 25 ms later. Against two processes alternating on a lock
+//!   (20 ms holds, a notified waiter in each), a polling third process got it within 300 ms
+//!   every time (`store_fairness.rs` asserts 1 s). A reserver that went away holds a free
+//!   lock back for at most 100 ms.
 //! - Garbage: every write transaction also removes up to 64 rows (of any namespace) that
 //!   expired more than `?retain=` ago (humantime, default `1h`; `0s` removes expired rows at
 //!   the next write), through an index on `expires_at`, and lapsed reservations. So a write's
@@ -252,7 +256,8 @@ fn clock_offset(path: &Path) -> Arc<AtomicI64> {
 /// step_clock(&path, -3_600_000_000); // one hour back
 /// let second = lm.lock("job").try_acquire().await?.expect("free");
 /// assert!(second.fence() > fence);
-/// # drop(second);
+/// # drop((second, lm));
+/// # std::fs::remove_dir_all(&dir).ok();
 /// # Ok(())
 /// # }
 /// ```
