@@ -110,6 +110,27 @@ async fn a_long_waiter_reserves_the_next_grant() {
 }
 
 #[tokio::test]
+async fn the_store_measures_the_wait_of_a_token_that_keeps_trying() {
+    // `waited` left at zero: the store counts from the token's first try in this process.
+    let (f, store) = open().await;
+    let holder = claim("hot", Duration::ZERO);
+    assert!(acquired(&*store, &holder).await);
+    let waiter = claim("hot", Duration::ZERO);
+    assert!(!acquired(&*store, &waiter).await);
+    assert_eq!(reservations(&f.path), 0, "a first try reserves nothing");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(!acquired(&*store, &waiter).await);
+    assert_eq!(
+        reservations(&f.path),
+        1,
+        "250 ms later the same token reserves"
+    );
+    release(&*store, &holder).await;
+    assert!(!acquired(&*store, &claim("hot", Duration::ZERO)).await);
+    assert!(acquired(&*store, &waiter).await);
+}
+
+#[tokio::test]
 async fn a_short_wait_reserves_nothing() {
     let (f, store) = open().await;
     let holder = claim("hot", Duration::ZERO);

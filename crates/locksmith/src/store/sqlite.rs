@@ -31,8 +31,9 @@
 //!   reads first and writes only when the lock looks free (or to reserve it, below).
 //! - Cross-process fairness: a process whose waiters are notified at once could win every
 //!   race against a poller in another process. So a claim that has waited 200 ms
-//!   ([`Claim::waited`](super::Claim::waited), filled in by the core) and finds the lock
-//!   held writes a *reservation* of the next grant, valid for 100 ms after its latest try
+//!   (the larger of [`Claim::waited`](super::Claim::waited), filled in by the core, and how
+//!   long this process has been trying with the claim's token) and finds the lock held
+//!   writes a *reservation* of the next grant, valid for 100 ms after its latest try
 //!   (it refreshes it while it keeps polling; releasing its token removes it). While another
 //!   token's reservation is live, the free lock is granted to nobody else: they see it held,
 //!   with holder fields `None`, `released = true` and `expires_in` the reservation's time
@@ -44,10 +45,10 @@
 //!   (20 ms holds, a notified waiter in each), a polling third process got it within 300 ms
 //!   every time (`store_fairness.rs` asserts 1 s). A reserver that went away holds a free
 //!   lock back for at most 100 ms.
-//! - Garbage: every write transaction also removes up to 64 rows (of any namespace) that
-//!   expired more than `?retain=` ago (humantime, default `1h`; `0s` removes expired rows at
-//!   the next write), through an index on `expires_at`, and lapsed reservations. So a write's
-//!   extra work is bounded, and per-period names (`report-2026-12-02`) do not grow the file
+//! - Garbage: every grant's transaction (the only writes that create rows) also removes up
+//!   to 64 rows (of any namespace) that expired more than `?retain=` ago (humantime, default
+//!   `1h`; `0s` removes expired rows at the next grant), through an index on `expires_at`,
+//!   and lapsed reservations. So a write's extra work is bounded, and per-period names (`report-2026-12-02`) do not grow the file
 //!   without bound. Within retention an expired row stays visible (`inspect`, `list` with
 //!   [`Expired::Include`]). Retention is per file and process: a later `connect` giving
 //!   `?retain=` changes it for every handle of this process.
@@ -193,6 +194,47 @@ pub struct SqliteStore {
     hub: Arc<WakeHub>,
     /// `?retain=` in microseconds, shared with the worker.
     retain: Arc<AtomicI64>,
+    /// When this process first tried each waiting token: see [`Tries`].
+    tries: Mutex<Tries>,
+}
+
+/// How long this process's waiting claims have been trying, by token, so fairness works even
+/// for a caller that does not fill in [`Claim::waited`]: the store uses the larger of the
+/// two. A token's entry goes when its try is answered with anything but `Held`; entries of
+/// tokens that stopped trying (a wait that timed out or was cancelled) are pruned once
+/// they have not tried for [`TRY_FORGET`] (every waiter re-tries at least once a second).
+#[derive(Default)]
+struct Tries {
+    /// Token → (first try, latest try).
+    by_token: HashMap<Token, (Instant, Instant)>,
+    /// Pruning runs once the map has doubled since the last prune (at least 64 entries), so
+    /// it costs O(1) per try, amortised.
+    prune_at: usize,
+}
+
+/// How long after its latest try a token's entry in [`Tries`] may be forgotten.
+const TRY_FORGET: Duration = Duration::from_secs(5);
+
+impl Tries {
+    /// Records a try of `token` now; returns how long it has been trying.
+    fn start(&mut self, token: &Token) -> Duration {
+        let now = Instant::now();
+        if self.by_token.len() >= self.prune_at.max(64) {
+            self.by_token
+                .retain(|_, (_, latest)| now.duration_since(*latest) < TRY_FORGET);
+            self.prune_at = 2 * self.by_token.len();
+        }
+        let entry = self.by_token.entry(token.clone()).or_insert((now, now));
+        entry.1 = now;
+        now.duration_since(entry.0)
+    }
+
+    /// The try of `token` was answered: `held` keeps it waiting.
+    fn answered(&mut self, token: &Token, held: bool) {
+        if !held {
+            self.by_token.remove(token);
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -474,9 +516,14 @@ impl SqliteStore {
             jobs: Mutex::new(Some(jobs)),
             hub,
             retain,
+            tries: Mutex::default(),
         });
         open.insert(path, Arc::downgrade(&store));
         Ok(store)
+    }
+
+    fn tries(&self) -> std::sync::MutexGuard<'_, Tries> {
+        self.tries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The file this store uses.
@@ -942,6 +989,24 @@ impl Worker {
         ns: &Namespace,
         op: impl FnOnce(&mut SqlTable<'_>) -> Result<T, SqlError>,
     ) -> Result<T, SqlError> {
+        self.write_with(ns, false, op)
+    }
+
+    /// A write that may create rows (a grant), and so also removes garbage.
+    fn grant<T>(
+        &mut self,
+        ns: &Namespace,
+        op: impl FnOnce(&mut SqlTable<'_>) -> Result<T, SqlError>,
+    ) -> Result<T, SqlError> {
+        self.write_with(ns, true, op)
+    }
+
+    fn write_with<T>(
+        &mut self,
+        ns: &Namespace,
+        sweep: bool,
+        op: impl FnOnce(&mut SqlTable<'_>) -> Result<T, SqlError>,
+    ) -> Result<T, SqlError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -952,20 +1017,24 @@ impl Worker {
             ns: ns.as_str(),
             now,
         })?;
-        // Garbage, bounded per write: rows expired more than `retain` ago, in any namespace
-        // (through the expiry index), and lapsed reservations.
-        let cutoff = now.saturating_sub(self.clock.retain.load(Ordering::SeqCst));
-        tx.prepare_cached(
-            "DELETE FROM locksmith_locks WHERE (namespace, name) IN (
-                 SELECT namespace, name FROM locksmith_locks
-                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
-        )?
-        .execute(params![cutoff, SWEEP_LIMIT])?;
-        tx.prepare_cached(
-            "DELETE FROM locksmith_reservations WHERE (namespace, name) IN (
-                 SELECT namespace, name FROM locksmith_reservations WHERE until <= ?1 LIMIT ?2)",
-        )?
-        .execute(params![now, SWEEP_LIMIT])?;
+        if sweep {
+            // Garbage, bounded per grant (only grants create rows and reservations): rows
+            // expired more than `retain` ago, in any namespace (through the expiry index),
+            // and lapsed reservations.
+            let cutoff = now.saturating_sub(self.clock.retain.load(Ordering::SeqCst));
+            tx.prepare_cached(
+                "DELETE FROM locksmith_locks WHERE (namespace, name) IN (
+                     SELECT namespace, name FROM locksmith_locks
+                     WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![cutoff, SWEEP_LIMIT])?;
+            tx.prepare_cached(
+                "DELETE FROM locksmith_reservations WHERE (namespace, name) IN (
+                     SELECT namespace, name FROM locksmith_reservations
+                     WHERE until <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![now, SWEEP_LIMIT])?;
+        }
         tx.commit()?;
         Ok(out)
     }
@@ -993,7 +1062,7 @@ impl Worker {
             }
             _ => {}
         }
-        self.write(ns, |t| rows::try_acquire(t, claim))
+        self.grant(ns, |t| rows::try_acquire(t, claim))
     }
 
     fn release(
@@ -1067,33 +1136,57 @@ impl Store for SqliteStore {
     }
 
     async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
-        let (ns, claim) = (ns.clone(), claim.clone());
+        let (ns, mut claim) = (ns.clone(), claim.clone());
+        let trying = self.tries().start(&claim.token);
+        claim.waited = claim.waited.max(trying);
         let (ns2, name, token) = (ns.clone(), claim.name.clone(), claim.token.clone());
-        self.call(
-            move |w| w.try_acquire(&ns, &claim),
-            move |w, grant| {
-                if let Grant::Acquired { .. } = grant {
-                    w.release_unattended(&ns2, &name, &token, None);
-                }
-            },
-        )
-        .await
+        let mine = claim.token.clone();
+        let answer = self
+            .call(
+                move |w| w.try_acquire(&ns, &claim),
+                move |w, grant| {
+                    if let Grant::Acquired { .. } = grant {
+                        w.release_unattended(&ns2, &name, &token, None);
+                    }
+                },
+            )
+            .await;
+        self.tries()
+            .answered(&mine, matches!(answer, Ok(Grant::Held(_))));
+        answer
     }
 
     async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
-        let (ns, claims) = (ns.clone(), Arc::<[Claim]>::from(claims));
+        let Some(first) = claims.first() else {
+            return Ok(GrantAll::Acquired(Vec::new()));
+        };
+        let first = first.token.clone();
+        let trying = self.tries().start(&first);
+        let claims: Arc<[Claim]> = claims
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.waited = c.waited.max(trying);
+                c
+            })
+            .collect();
+        let ns = ns.clone();
         let (ns2, claims2) = (ns.clone(), claims.clone());
-        self.call(
-            move |w| w.write(&ns, |t| rows::try_acquire_all(t, &claims)),
-            move |w, grant| {
-                if let GrantAll::Acquired(_) = grant {
-                    for c in claims2.iter() {
-                        w.release_unattended(&ns2, &c.name, &c.token, None);
+        let answer = self
+            .call(
+                move |w| w.grant(&ns, |t| rows::try_acquire_all(t, &claims)),
+                move |w, grant| {
+                    if let GrantAll::Acquired(_) = grant {
+                        for c in claims2.iter() {
+                            w.release_unattended(&ns2, &c.name, &c.token, None);
+                        }
                     }
-                }
-            },
-        )
-        .await
+                },
+            )
+            .await;
+        self.tries()
+            .answered(&first, matches!(answer, Ok(GrantAll::Held(_))));
+        answer
     }
 
     async fn release(
@@ -1257,7 +1350,7 @@ impl Store for SqliteStore {
         policy: &SetPolicy,
     ) -> Result<SetOutcome> {
         let (ns, claims, policy) = (ns.clone(), claims.to_vec(), policy.clone());
-        self.run(move |w| w.write(&ns, |t| rows::set_locks(t, &claims, &policy)))
+        self.run(move |w| w.grant(&ns, |t| rows::set_locks(t, &claims, &policy)))
             .await
     }
 
