@@ -64,8 +64,10 @@
 //!   SQLite, an unwritable file or a missing directory is a clear error naming the path —
 //!   never a silent reset.
 //! - Dropping the last handle to a file never blocks: its worker finishes the queued jobs
-//!   (detached releases included) on its own and then ends. A program that is about to
-//!   exit calls [`Locksmith::close`](crate::Locksmith::close) (which calls
+//!   (detached releases included) on its own and then ends. Inside a tokio runtime a
+//!   blocking task waits for that (up to a second), so the runtime's orderly shutdown at the
+//!   end of `#[tokio::main]` lets the worker finish. For the guarantee anywhere, a program
+//!   about to exit calls [`Locksmith::close`](crate::Locksmith::close) (which calls
 //!   [`Store::close`]) to wait, up to 5 s, until the jobs queued before it are done, so locks
 //!   dropped just before the end are released rather than left to expire.
 //!
@@ -186,7 +188,8 @@ pub fn default_path() -> Result<PathBuf> {
 /// The embedded SQLite store. Build one with `Locksmith::connect("sqlite://…")`.
 ///
 /// Dropping the last handle of a file never blocks: the worker thread runs the jobs still
-/// queued (detached releases) on its own and then ends. [`Store::close`] waits for them.
+/// queued (detached releases) on its own and then ends (see the [module docs](self)).
+/// [`Store::close`] waits for them.
 pub struct SqliteStore {
     path: PathBuf,
     /// Dropped with the store, which ends the worker once it has run every queued job.
@@ -196,6 +199,34 @@ pub struct SqliteStore {
     retain: Arc<AtomicI64>,
     /// When this process first tried each waiting token: see [`Tries`].
     tries: Mutex<Tries>,
+    /// Closed by the worker thread when it ends.
+    finished: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+/// How long the runtime's shutdown waits for the worker of a dropped store.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue (dropping `jobs` after this) ends the worker once it has run every
+        // queued job. Nothing waits for that here. Inside a tokio runtime, a blocking task
+        // waits (up to a second) instead: a runtime's orderly shutdown — the end of
+        // `#[tokio::main]` — waits for blocking tasks, so locks dropped just before a program
+        // returns from `main` are still released.
+        let finished = self
+            .finished
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (Some(finished), Ok(rt)) = (finished, tokio::runtime::Handle::try_current()) {
+            let path = self.path.clone();
+            rt.spawn_blocking(move || {
+                if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(DRAIN_LIMIT) {
+                    tracing::warn!(path = %path.display(), "the SQLite worker did not finish its queued jobs in time");
+                }
+            });
+        }
+    }
 }
 
 /// How long this process's waiting claims have been trying, by token, so fairness works even
@@ -485,9 +516,11 @@ impl SqliteStore {
             retain: retain.clone(),
         };
         let (thread_path, thread_hub) = (path.clone(), hub.clone());
+        let (finished_tx, finished) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("locksmith-sqlite".into())
             .spawn(move || {
+                let _finished = finished_tx; // dropped when the thread ends
                 match Worker::open(thread_path, thread_hub, clock) {
                     Ok(mut worker) => {
                         let _ = ready_tx.send(Ok(()));
@@ -517,6 +550,7 @@ impl SqliteStore {
             hub,
             retain,
             tries: Mutex::default(),
+            finished: Mutex::new(Some(finished)),
         });
         open.insert(path, Arc::downgrade(&store));
         Ok(store)
