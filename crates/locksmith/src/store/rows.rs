@@ -14,8 +14,8 @@
 //! [`RESERVE_FOR`]: while a live reservation of another token exists, a free (or expired)
 //! lock is not granted to anyone else — they see [`Grant::Held`] with a [`LockInfo`] whose
 //! holder fields are `None`, `released = true` and `expires_in` the time left on the
-//! reservation. The reserver refreshes the reservation on every try while the lock is
-//! held, and a grant to anyone removes the name's reservation. A reservation is never taken
+//! reservation. The reserver refreshes the reservation while it keeps trying and the lock
+//! is held, and a grant to anyone removes the name's reservation. A reservation is never taken
 //! over while it is live, so long waiters are served one after the other. A reserver that
 //! went away blocks the free lock for at most [`RESERVE_FOR`]; releasing its token (which the
 //! core does after an abandoned try) removes its reservation at once.

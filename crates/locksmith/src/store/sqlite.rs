@@ -51,7 +51,8 @@
 //!   and lapsed reservations. So a write's extra work is bounded, and per-period names (`report-2026-12-02`) do not grow the file
 //!   without bound. Within retention an expired row stays visible (`inspect`, `list` with
 //!   [`Expired::Include`]). Retention is per file and process: a later `connect` giving
-//!   `?retain=` changes it for every handle of this process.
+//!   `?retain=` changes it for every handle of this process, and where processes give
+//!   different values, the shortest one in use decides in effect.
 //! - The schema is versioned (`user_version`); version 2 added `min_hold`, the
 //!   reservations table and the expiry index, and a version-1 file is upgraded in place when
 //!   opened (version-1 builds then refuse the file as newer).
