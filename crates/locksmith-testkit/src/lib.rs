@@ -20,6 +20,7 @@
 
 use std::any::Any;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,13 @@ use std::time::Duration;
 use locksmith::{Capabilities, Locksmith};
 
 pub mod cases;
+pub mod faults;
+pub mod process;
 pub mod targets;
+pub mod teeth;
+
+pub use faults::{FaultMode, Faults, Faulty, Op};
+pub use process::Helper;
 
 /// The environment variable that turns a missing server from SKIPPED into a failure.
 pub const REQUIRE_SERVERS_ENV: &str = "LOCKSMITH_TEST_REQUIRE_SERVERS";
@@ -49,6 +56,83 @@ pub fn skip_store(store: &str, why: &str) {
 /// A boxed fault switch: `true` makes the store unreachable, `false` reachable again.
 pub type FaultSwitch = Arc<dyn Fn(bool) + Send + Sync>;
 
+/// A boxed future, as the hooks of a [`Target`] return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Restarts a target's store (see [`Target::restart`]).
+pub type RestartHook = Arc<dyn Fn() -> BoxFuture<()> + Send + Sync>;
+
+/// Builds a client of a target on a namespace, for stores that are not reached by URL
+/// alone (see [`Target::connector`]).
+pub type Connector = Arc<dyn Fn(String) -> BoxFuture<Locksmith> + Send + Sync>;
+
+/// A capability a case may need; see [`Ctx::requires`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cap {
+    /// [`Capabilities::fencing`].
+    Fencing,
+    /// [`Capabilities::persistent`].
+    Persistent,
+    /// [`Capabilities::cross_process`].
+    CrossProcess,
+    /// [`Capabilities::notify`].
+    Notify,
+    /// [`Capabilities::poll_interval`] is set (waiters in other processes poll).
+    Polling,
+    /// [`Capabilities::atomic_multi`].
+    AtomicMulti,
+    /// [`Capabilities::never_expire`].
+    NeverExpire,
+    /// [`Capabilities::expired_visible`].
+    ExpiredVisible,
+    /// [`Capabilities::holder_metadata`].
+    HolderMetadata,
+    /// [`Capabilities::namespaces`].
+    Namespaces,
+    /// [`Capabilities::min_hold`].
+    MinHold,
+    /// [`Capabilities::ordered_list`].
+    OrderedList,
+}
+
+impl Cap {
+    /// Whether `caps` has this capability.
+    pub fn in_set(self, caps: &Capabilities) -> bool {
+        match self {
+            Cap::Fencing => caps.fencing,
+            Cap::Persistent => caps.persistent,
+            Cap::CrossProcess => caps.cross_process,
+            Cap::Notify => caps.notify,
+            Cap::Polling => caps.poll_interval.is_some(),
+            Cap::AtomicMulti => caps.atomic_multi,
+            Cap::NeverExpire => caps.never_expire,
+            Cap::ExpiredVisible => caps.expired_visible,
+            Cap::HolderMetadata => caps.holder_metadata,
+            Cap::Namespaces => caps.namespaces,
+            Cap::MinHold => caps.min_hold,
+            Cap::OrderedList => caps.ordered_list,
+        }
+    }
+
+    /// The field's name in [`Capabilities`].
+    pub fn field(self) -> &'static str {
+        match self {
+            Cap::Fencing => "fencing",
+            Cap::Persistent => "persistent",
+            Cap::CrossProcess => "cross_process",
+            Cap::Notify => "notify",
+            Cap::Polling => "poll_interval",
+            Cap::AtomicMulti => "atomic_multi",
+            Cap::NeverExpire => "never_expire",
+            Cap::ExpiredVisible => "expired_visible",
+            Cap::HolderMetadata => "holder_metadata",
+            Cap::Namespaces => "namespaces",
+            Cap::MinHold => "min_hold",
+            Cap::OrderedList => "ordered_list",
+        }
+    }
+}
+
 /// A store under test.
 pub struct Target {
     /// The store's name in test names, e.g. `memory`.
@@ -61,6 +145,29 @@ pub struct Target {
     pub faults: Option<FaultSwitch>,
     /// Keeps a server (or other resource) alive for the test's duration.
     pub keep_alive: Option<Box<dyn Any + Send + Sync>>,
+    /// Restarts the store, for `persistent` stores: a case calls it once every client
+    /// process it spawned has exited, and connects anew afterwards. `None`: the store
+    /// cannot be restarted here (cases that need it say SKIPPED).
+    pub restart: Option<RestartHook>,
+    /// Builds clients instead of `Locksmith::connect(base_url?namespace=…)`: for test-only
+    /// stores that are wrapped in-process (see [`teeth`]). Such a target has no URL that
+    /// another process could use, so it must not declare `cross_process`.
+    pub connector: Option<Connector>,
+}
+
+impl Target {
+    /// A target reached by `base_url`, with nothing else set.
+    pub fn new(store: &'static str, base_url: String, declared: Capabilities) -> Target {
+        Target {
+            store,
+            base_url,
+            declared,
+            faults: None,
+            keep_alive: None,
+            restart: None,
+            connector: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Target {
@@ -79,6 +186,24 @@ pub struct Ctx {
     pub lm: Locksmith,
     target: Arc<Target>,
     namespace: String,
+    helper: Option<PathBuf>,
+}
+
+/// `url` with `param` (`key=value`) appended to its query.
+fn with_param(url: &str, param: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{param}")
+}
+
+/// A client of `target` in `namespace`.
+async fn client_of(target: &Target, namespace: &str) -> Locksmith {
+    if let Some(connect) = &target.connector {
+        return connect(namespace.to_string()).await;
+    }
+    let url = with_param(&target.base_url, &format!("namespace={namespace}"));
+    Locksmith::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
 }
 
 impl Ctx {
@@ -90,15 +215,87 @@ impl Ctx {
 
     /// A new client on the same store in another namespace.
     pub async fn client_in(&self, namespace: &str) -> Locksmith {
-        let sep = if self.target.base_url.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        let url = format!("{}{sep}namespace={namespace}", self.target.base_url);
+        client_of(&self.target, namespace).await
+    }
+
+    /// A new client on this case's namespace whose URL also carries `params` (e.g.
+    /// `timeout=200ms`).
+    pub async fn client_with(&self, params: &str) -> Locksmith {
+        let url = with_param(&self.url(), params);
         Locksmith::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    /// A new client on this case's namespace (URL with `params`, if any) whose store calls
+    /// go through a fault injector; the [`Faults`] handle switches its modes.
+    pub async fn faulty_client(&self, params: Option<&str>) -> (Locksmith, Faults) {
+        let url = match params {
+            Some(p) => with_param(&self.url(), p),
+            None => self.url(),
+        };
+        let base = match (params, &self.target.connector) {
+            (None, Some(_)) => self.client().await,
+            _ => Locksmith::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("connect {url}: {e}")),
+        };
+        let (store, faults) = Faulty::wrap(base.store());
+        let ns = locksmith::Namespace::new(&self.namespace).expect("namespace");
+        (Locksmith::with_store(store, ns, &url), faults)
+    }
+
+    /// The URL of this case's namespace on the store (what another process connects to).
+    pub fn url(&self) -> String {
+        self.url_in(&self.namespace)
+    }
+
+    /// The URL of `namespace` on the store.
+    pub fn url_in(&self, namespace: &str) -> String {
+        with_param(&self.target.base_url, &format!("namespace={namespace}"))
+    }
+
+    /// Starts the helper binary (`locksmith-test-helper`) with `args`, as a client process
+    /// of this store: pass [`url`](Ctx::url) in `args`. Panics when the helper binary is not
+    /// built (cases that spawn processes are gated on `cross_process`).
+    pub fn spawn_helper(&self, args: &[&str]) -> Helper {
+        let path = self
+            .helper
+            .clone()
+            .or_else(process::find_helper)
+            .expect("the locksmith-test-helper binary is not built next to this test");
+        Helper::spawn(&path, args)
+    }
+
+    /// Restarts the store (every client process this case spawned must have exited);
+    /// `false` when the target cannot.
+    pub async fn restart(&self) -> bool {
+        match &self.target.restart {
+            Some(hook) => {
+                hook().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Says SKIPPED, naming what is missing, unless the store declares every capability in
+    /// `caps`; `true` to go on.
+    pub fn requires(&self, caps: &[Cap]) -> bool {
+        let declared = self.target.declared;
+        let missing: Vec<&str> = caps
+            .iter()
+            .filter(|c| !c.in_set(&declared))
+            .map(|c| c.field())
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "SKIPPED: conformance::{}: the store lacks {} (declared)",
+                self.target.store,
+                missing.join(", ")
+            );
+        }
+        missing.is_empty()
     }
 
     /// This case's namespace.
@@ -143,8 +340,11 @@ impl Ctx {
 /// A boxed case future.
 pub type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Runs one case against a target (used by [`conformance_suite!`]).
-pub async fn run_case<T>(case: &str, target: T, f: fn(Ctx) -> CaseFuture)
+/// Runs one case against a target (used by [`conformance_suite!`]). `helper` is the
+/// path of the `locksmith-test-helper` binary where the caller knows it
+/// (`option_env!("CARGO_BIN_EXE_locksmith-test-helper")`); otherwise it is looked for next
+/// to the test binary.
+pub async fn run_case<T>(case: &str, target: T, helper: Option<&str>, f: fn(Ctx) -> CaseFuture)
 where
     T: Future<Output = Option<Target>>,
 {
@@ -158,19 +358,10 @@ where
     );
     let target = Arc::new(target);
     let ctx = Ctx {
-        lm: Locksmith::connect(&format!(
-            "{}{}namespace={namespace}",
-            target.base_url,
-            if target.base_url.contains('?') {
-                '&'
-            } else {
-                '?'
-            }
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("connect {}: {e}", target.base_url)),
+        lm: client_of(&target, &namespace).await,
         target: target.clone(),
         namespace,
+        helper: helper.map(PathBuf::from),
     };
     // A case that hangs is a failure, not a stuck CI run.
     tokio::time::timeout(Duration::from_secs(60), f(ctx))
@@ -229,9 +420,14 @@ macro_rules! __emit_cases {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                $crate::run_case(stringify!($case), $target, |ctx| {
-                    ::std::boxed::Box::pin($crate::cases::$case(ctx))
-                })
+                $crate::run_case(
+                    stringify!($case),
+                    $target,
+                    ::std::option_env!("CARGO_BIN_EXE_locksmith-test-helper"),
+                    |ctx| {
+                        ::std::boxed::Box::pin($crate::cases::$case(ctx))
+                    },
+                )
                 .await;
             }
         )*

@@ -7,7 +7,8 @@ use locksmith::Capabilities;
 
 use crate::Target;
 
-/// The capabilities the memory store must declare.
+/// The capabilities the memory store must declare: everything but `persistent`,
+/// `cross_process` and `poll_interval`; names up to 255 bytes; TTLs to the microsecond.
 pub fn memory_capabilities() -> Capabilities {
     let mut caps = Capabilities::NONE;
     caps.fencing = true;
@@ -19,6 +20,8 @@ pub fn memory_capabilities() -> Capabilities {
     caps.namespaces = true;
     caps.min_hold = true;
     caps.ordered_list = true;
+    caps.max_name_len = 255;
+    caps.ttl_granularity = Duration::from_micros(1);
     caps
 }
 
@@ -26,15 +29,11 @@ pub fn memory_capabilities() -> Capabilities {
 pub async fn memory() -> Option<Target> {
     let name = format!("conformance-{}", uuid::Uuid::new_v4().simple());
     let switch_name = name.clone();
-    Some(Target {
-        store: "memory",
-        base_url: format!("memory://{name}"),
-        declared: memory_capabilities(),
-        faults: Some(Arc::new(move |offline| {
-            locksmith::store::memory::set_offline(&switch_name, offline);
-        })),
-        keep_alive: None,
-    })
+    let mut target = Target::new("memory", format!("memory://{name}"), memory_capabilities());
+    target.faults = Some(Arc::new(move |offline| {
+        locksmith::store::memory::set_offline(&switch_name, offline);
+    }));
+    Some(target)
 }
 
 /// The memory store behind 4 ms of simulated round trip (`?latency=4ms`): every call
@@ -74,13 +73,17 @@ pub async fn sqlite() -> Option<Target> {
                 .expect("release the write lock");
         }
     });
-    Some(Target {
-        store: "sqlite",
-        base_url: format!("sqlite://{}", path.display()),
-        declared: sqlite_capabilities(),
-        faults: Some(faults),
-        keep_alive: Some(Box::new(dir)),
-    })
+    let mut target = Target::new(
+        "sqlite",
+        format!("sqlite://{}", path.display()),
+        sqlite_capabilities(),
+    );
+    target.faults = Some(faults);
+    target.keep_alive = Some(Box::new(dir));
+    // The file is the store: a restart is every client going away and new ones opening
+    // it. The case's client processes have exited when this runs; nothing else to do.
+    target.restart = Some(Arc::new(|| Box::pin(async {})));
+    Some(target)
 }
 
 /// How long cases wait for something that should happen "soon" (a detached release on a
