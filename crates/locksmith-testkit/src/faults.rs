@@ -76,8 +76,11 @@ pub enum FaultMode {
     /// Never answers within this long: sleeps for it, then fails without applying. A
     /// detached release is dropped.
     Hang(Duration),
-    /// Sleeps this long, then passes the call through (a slow answer).
+    /// Sleeps this long, then passes the call through (a slow request).
     Delay(Duration),
+    /// Passes the call through at once, then holds its answer back this long (a slow
+    /// answer: the store changed state long before the caller hears of it).
+    ApplyThenDelay(Duration),
 }
 
 #[derive(Default)]
@@ -143,6 +146,8 @@ impl Faults {
 pub struct Faulty {
     inner: Arc<dyn Store>,
     faults: Faults,
+    /// Delayed detached releases still under way, finished by `close`.
+    detached: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl fmt::Debug for Faulty {
@@ -162,6 +167,7 @@ impl Faulty {
         let store = Faulty {
             inner,
             faults: faults.clone(),
+            detached: Mutex::default(),
         };
         (Arc::new(store), faults)
     }
@@ -192,6 +198,11 @@ impl Faulty {
             FaultMode::Delay(d) => {
                 tokio::time::sleep(d).await;
                 f.await
+            }
+            FaultMode::ApplyThenDelay(d) => {
+                let answer = f.await;
+                tokio::time::sleep(d).await;
+                answer
             }
         }
     }
@@ -240,7 +251,7 @@ impl Store for Faulty {
         min_hold: Option<Duration>,
     ) {
         match self.faults.enter(Op::Release) {
-            FaultMode::Pass | FaultMode::ApplyThenFail => {
+            FaultMode::Pass | FaultMode::ApplyThenFail | FaultMode::ApplyThenDelay(_) => {
                 self.inner.release_detached(ns, name, token, min_hold)
             }
             FaultMode::FailBefore | FaultMode::Hang(_) => {}
@@ -248,10 +259,13 @@ impl Store for Faulty {
                 Ok(rt) => {
                     let (inner, ns, name, token) =
                         (self.inner.clone(), ns.clone(), name.clone(), token.clone());
-                    rt.spawn(async move {
+                    let task = rt.spawn(async move {
                         tokio::time::sleep(d).await;
                         inner.release_detached(&ns, &name, &token, min_hold);
                     });
+                    let mut detached = self.detached.lock().unwrap_or_else(|e| e.into_inner());
+                    detached.retain(|t| !t.is_finished());
+                    detached.push(task);
                 }
                 Err(_) => self.inner.release_detached(ns, name, token, min_hold),
             },
@@ -316,6 +330,10 @@ impl Store for Faulty {
     }
 
     async fn close(&self) -> Result<()> {
+        let tasks = std::mem::take(&mut *self.detached.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
         self.inner.close().await
     }
 }

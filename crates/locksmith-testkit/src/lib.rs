@@ -403,6 +403,7 @@ macro_rules! conformance_suite {
                 use super::super::*;
 
                 $crate::for_each_case!($crate::__emit_cases, $target);
+                $crate::for_each_pending_case!($crate::__emit_cases, $target);
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn capabilities_declared() {
@@ -506,8 +507,65 @@ macro_rules! for_each_case {
             fences_strictly_increase,
             fifo_order_of_waiters,
             cancel_while_waiting,
-            cancel_with_request_in_flight
+            cancel_with_request_in_flight,
+            // atomicity where the waiting queue cannot help
+            spin_try_acquire_no_lost_updates,
+            expired_takeover_race_one_winner,
+            // wake-ups and re-polls
+            waiter_woken_when_lease_shortened,
+            repoll_at_holder_expiry_bounded,
+            held_for_tracks_real_time,
+            // names, prefixes, namespaces, TTLs
+            names_differ_by_case_space_and_normalisation,
+            list_prefix_special_characters,
+            reset_all_prefix_namespace_isolated,
+            namespace_name_split_isolated,
+            fractional_ttls_never_shorter_in_store,
+            fifo_across_connects,
+            drop_after_runtime_shutdown,
+            // unknown outcomes and failing stores
+            apply_then_fail_leaves_no_lock,
+            fail_before_applying_is_retryable,
+            hung_store_calls_bounded,
+            cancel_during_backoff_leaves_nothing,
+            failed_release_retried_in_background,
+            drop_never_blocks_on_hung_store,
+            subscribe_failure_keeps_waiting,
+            late_extend_never_revives,
+            lost_soon_after_clear,
+            // across processes
+            spin_try_acquire_across_processes,
+            wake_across_processes,
+            sigkilled_holder_taken_over_after_ttl,
+            fences_across_processes_and_restart,
+            polling_waiter_not_starved
         );
+    };
+}
+
+/// Calls `$m!($args; case, …)` with the cases for library API not on `main` yet
+/// (`Wait::Until`, `IntoFuture`, `close`): empty unless the testkit's `pending` feature is
+/// on.
+#[cfg(feature = "pending")]
+#[macro_export]
+macro_rules! for_each_pending_case {
+    ($m:path, $($args:tt)*) => {
+        $m!($($args)*;
+            wait_until_deadline_honoured,
+            into_future_acquires,
+            close_finishes_detached_releases
+        );
+    };
+}
+
+/// Calls `$m!($args; case, …)` with the cases for library API not on `main` yet
+/// (`Wait::Until`, `IntoFuture`, `close`): empty unless the testkit's `pending` feature is
+/// on.
+#[cfg(not(feature = "pending"))]
+#[macro_export]
+macro_rules! for_each_pending_case {
+    ($m:path, $($args:tt)*) => {
+        $m!($($args)*;);
     };
 }
 

@@ -16,6 +16,13 @@
 //! - `drop-exit URL NAME` — acquire with a 60 s TTL, print `acquired <F>`, drop the guard
 //!   and exit at once (the release must not be lost to the exit).
 //! - `blocking-drop-exit URL NAME` — the same through `locksmith::blocking`, from `main`.
+//! - `spin URL NAME COUNTER_FILE FENCE_FILE M` — like `counter`, but never waits in the
+//!   library: it spins on `try_acquire` (10 s lease, no renewal), so nothing but the
+//!   store's atomic grant keeps two holders apart. Prints `done`.
+//! - `wait URL NAME WAIT_MS` — print `waiting`, acquire `NAME` waiting at most WAIT_MS,
+//!   print `acquired <F> <unix µs>` (or `timeout`), release, print `done`.
+//! - `churn URL NAME HOLD_MS RUN_MS` — for RUN_MS: acquire (waiting forever), hold HOLD_MS,
+//!   release, and at once again; prints `started` after the first grant and `done <N>`.
 //! - `connect URL` — connect, print `ok` and exit 0, or print `error <kind>: <message>` and
 //!   exit 1.
 //!
@@ -32,7 +39,37 @@ use locksmith::{Error, Locksmith, Renew, Wait};
 const USAGE: &str = "usage: locksmith-test-helper \
     counter URL NAME COUNTER_FILE FENCE_FILE M | cycle URL NAME N | \
     hold URL NAME TTL_MS [--renew] | min-hold URL NAME MIN_HOLD_MS | \
-    hold-for URL NAME HOLD_MS | drop-exit URL NAME | blocking-drop-exit URL NAME | connect URL";
+    hold-for URL NAME HOLD_MS | drop-exit URL NAME | blocking-drop-exit URL NAME | \
+    spin URL NAME COUNTER_FILE FENCE_FILE M | wait URL NAME WAIT_MS | \
+    churn URL NAME HOLD_MS RUN_MS | connect URL";
+
+/// Microseconds since the Unix epoch, on this machine's clock.
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros()
+}
+
+/// One non-atomic increment of the integer in `counter_file` (read, sleep, write), then the
+/// fence appended to `fence_file`: a second holder inside this window loses an update.
+async fn critical_section(counter_file: &str, fence_file: &str, fence: u64) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(counter_file).map_err(|e| format!("read {counter_file}: {e}"))?;
+    let value = match text.trim() {
+        "" => 0,
+        t => number("counter", t)?,
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    std::fs::write(counter_file, format!("{}\n", value + 1))
+        .map_err(|e| format!("write {counter_file}: {e}"))?;
+    let mut fences = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(fence_file)
+        .map_err(|e| format!("open {fence_file}: {e}"))?;
+    writeln!(fences, "{fence}").map_err(|e| format!("append to {fence_file}: {e}"))
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -234,6 +271,77 @@ async fn run(args: &[&str]) -> Result<ExitCode, String> {
                 .map_err(|e| failed("acquire", &e))?;
             say(&format!("acquired {}", guard.fence()));
             drop(guard);
+            Ok(ExitCode::SUCCESS)
+        }
+        ["spin", url, name, counter_file, fence_file, m] => {
+            let m = number("M", m)?;
+            let lm = connect(url).await?;
+            let mut done = 0;
+            while done < m {
+                let tried = lm
+                    .lock(*name)
+                    .ttl(Duration::from_secs(10))
+                    .renew(Renew::Off)
+                    .try_acquire()
+                    .await
+                    .map_err(|e| failed("try_acquire", &e))?;
+                let Some(guard) = tried else {
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                    continue;
+                };
+                critical_section(counter_file, fence_file, guard.fence()).await?;
+                guard.release().await.map_err(|e| failed("release", &e))?;
+                done += 1;
+            }
+            say("done");
+            Ok(ExitCode::SUCCESS)
+        }
+        ["wait", url, name, wait_ms] => {
+            let wait = Duration::from_millis(number("WAIT_MS", wait_ms)?);
+            let lm = connect(url).await?;
+            say("waiting");
+            match lm
+                .lock(*name)
+                .ttl(Duration::from_secs(60))
+                .renew(Renew::Off)
+                .wait(Wait::For(wait))
+                .acquire()
+                .await
+            {
+                Ok(guard) => {
+                    say(&format!("acquired {} {}", guard.fence(), unix_micros()));
+                    guard.release().await.map_err(|e| failed("release", &e))?;
+                }
+                Err(e) if e.is_timeout() => say("timeout"),
+                Err(e) => return Err(failed("acquire", &e)),
+            }
+            say("done");
+            Ok(ExitCode::SUCCESS)
+        }
+        ["churn", url, name, hold_ms, run_ms] => {
+            let hold = Duration::from_millis(number("HOLD_MS", hold_ms)?);
+            let run = Duration::from_millis(number("RUN_MS", run_ms)?);
+            exit_on_stdin_eof();
+            let lm = connect(url).await?;
+            let start = std::time::Instant::now();
+            let mut grants = 0_u64;
+            while start.elapsed() < run {
+                let guard = lm
+                    .lock(*name)
+                    .ttl(Duration::from_secs(10))
+                    .renew(Renew::Off)
+                    .wait(Wait::Forever)
+                    .acquire()
+                    .await
+                    .map_err(|e| failed("acquire", &e))?;
+                grants += 1;
+                if grants == 1 {
+                    say("started");
+                }
+                tokio::time::sleep(hold).await;
+                guard.release().await.map_err(|e| failed("release", &e))?;
+            }
+            say(&format!("done {grants}"));
             Ok(ExitCode::SUCCESS)
         }
         ["connect", url] => match Locksmith::connect(url).await {

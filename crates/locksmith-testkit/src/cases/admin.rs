@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use locksmith::{Error, Expired, ListQuery, SetAction, SetPolicy, Wait};
+use locksmith::{Error, Expired, ListQuery, Renew, SetAction, SetPolicy, Wait};
 
 use super::{SOON, assert_err, lease_left, ms};
-use crate::Ctx;
+use crate::{Cap, Ctx};
 
 fn is_invalid_name(e: &Error) -> bool {
     matches!(e, Error::InvalidName { .. })
@@ -15,6 +15,9 @@ fn is_invalid_name(e: &Error) -> bool {
 
 /// `acquire_all` takes every lock or none.
 pub async fn acquire_all_all_or_nothing(ctx: Ctx) {
+    if !ctx.requires(&[Cap::Fencing]) {
+        return;
+    }
     let other = ctx.client().await;
     let held = other.lock("b").acquire().await.unwrap();
     let err = ctx
@@ -198,6 +201,9 @@ pub async fn set_locks_skip_flags(ctx: Ctx) {
 
 /// With `fail`, one held name rolls everything back and reports the holder.
 pub async fn set_locks_fail_rolls_back(ctx: Ctx) {
+    if !ctx.requires(&[Cap::HolderMetadata]) {
+        return;
+    }
     let other = ctx.client().await;
     let held = other.lock("b").owner("busy").acquire().await.unwrap();
     let before = ctx.lm.inspect("b").await.unwrap().unwrap();
@@ -233,6 +239,9 @@ pub async fn set_locks_fail_rolls_back(ctx: Ctx) {
 
 /// `list` filters by prefix and pages in name order without gaps or repeats.
 pub async fn list_prefix_and_paging(ctx: Ctx) {
+    if !ctx.requires(&[Cap::OrderedList]) {
+        return;
+    }
     let mut names: Vec<String> = (0..25).map(|i| format!("job/{i:03}")).collect();
     names.push("other/x".into());
     names.push("job".into()); // shorter than the prefix
@@ -269,11 +278,15 @@ pub async fn list_prefix_and_paging(ctx: Ctx) {
 
 /// `list` hides expired rows by default and can show them, or only them.
 pub async fn list_expired_filter(ctx: Ctx) {
+    if !ctx.requires(&[Cap::ExpiredVisible, Cap::OrderedList]) {
+        return;
+    }
     let live = ctx.lm.lock("live").acquire().await.unwrap();
     let _ = ctx
         .lm
         .lock("gone")
         .ttl(ms(100))
+        .renew(Renew::Off)
         .acquire()
         .await
         .unwrap()
@@ -337,7 +350,15 @@ pub async fn reset_all_counts_and_wakes(ctx: Ctx) {
     let other = ctx.client().await;
     let _a = ctx.lm.lock("a").acquire().await.unwrap();
     let _b = ctx.lm.lock("b").acquire().await.unwrap();
-    let _ = ctx.lm.lock("x").ttl(ms(50)).acquire().await.unwrap().leak();
+    let _ = ctx
+        .lm
+        .lock("x")
+        .ttl(ms(50))
+        .renew(Renew::Off)
+        .acquire()
+        .await
+        .unwrap()
+        .leak();
     tokio::time::sleep(ms(100)).await;
     let waiter = tokio::spawn(async move {
         let g = other.lock("a").wait(Wait::For(SOON)).acquire().await;
@@ -363,12 +384,16 @@ pub async fn reset_all_counts_and_wakes(ctx: Ctx) {
 
 /// `purge_expired` deletes expired rows only.
 pub async fn purge_expired_removes_only_expired(ctx: Ctx) {
+    if !ctx.requires(&[Cap::ExpiredVisible]) {
+        return;
+    }
     let live = ctx.lm.lock("live").acquire().await.unwrap();
     for name in ["old1", "old2"] {
         let _ = ctx
             .lm
             .lock(name)
             .ttl(ms(80))
+            .renew(Renew::Off)
             .acquire()
             .await
             .unwrap()
@@ -384,6 +409,9 @@ pub async fn purge_expired_removes_only_expired(ctx: Ctx) {
 
 /// Namespaces never see each other's locks.
 pub async fn namespaces_isolated(ctx: Ctx) {
+    if !ctx.requires(&[Cap::Namespaces]) {
+        return;
+    }
     let ns2 = format!("{}-2", ctx.namespace());
     let lm2 = ctx.client_in(&ns2).await;
     assert_eq!(lm2.namespace(), ns2);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use locksmith::{Error, LossReason, Renew, Wait};
 
-use super::{SOON, assert_err, eventually, eventually_free, lease_left, ms};
-use crate::Ctx;
+use super::{NoExpiryOrTtl, SOON, assert_err, eventually, eventually_free, lease_left, ms};
+use crate::{Cap, Ctx};
 
 /// With `Renew::Auto` the lock is held long past its TTL.
 pub async fn auto_renew_holds_past_ttl(ctx: Ctx) {
@@ -60,7 +60,14 @@ pub async fn lost_when_cleared(ctx: Ctx) {
 /// Without renewal the guard is lost at its local deadline, before the lease ends.
 pub async fn lost_at_deadline_without_renewal(ctx: Ctx) {
     let before = Instant::now();
-    let g = ctx.lm.lock("ld").ttl(ms(400)).acquire().await.unwrap();
+    let g = ctx
+        .lm
+        .lock("ld")
+        .ttl(ms(400))
+        .renew(Renew::Off)
+        .acquire()
+        .await
+        .unwrap();
     let reason = g.lost().await;
     let at = before.elapsed();
     assert_eq!(reason, LossReason::Expired);
@@ -74,7 +81,8 @@ pub async fn lost_at_deadline_without_renewal(ctx: Ctx) {
 }
 
 /// When renewals cannot reach the store the guard is lost at the local deadline (the last
-/// confirmed lease minus the margin), never after the lease could have ended.
+/// confirmed lease minus the margin), never after the lease could have ended, and the
+/// reason says renewal failed (not that the lease simply ran out).
 pub async fn lost_when_store_unreachable(ctx: Ctx) {
     let ttl = ms(1200);
     let before = Instant::now();
@@ -94,7 +102,7 @@ pub async fn lost_when_store_unreachable(ctx: Ctx) {
     let reason = g.lost().await;
     let at = before.elapsed();
     ctx.set_offline(false);
-    assert_eq!(reason, LossReason::Expired);
+    assert_eq!(reason, LossReason::RenewalFailed);
     // deadline = send time + ttl - ttl/10: not before, and before the lease's end
     assert!(at >= ms(1080), "lost too early: {at:?}");
     assert!(
@@ -314,7 +322,7 @@ pub async fn counter_no_lost_updates(ctx: Ctx) {
 /// Fences strictly increase in grant order, across release, expiry, clear, reset, purge,
 /// `set_locks` and `acquire_all`.
 pub async fn fences_strictly_increase(ctx: Ctx) {
-    if !ctx.needs(ctx.caps().fencing, "fencing") {
+    if !ctx.requires(&[Cap::Fencing]) {
         return;
     }
     let lm = &ctx.lm;
@@ -324,7 +332,13 @@ pub async fn fences_strictly_increase(ctx: Ctx) {
         fences.push(g.fence());
         g.release().await.unwrap();
 
-        let g = lm.lock("f").ttl(ms(50)).acquire().await.unwrap();
+        let g = lm
+            .lock("f")
+            .ttl(ms(50))
+            .renew(Renew::Off)
+            .acquire()
+            .await
+            .unwrap();
         fences.push(g.fence());
         let _ = g.leak();
         tokio::time::sleep(ms(80)).await;
@@ -551,7 +565,7 @@ pub async fn lease_changes_serialised(ctx: Ctx) {
 /// An operator making a renewed lock permanent (`set_locks` with no expiry) turns the guard
 /// into a never-expiring one instead of losing it.
 pub async fn made_permanent_while_renewing(ctx: Ctx) {
-    if !ctx.needs(ctx.caps().never_expire, "never_expire") {
+    if !ctx.requires(&[Cap::NeverExpire]) {
         return;
     }
     let g = ctx
@@ -576,31 +590,30 @@ pub async fn made_permanent_while_renewing(ctx: Ctx) {
 }
 
 /// A `release()` cancelled half-way still releases the lock (the guard's drop takes over).
+/// The store's answer is slowed down, so the release really is pending when it is dropped,
+/// on every store.
 pub async fn cancelled_release_still_releases(ctx: Ctx) {
-    for name in ["cr1", "cr2"] {
-        let g = ctx
-            .lm
+    let (lm, faults) = ctx.faulty_client(None).await;
+    for (name, polls) in [("cr1", 1usize), ("cr2", 3)] {
+        let g = lm
             .lock(name)
             .no_expiry_or_ttl(&ctx)
             .acquire()
             .await
             .unwrap();
-        let _ = tokio::time::timeout(Duration::ZERO, g.release()).await;
+        faults.set(&[crate::Op::Release], crate::FaultMode::Delay(ms(150)));
+        {
+            let mut release = std::pin::pin!(g.release());
+            for _ in 0..polls {
+                let poll = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(release.as_mut().poll(cx).is_pending())
+                });
+                assert!(poll.await, "release finished before it could be cancelled");
+                tokio::task::yield_now().await;
+            }
+        } // dropped while pending
         eventually_free(&ctx.lm, name).await;
-    }
-}
-
-trait NoExpiryOrTtl {
-    fn no_expiry_or_ttl(self, ctx: &Ctx) -> Self;
-}
-
-impl NoExpiryOrTtl for locksmith::LockBuilder {
-    fn no_expiry_or_ttl(self, ctx: &Ctx) -> Self {
-        if ctx.caps().never_expire {
-            self.no_expiry()
-        } else {
-            self.ttl(Duration::from_secs(600))
-        }
+        faults.clear();
     }
 }
 
@@ -610,6 +623,7 @@ pub async fn run_lost_at_deadline_reports_expired(ctx: Ctx) {
         .lm
         .lock("rd")
         .ttl(ms(200))
+        .renew(Renew::Off)
         .run(|_| tokio::time::sleep(Duration::from_secs(2)))
         .await;
     match out {

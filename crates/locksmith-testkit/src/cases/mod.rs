@@ -8,15 +8,44 @@ use std::time::{Duration, Instant};
 
 use locksmith::{Error, Locksmith};
 
+use crate::Ctx;
+
 pub use crate::targets::SOON;
 
 mod admin;
+mod contract;
+mod faults;
 mod locking;
 mod loss;
+#[cfg(feature = "pending")]
+mod pending;
+mod processes;
 
 pub use admin::*;
+pub use contract::*;
+pub use faults::*;
 pub use locking::*;
 pub use loss::*;
+#[cfg(feature = "pending")]
+pub use pending::*;
+pub use processes::*;
+
+/// `.no_expiry()` where the store supports it, else a 10-minute lease: for cases where a
+/// lock left behind must stay visible.
+pub trait NoExpiryOrTtl {
+    /// See the trait.
+    fn no_expiry_or_ttl(self, ctx: &Ctx) -> Self;
+}
+
+impl NoExpiryOrTtl for locksmith::LockBuilder {
+    fn no_expiry_or_ttl(self, ctx: &Ctx) -> Self {
+        if ctx.caps().never_expire {
+            self.no_expiry()
+        } else {
+            self.ttl(Duration::from_secs(600))
+        }
+    }
+}
 
 /// Milliseconds.
 pub fn ms(n: u64) -> Duration {
