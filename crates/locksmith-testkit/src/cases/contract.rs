@@ -55,18 +55,25 @@ pub async fn spin_try_acquire_no_lost_updates(ctx: Ctx) {
         let lm = ctx.client().await;
         let (counter, fences) = (counter.clone(), fences.clone());
         tasks.push(tokio::spawn(async move {
+            let mut taken_away = 0;
             for _ in 0..M {
                 let g = spin(&lm, "spin").await;
                 fences.lock().unwrap().push(g.fence());
                 let seen = *counter.lock().unwrap();
                 tokio::time::sleep(ms(1)).await;
                 *counter.lock().unwrap() = seen + 1;
-                g.release().await.expect("release");
+                match g.release().await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_held() => taken_away += 1,
+                    Err(e) => panic!("release: {e}"),
+                }
             }
+            taken_away
         }));
     }
+    let mut taken_away = 0;
     for t in tasks {
-        t.await.unwrap();
+        taken_away += t.await.unwrap();
     }
     let total = *counter.lock().unwrap();
     assert_eq!(
@@ -74,6 +81,10 @@ pub async fn spin_try_acquire_no_lost_updates(ctx: Ctx) {
         TASKS * M,
         "{} updates lost: two clients held the lock at once",
         TASKS * M - total
+    );
+    assert_eq!(
+        taken_away, 0,
+        "{taken_away} locks were taken away from a live holder"
     );
     if ctx.caps().fencing {
         assert_increasing(&fences.lock().unwrap(), "spinning clients");

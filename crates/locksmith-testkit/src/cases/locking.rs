@@ -478,7 +478,12 @@ pub async fn min_hold_keeps_lock(ctx: Ctx) {
         .unwrap();
     let token = g.token().clone();
     g.release().await.unwrap();
-    let info = ctx.lm.inspect("mh").await.unwrap().expect("kept");
+    let info = ctx
+        .lm
+        .inspect("mh")
+        .await
+        .unwrap()
+        .expect("released lock gone before min_hold: it must be kept");
     assert!(info.released && !info.expired);
     assert!(info.expires_in.unwrap() <= ms(600));
     assert!(other.lock("mh").try_acquire().await.unwrap().is_none());
