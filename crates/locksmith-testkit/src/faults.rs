@@ -87,6 +87,8 @@ pub enum FaultMode {
 struct State {
     modes: HashMap<Op, FaultMode>,
     calls: HashMap<Op, u64>,
+    declared: Option<Capabilities>,
+    ttls: Vec<Option<Duration>>,
 }
 
 /// The switchboard of one [`Faulty`] store: which operations fail how, and how often each
@@ -125,6 +127,26 @@ impl Faults {
             .unwrap_or_else(|e| e.into_inner())
             .modes
             .clear();
+    }
+
+    /// Makes the wrapper report `caps` instead of the wrapped store's capabilities (to
+    /// check that the core honours what a store declares it cannot do).
+    pub fn declare(&self, caps: Capabilities) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).declared = Some(caps);
+    }
+
+    /// The TTL of every claim `try_acquire` / `try_acquire_all` received so far, in order.
+    pub fn ttls_seen(&self) -> Vec<Option<Duration>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ttls
+            .clone()
+    }
+
+    fn saw(&self, claims: &[Claim]) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.ttls.extend(claims.iter().map(|c| c.ttl));
     }
 
     /// How many times operations of `op` were called (whatever their fate).
@@ -215,7 +237,13 @@ impl Store for Faulty {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        let declared = self
+            .faults
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .declared;
+        declared.unwrap_or_else(|| self.inner.capabilities())
     }
 
     fn identity(&self) -> String {
@@ -223,11 +251,13 @@ impl Store for Faulty {
     }
 
     async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
+        self.faults.saw(std::slice::from_ref(claim));
         self.call(Op::TryAcquire, self.inner.try_acquire(ns, claim))
             .await
     }
 
     async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
+        self.faults.saw(claims);
         self.call(Op::TryAcquire, self.inner.try_acquire_all(ns, claims))
             .await
     }

@@ -11,6 +11,29 @@
 //! locksmith_testkit::conformance_suite!(memory, locksmith_testkit::targets::memory());
 //! ```
 //!
+//! Every case declares the capabilities it needs with [`Ctx::requires`] (see [`Cap`]) and
+//! says `SKIPPED` on a store that lacks one; parts of a case that only some stores can show
+//! (holder metadata, fences) are checked where the store declares them.
+//!
+//! What the suite holds a store to, beyond the single-client basics:
+//!
+//! - **atomicity where the waiting queue cannot help**: clients on separate connections,
+//!   and client processes, spinning on `try_acquire` around a non-atomic counter; racing
+//!   takeovers of one expired lock ([`cases::spin_try_acquire_no_lost_updates`],
+//!   [`cases::spin_try_acquire_across_processes`],
+//!   [`cases::expired_takeover_race_one_winner`]);
+//! - **cross-process behaviour** through the `locksmith-test-helper` binary
+//!   ([`Ctx::spawn_helper`], gated on `cross_process`) and a store restart
+//!   ([`Target::restart`], gated on `persistent`);
+//! - **unknown outcomes**: a [`Faulty`] wrapper makes calls fail before applying, apply
+//!   and then fail, hang, or answer late ([`faults`]).
+//!
+//! The suite's teeth are proven in `tests/teeth.rs`: the test-only stores of [`teeth`] (a
+//! non-atomic GET-then-SET store, a store that ignores `min_hold`) must fail it.
+//!
+//! Cases for library API not on `main` yet sit behind the `pending` feature
+//! ([`for_each_pending_case!`]).
+//!
 //! Stores that need a server get it from the test kit (ephemeral, on a temp dir, killed on
 //! drop) or from `LOCKSMITH_TEST_<STORE>_URL`. Where the server binary is missing the
 //! store's tests print `SKIPPED` loudly — and fail when `LOCKSMITH_TEST_REQUIRE_SERVERS=1`,
@@ -533,6 +556,7 @@ macro_rules! for_each_case {
             subscribe_failure_keeps_waiting,
             late_extend_never_revives,
             lost_soon_after_clear,
+            declared_limits_honoured,
             // across processes
             spin_try_acquire_across_processes,
             wake_across_processes,

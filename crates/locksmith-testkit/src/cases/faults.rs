@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use locksmith::{LossReason, Renew, Wait};
+use locksmith::{Error, LossReason, Renew, Wait};
 
-use super::{NoExpiryOrTtl, SOON, eventually_free, ms};
+use super::{NoExpiryOrTtl, SOON, assert_err, eventually_free, ms};
 use crate::{Cap, Ctx, FaultMode, Op};
 
 /// Longer than any call timeout a case sets, shorter than the case's own limit.
@@ -258,4 +258,59 @@ pub async fn lost_soon_after_clear(ctx: Ctx) {
     let after = cleared.elapsed();
     assert_eq!(reason, LossReason::Revoked);
     assert!(after < ms(500), "lost() fired {after:?} after the clear");
+}
+
+/// The core honours what a store declares it cannot do: `.no_expiry()` and `.min_hold()`
+/// are `Unsupported` without `never_expire` / `min_hold`, names over `max_name_len` are
+/// invalid, and TTLs reach the store rounded up to `ttl_granularity` — nothing reaches the
+/// store for a refused call.
+pub async fn declared_limits_honoured(ctx: Ctx) {
+    let (lm, faults) = ctx.faulty_client(None).await;
+    let mut caps = lm.capabilities();
+    caps.never_expire = false;
+    caps.min_hold = false;
+    caps.max_name_len = 16;
+    caps.ttl_granularity = ms(1);
+    faults.declare(caps);
+    let unsupported = |e: &Error| matches!(e, Error::Unsupported { .. });
+    assert_err(
+        lm.lock("ne").no_expiry().acquire().await,
+        ".no_expiry() without never_expire",
+        unsupported,
+    );
+    assert_err(
+        lm.lock("mh").min_hold(ms(100)).acquire().await,
+        ".min_hold() without min_hold",
+        unsupported,
+    );
+    assert_err(
+        lm.lock("n".repeat(17)).acquire().await,
+        "a name over max_name_len",
+        |e| matches!(e, Error::InvalidName { .. }),
+    );
+    assert!(
+        faults.ttls_seen().is_empty(),
+        "a refused call reached the store"
+    );
+    let g = lm.lock("n".repeat(16)).acquire().await.unwrap();
+    g.release().await.unwrap();
+    let g = lm
+        .lock("gran")
+        .ttl(Duration::from_micros(1_500))
+        .renew(Renew::Off)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(
+        faults.ttls_seen().last().copied().flatten(),
+        Some(ms(2)),
+        "a 1.5 ms TTL was not rounded up to the store's 1 ms granularity"
+    );
+    drop(g);
+    for name in ["ne", "mh"] {
+        assert!(
+            ctx.lm.inspect(name).await.unwrap().is_none(),
+            "{name} created"
+        );
+    }
 }

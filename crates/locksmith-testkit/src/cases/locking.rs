@@ -536,7 +536,8 @@ pub async fn release_now_ignores_min_hold(ctx: Ctx) {
 /// Invalid names are refused by every call, with the reason; odd but valid names work.
 pub async fn invalid_names(ctx: Ctx) {
     let lm = &ctx.lm;
-    let long = "x".repeat(256);
+    let max_len = ctx.caps().max_name_len;
+    let long = "x".repeat(max_len + 1);
     for bad in ["", long.as_str(), "a\0b"] {
         let is_name = |e: &Error| matches!(e, Error::InvalidName { .. });
         assert_err(lm.lock(bad).acquire().await, "acquire", is_name);
@@ -562,10 +563,13 @@ pub async fn invalid_names(ctx: Ctx) {
         .await
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("256 bytes") && msg.contains("255"), "{msg}");
+    assert!(
+        msg.contains(&format!("{} bytes", max_len + 1)) && msg.contains(&max_len.to_string()),
+        "{msg}"
+    );
     // nothing was created by the refused calls
     assert!(lm.inspect("ok").await.unwrap().is_none());
-    let max = "y".repeat(255);
+    let max = "y".repeat(max_len);
     for good in [
         max.as_str(),
         "é🔒 unicode",
