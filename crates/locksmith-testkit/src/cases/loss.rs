@@ -593,7 +593,7 @@ pub async fn made_permanent_while_renewing(ctx: Ctx) {
 /// The store's answer is slowed down, so the release really is pending when it is dropped,
 /// on every store.
 pub async fn cancelled_release_still_releases(ctx: Ctx) {
-    let (lm, faults) = ctx.faulty_client(None).await;
+    let (lm, faults) = ctx.faulty_client().await;
     for (name, polls) in [("cr1", 1usize), ("cr2", 3)] {
         let g = lm
             .lock(name)

@@ -1,5 +1,5 @@
 //! Cases for library API that is not on `main` yet (`Wait::Until`, `IntoFuture` for the
-//! builders, `Locksmith::close`), behind the testkit's `pending` feature so the suite builds
+//! builders, `Locksmith::close`, `Locksmith::with_timeout`), behind the testkit's `pending` feature so the suite builds
 //! without them. The lead turns the feature on (or moves these into the main list) when the
 //! API lands.
 
@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use locksmith::{Renew, Wait};
 
-use super::{SOON, ms};
+use super::faults::HANG;
+use super::{SOON, eventually_free, ms};
 use crate::{Ctx, FaultMode, Op};
 
 /// `Wait::Until(t)` gives up at `t`, not before; a deadline already past still takes a free
@@ -49,13 +50,13 @@ pub async fn into_future_acquires(ctx: Ctx) {
     let gs = ctx.lm.acquire_all(["if-a", "if-b"]).await.unwrap();
     assert_eq!(gs.len(), 2);
     drop(gs);
-    super::eventually_free(&ctx.lm, "if-a").await;
-    super::eventually_free(&ctx.lm, "if-b").await;
+    eventually_free(&ctx.lm, "if-a").await;
+    eventually_free(&ctx.lm, "if-b").await;
 }
 
 /// `close()` finishes the releases of dropped guards before it returns.
 pub async fn close_finishes_detached_releases(ctx: Ctx) {
-    let (lm, faults) = ctx.faulty_client(None).await;
+    let (lm, faults) = ctx.faulty_client().await;
     let g = lm
         .lock("cl")
         .ttl(Duration::from_secs(60))
@@ -73,4 +74,50 @@ pub async fn close_finishes_detached_releases(ctx: Ctx) {
         ctx.lm.inspect("cl").await.unwrap().is_none(),
         "close returned before the dropped guard's release"
     );
+}
+
+/// Against a hung store (call timeout 200 ms), `Wait::For(d)` returns within `d` + one call
+/// timeout, and `Wait::No`, `try_acquire` and `release()` within about one call timeout; the
+/// failed release is retried once the store answers again.
+pub async fn hung_store_calls_bounded(ctx: Ctx) {
+    let timeout = ms(200);
+    let slack = Duration::from_secs(1);
+    let (lm, faults) = ctx.faulty_client().await;
+    let lm = lm.with_timeout(timeout).expect("timeout");
+    let mine = lm
+        .lock("h-mine")
+        .ttl(Duration::from_secs(30))
+        .renew(Renew::Off)
+        .acquire()
+        .await
+        .unwrap();
+    let _theirs = ctx.lm.lock("h-held").acquire().await.unwrap();
+    faults.set_all(FaultMode::Hang(HANG));
+
+    let d = ms(300);
+    let start = Instant::now();
+    let r = lm.lock("h-held").wait(Wait::For(d)).acquire().await;
+    let took = start.elapsed();
+    assert!(r.is_err(), "acquired a held lock from a hung store");
+    assert!(took < d + timeout + slack, "Wait::For({d:?}) took {took:?}");
+
+    let start = Instant::now();
+    let r = lm.lock("h-free").wait(Wait::No).acquire().await;
+    assert!(r.unwrap_err().is_retryable());
+    assert!(start.elapsed() < timeout + slack, "{:?}", start.elapsed());
+
+    let start = Instant::now();
+    assert!(lm.lock("h-free").try_acquire().await.is_err());
+    assert!(start.elapsed() < timeout + slack, "{:?}", start.elapsed());
+
+    let start = Instant::now();
+    let r = mine.release().await;
+    assert!(r.unwrap_err().is_retryable());
+    assert!(start.elapsed() < timeout + slack, "{:?}", start.elapsed());
+
+    faults.clear();
+    eventually_free(&ctx.lm, "h-mine").await;
+    for name in ["h-free"] {
+        eventually_free(&ctx.lm, name).await;
+    }
 }
