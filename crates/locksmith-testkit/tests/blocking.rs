@@ -151,6 +151,7 @@ fn run_reports_loss_and_panics_release(lm: Locksmith) {
     let out = lm
         .lock("rl")
         .ttl(ms(200))
+        .renew(Renew::Off)
         .run(|_| std::thread::sleep(ms(400)));
     assert!(
         matches!(

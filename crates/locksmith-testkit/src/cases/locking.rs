@@ -600,10 +600,22 @@ pub async fn invalid_options(ctx: Ctx) {
         "renew",
     );
     assert_invalid_option(
-        lm.lock("o").ttl(s(1)).min_hold(s(2)).try_acquire().await,
+        lm.lock("o")
+            .ttl(s(1))
+            .renew(Renew::Off)
+            .min_hold(s(2))
+            .try_acquire()
+            .await,
         "min_hold",
     );
-    assert_invalid_option(lm.lock("o").max_hold(s(120)).acquire().await, "max_hold");
+    assert_invalid_option(
+        lm.lock("o")
+            .renew(Renew::Off)
+            .max_hold(s(120))
+            .acquire()
+            .await,
+        "max_hold",
+    );
     assert_invalid_option(
         lm.lock("o")
             .ttl(s(60))
