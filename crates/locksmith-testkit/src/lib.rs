@@ -85,6 +85,10 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Restarts a target's store (see [`Target::restart`]).
 pub type RestartHook = Arc<dyn Fn() -> BoxFuture<()> + Send + Sync>;
 
+/// Shifts a target's store clock by this many microseconds, in this process (see
+/// [`Target::step_clock`]).
+pub type ClockHook = Arc<dyn Fn(i64) + Send + Sync>;
+
 /// Builds a client of a target on a namespace, for stores that are not reached by URL
 /// alone (see [`Target::connector`]).
 pub type Connector = Arc<dyn Fn(String) -> BoxFuture<Locksmith> + Send + Sync>;
@@ -176,6 +180,9 @@ pub struct Target {
     /// stores that are wrapped in-process (see [`teeth`]). Such a target has no URL that
     /// another process could use, so it must not declare `cross_process`.
     pub connector: Option<Connector>,
+    /// Steps the store's clock (expiry and fence clock) by signed microseconds, where the
+    /// store has a test hook for it; cases that need it say SKIPPED without.
+    pub step_clock: Option<ClockHook>,
 }
 
 impl Target {
@@ -189,6 +196,7 @@ impl Target {
             keep_alive: None,
             restart: None,
             connector: None,
+            step_clock: None,
         }
     }
 }
@@ -288,6 +296,18 @@ impl Ctx {
         match &self.target.restart {
             Some(hook) => {
                 hook().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Steps the store's clock by `micros` (negative: back); `false` when the target
+    /// cannot.
+    pub fn step_clock(&self, micros: i64) -> bool {
+        match &self.target.step_clock {
+            Some(hook) => {
+                hook(micros);
                 true
             }
             None => false,
@@ -520,6 +540,7 @@ macro_rules! for_each_case {
             // concurrency and cancellation
             counter_no_lost_updates,
             fences_strictly_increase,
+            fences_increase_across_clock_steps,
             fifo_order_of_waiters,
             cancel_while_waiting,
             cancel_with_request_in_flight,

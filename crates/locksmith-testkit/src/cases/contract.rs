@@ -510,3 +510,52 @@ pub async fn drop_after_runtime_shutdown(ctx: Ctx) {
         tokio::time::sleep(ms(20)).await;
     }
 }
+
+/// Fences keep increasing when the store's clock steps back an hour — across release,
+/// expiry, `purge_expired` and `reset_all` (which remove the row that knew the last fence)
+/// — and when it steps forward again. Needs the target's clock hook.
+pub async fn fences_increase_across_clock_steps(ctx: Ctx) {
+    if !ctx.requires(&[Cap::Fencing]) {
+        return;
+    }
+    const HOUR: i64 = 3_600_000_000;
+    let lm = &ctx.lm;
+    let mut fences = Vec::new();
+    let g = lm.lock("clk").acquire().await.unwrap();
+    fences.push(g.fence());
+    g.release().await.unwrap();
+    if !ctx.step_clock(-HOUR) {
+        eprintln!(
+            "SKIPPED: conformance::{}: no clock hook for this target",
+            ctx.store()
+        );
+        return;
+    }
+    let g = lm.lock("clk").acquire().await.unwrap();
+    fences.push(g.fence());
+    g.release().await.unwrap();
+    let g = lm
+        .lock("clk")
+        .ttl(ms(50))
+        .renew(Renew::Off)
+        .acquire()
+        .await
+        .unwrap();
+    fences.push(g.fence());
+    let _ = g.leak();
+    tokio::time::sleep(ms(100)).await;
+    assert_eq!(lm.purge_expired().await.unwrap(), 1);
+    let g = lm.lock("clk").acquire().await.unwrap();
+    fences.push(g.fence());
+    let _ = g.leak();
+    assert_eq!(lm.reset_all().await.unwrap(), 1);
+    let g = lm.lock("clk").acquire().await.unwrap();
+    fences.push(g.fence());
+    g.release().await.unwrap();
+    ctx.step_clock(2 * HOUR);
+    let g = lm.lock("clk").acquire().await.unwrap();
+    fences.push(g.fence());
+    g.release().await.unwrap();
+    ctx.step_clock(-HOUR);
+    assert_increasing(&fences, "clock steps");
+}
