@@ -33,14 +33,10 @@ pub async fn memory() -> Option<Target> {
     target.faults = Some(Arc::new(move |offline| {
         locksmith::store::memory::set_offline(&switch_name, offline);
     }));
-    // The clock hook is the stores' work, not on `main` yet.
-    #[cfg(feature = "pending")]
-    {
-        let clock_name = name.clone();
-        target.step_clock = Some(Arc::new(move |micros| {
-            locksmith::store::memory::step_clock(&clock_name, micros);
-        }));
-    }
+    let clock_name = name.clone();
+    target.step_clock = Some(Arc::new(move |micros| {
+        locksmith::store::memory::step_clock(&clock_name, micros);
+    }));
     Some(target)
 }
 
@@ -87,13 +83,10 @@ pub async fn sqlite() -> Option<Target> {
         sqlite_capabilities(),
     );
     target.faults = Some(faults);
-    #[cfg(feature = "pending")]
-    {
-        let clock_path = path.clone();
-        target.step_clock = Some(Arc::new(move |micros| {
-            locksmith::store::sqlite::step_clock(&clock_path, micros);
-        }));
-    }
+    let clock_path = path.clone();
+    target.step_clock = Some(Arc::new(move |micros| {
+        locksmith::store::sqlite::step_clock(&clock_path, micros);
+    }));
     target.keep_alive = Some(Box::new(dir));
     // The file is the store: a restart is every client going away and new ones opening
     // it. The case's client processes have exited when this runs; nothing else to do.

@@ -390,13 +390,21 @@ pub async fn namespace_name_split_isolated(ctx: Ctx) {
     }
 }
 
-/// Fractional TTLs (1.5 s, 1.5 ms, 2.0005 s): the store's lease never ends before the
+/// Fractional TTLs (1.5 s, 50.5 ms, 2.0005 s): the store's lease never ends before the
 /// guard's local deadline, so the store's remaining lease is never shorter than the
-/// guard's `expires_in` read after it.
+/// guard's `expires_in` read after it. A TTL under `MIN_TTL` (1.5 ms) is refused.
 pub async fn fractional_ttls_never_shorter_in_store(ctx: Ctx) {
+    super::assert_invalid_option(
+        ctx.lm
+            .lock("frac")
+            .ttl(Duration::from_micros(1_500))
+            .acquire()
+            .await,
+        "ttl",
+    );
     for (i, ttl) in [
         Duration::from_micros(1_500_000),
-        Duration::from_micros(1_500),
+        Duration::from_micros(50_500),
         Duration::from_micros(2_000_500),
     ]
     .into_iter()

@@ -225,7 +225,7 @@ pub async fn declared_limits_honoured(ctx: Ctx) {
     caps.never_expire = false;
     caps.min_hold = false;
     caps.max_name_len = 16;
-    caps.ttl_granularity = ms(1);
+    caps.ttl_granularity = Duration::from_secs(1);
     faults.declare(caps);
     let unsupported = |e: &Error| matches!(e, Error::Unsupported { .. });
     assert_err(
@@ -251,15 +251,15 @@ pub async fn declared_limits_honoured(ctx: Ctx) {
     g.release().await.unwrap();
     let g = lm
         .lock("gran")
-        .ttl(Duration::from_micros(1_500))
+        .ttl(ms(1_500))
         .renew(Renew::Off)
         .acquire()
         .await
         .unwrap();
     assert_eq!(
         faults.ttls_seen().last().copied().flatten(),
-        Some(ms(2)),
-        "a 1.5 ms TTL was not rounded up to the store's 1 ms granularity"
+        Some(Duration::from_secs(2)),
+        "a 1.5 s TTL was not rounded up to the store's 1 s granularity"
     );
     drop(g);
     for name in ["ne", "mh"] {
