@@ -518,6 +518,17 @@ pub async fn renew_by_capped_at_max_hold(ctx: Ctx) {
     assert_eq!(g.lost().await, LossReason::MaxHold);
 }
 
+/// What the guard believes is left, then what the store says, and how long the store took
+/// to answer. The guard's deadline only moves later while nobody shortens the lease, so a
+/// correct guard believes at most `store + round_trip` (a renewal landing between the two
+/// reads cannot make this fail, as reading the store first and the guard second would).
+async fn guard_and_store(g: &locksmith::LockGuard, ctx: &Ctx) -> (Duration, Duration, Duration) {
+    let asked = Instant::now();
+    let local = g.expires_in().unwrap();
+    let store = lease_left(&ctx.lm, "ser").await;
+    (local, store, asked.elapsed())
+}
+
 /// Concurrent lease changes (the watchdog and many `extend`s) never leave the guard
 /// believing in a longer lease than the store has.
 pub async fn lease_changes_serialised(ctx: Ctx) {
@@ -542,21 +553,19 @@ pub async fn lease_changes_serialised(ctx: Ctx) {
         for t in tasks {
             t.await.unwrap();
         }
-        // the guard is read after the store answered: it must not believe in more
-        let store = lease_left(&ctx.lm, "ser").await;
-        let local = g.expires_in().unwrap();
+        let (local, store, round_trip) = guard_and_store(&g, &ctx).await;
         assert!(
-            local <= store + ms(1),
-            "wave {wave}: guard believes {local:?} but the store has {store:?}"
+            local <= store + round_trip + ms(1),
+            "wave {wave}: guard believes {local:?} but the store has {store:?} \
+             (read {round_trip:?} later)"
         );
     }
     tokio::time::sleep(ms(150)).await;
     for _ in 0..5 {
-        let store = lease_left(&ctx.lm, "ser").await;
-        let local = g.expires_in().unwrap();
+        let (local, store, round_trip) = guard_and_store(&g, &ctx).await;
         assert!(
-            local <= store + ms(1),
-            "guard believes {local:?} but the store has {store:?}"
+            local <= store + round_trip + ms(1),
+            "guard believes {local:?} but the store has {store:?} (read {round_trip:?} later)"
         );
         tokio::time::sleep(ms(60)).await;
     }
