@@ -11,11 +11,11 @@
 //! ```
 //! use std::time::Duration;
 //! use locksmith::blocking::Locksmith;
-//! use locksmith::Renew;
 //!
 //! let lm = Locksmith::connect("memory://")?;
-//! let guard = lm.lock("invoices").ttl(Duration::from_secs(30)).renew(Renew::Auto).acquire()?;
-//! // … long synchronous work; the lease is renewed in the background …
+//! // Renewal is on by default: the lease is renewed in the background while you work.
+//! let guard = lm.lock("invoices").ttl(Duration::from_secs(30)).acquire()?;
+//! // … long synchronous work …
 //! assert!(guard.is_held());
 //! guard.release()?;
 //!
@@ -35,6 +35,8 @@ use crate::{
     Capabilities, Error, Lease, ListQuery, LockInfo, LossReason, Page, Renew, Result, SetOutcome,
     SetPolicy, Token, Wait,
 };
+
+
 
 const RUNTIME_THREAD: &str = "locksmith-blocking";
 
@@ -251,6 +253,33 @@ impl Locksmith {
         block(async move { lm.set_locks(names, policy).await })
     }
 
+    /// The same store with another call timeout (see [`crate::Locksmith::with_timeout`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a zero or oversized timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Result<Locksmith> {
+        Ok(Locksmith {
+            inner: self.inner.with_timeout(timeout)?,
+        })
+    }
+
+    /// How long one store call may take (the URL's `?timeout=`, default 5 s).
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout()
+    }
+
+    /// Finishes background releases and closes the store (see
+    /// [`crate::Locksmith::close`]); blocks for at most about two call timeouts.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Locksmith::close`].
+    pub fn close(&self) -> Result<()> {
+        let lm = self.inner.clone();
+        block(async move { lm.close().await })
+    }
+
     /// See [`crate::Locksmith::local_waiters`].
     ///
     /// # Errors
@@ -259,6 +288,26 @@ impl Locksmith {
     pub fn local_waiters(&self, name: &str) -> Result<usize> {
         self.inner.local_waiters(name)
     }
+}
+
+/// Releases several guards together (see [`crate::release_all`]).
+///
+/// # Errors
+///
+/// The first error among the releases.
+///
+/// # Examples
+///
+/// ```
+/// let lm = locksmith::blocking::Locksmith::connect("memory://")?;
+/// let guards = lm.acquire_all(["a", "b"]).acquire()?;
+/// locksmith::blocking::release_all(guards)?;
+/// assert!(lm.inspect("a")?.is_none());
+/// # Ok::<(), locksmith::Error>(())
+/// ```
+pub fn release_all(guards: impl IntoIterator<Item = LockGuard>) -> Result<()> {
+    let guards: Vec<crate::LockGuard> = guards.into_iter().map(LockGuard::take).collect();
+    block(crate::release_all(guards))
 }
 
 fn collect<I, S>(names: I) -> Vec<String>

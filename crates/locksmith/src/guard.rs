@@ -63,8 +63,11 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     pub(crate) fn new(held: Arc<Held>, renew: bool, granted_at: Instant) -> LockGuard {
-        let watchdog = renew.then(|| tokio::spawn(crate::watchdog::run(held.clone(), granted_at)));
-        LockGuard { held, watchdog }
+        let watchdog = tokio::spawn(crate::watchdog::run(held.clone(), granted_at, renew));
+        LockGuard {
+            held,
+            watchdog: Some(watchdog),
+        }
     }
 
     /// The lock's name.
@@ -125,10 +128,10 @@ impl LockGuard {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> locksmith::Result<()> {
     /// use std::time::Duration;
-    /// use locksmith::{Locksmith, LossReason};
+    /// use locksmith::{Locksmith, LossReason, Renew};
     ///
     /// let lm = Locksmith::connect("memory://").await?;
-    /// let guard = lm.lock("job").ttl(Duration::from_millis(50)).acquire().await?;
+    /// let guard = lm.lock("job").ttl(Duration::from_millis(50)).renew(Renew::Off).acquire().await?;
     /// // No renewal: the lease runs out, minus a safety margin.
     /// assert_eq!(guard.lost().await, LossReason::Expired);
     /// assert!(!guard.is_held());
@@ -282,12 +285,29 @@ impl LockGuard {
     /// # Errors
     ///
     /// [`Error::NotHeld`] if the lease was lost before the release (the store row is still
-    /// removed if this token holds it); [`Error::Store`] if the store failed — the lock then
-    /// stays until its lease expires.
+    /// removed if this token holds it); [`Error::Store`] if the store failed or did not
+    /// answer within the call timeout (the URL's `?timeout=`, default 5 s). A failed release
+    /// is also retried in the background, with backoff, until the store answers, the lease
+    /// ends, or [`Locksmith::close`](crate::Locksmith::close) is called — the error tells you
+    /// the lock may still be held for now, not that it stays held.
     ///
     /// # Cancel safety
     ///
     /// If cancelled, the guard is dropped, which releases the lock again without waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> locksmith::Result<()> {
+    /// use locksmith::Locksmith;
+    ///
+    /// let lm = Locksmith::connect("memory://").await?;
+    /// let guard = lm.lock("export").await?;
+    /// guard.release().await?;
+    /// assert!(lm.inspect("export").await?.is_none());
+    /// # Ok(()) }
+    /// ```
     pub async fn release(self) -> Result<()> {
         let min_hold = self.held.min_hold;
         self.release_with(min_hold).await
@@ -311,14 +331,29 @@ impl LockGuard {
         self.stop_watchdog();
         let held = self.held.clone();
         let status = held.status.send_replace(Status::Releasing);
-        let lost = held.loss_at(status, Instant::now()).is_some();
+        let now = Instant::now();
+        let lost = held.loss_at(status, now).is_some();
         let answer = held
-            .store
+            .calls
             .release(&held.ns, &held.name, &held.token, min_hold)
             .await;
         // Only now: a release cancelled above is retried by Drop.
         held.finish();
         tracing::debug!(lock = %held.name, fence = held.fence, ?answer, "released");
+        if let Err(err) = &answer
+            && err.is_retryable()
+        {
+            // The lease can last until the end this process vouches for, plus what the
+            // grant or extend took to reach the store (at most one call timeout).
+            let until = match status {
+                Status::Held { expires_at, .. } => expires_at,
+                _ => held.ttl().and_then(|t| now.checked_add(t)),
+            }
+            .and_then(|e| e.checked_add(held.calls.timeout));
+            tracing::warn!(lock = %held.name, %err, "release failed; retrying in the background");
+            held.calls
+                .retry_release(&held.ns, &held.name, &held.token, min_hold, until);
+        }
         match answer {
             _ if lost => Err(Error::NotHeld {
                 name: held.name.to_string(),
@@ -352,10 +387,45 @@ impl Drop for LockGuard {
         self.stop_watchdog();
         if self.held.finish() != Status::Done {
             let h = &self.held;
-            h.store
+            h.calls
+                .store
                 .release_detached(&h.ns, &h.name, &h.token, h.min_hold);
         }
     }
+}
+
+/// Releases several guards together — the guards of one
+/// [`acquire_all`](crate::Locksmith::acquire_all), say — with their releases in flight at the
+/// same time, and reports the first error after every release has finished (each failed one
+/// is retried in the background, as with [`LockGuard::release`]).
+///
+/// # Errors
+///
+/// The first error of [`LockGuard::release`] among the guards, in their order.
+///
+/// # Cancel safety
+///
+/// If cancelled, the guards not yet released are dropped, which releases them without
+/// waiting.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> locksmith::Result<()> {
+/// use locksmith::Locksmith;
+///
+/// let lm = Locksmith::connect("memory://").await?;
+/// let guards = lm.acquire_all(["from", "to"]).await?;
+/// // … move the money …
+/// locksmith::release_all(guards).await?;
+/// assert!(lm.inspect("from").await?.is_none());
+/// # Ok(()) }
+/// ```
+pub async fn release_all(guards: impl IntoIterator<Item = LockGuard>) -> Result<()> {
+    let outcomes =
+        futures_util::future::join_all(guards.into_iter().map(LockGuard::release)).await;
+    outcomes.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -5,16 +5,17 @@
 //! [`watchdog`](crate::watchdog), which both build on it without knowing each other's
 //! internals.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::calls::Calls;
 use crate::error::Result;
 use crate::info::LossReason;
 use crate::lease::Token;
 use crate::name::{LockName, Namespace};
-use crate::store::{ExtendMode, Extended, Store};
+use crate::store::{ExtendMode, Extended};
 
 /// The state of a grant as this process knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,17 +48,31 @@ pub(crate) struct Terms {
     pub(crate) ttl: Option<Duration>,
     pub(crate) min_hold: Option<Duration>,
     pub(crate) max_hold: Option<Duration>,
+    /// Whether a watchdog renews the lease (decides the reason of a loss at the deadline).
+    pub(crate) renew: bool,
+}
+
+/// Rounds `d` up to a whole multiple of `granularity`, so a store that keeps coarser TTLs
+/// never ends a lease before the local deadline computed from `d`.
+pub(crate) fn round_up(d: Duration, granularity: Duration) -> Duration {
+    let g = granularity.as_nanos();
+    if g <= 1 {
+        return d;
+    }
+    let n = d.as_nanos().div_ceil(g) * g;
+    u64::try_from(n).map_or(d, Duration::from_nanos)
 }
 
 /// What the guard, its watchdog and its `lost()` futures share.
 pub(crate) struct Held {
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) calls: Calls,
     pub(crate) ns: Namespace,
     pub(crate) name: LockName,
     pub(crate) token: Token,
     pub(crate) fence: u64,
     pub(crate) min_hold: Option<Duration>,
     pub(crate) max_hold_at: Option<Instant>,
+    pub(crate) renew: bool,
     /// The TTL renewals use; `extend` replaces it. `None`: never expires.
     pub(crate) ttl: Mutex<Option<Duration>>,
     pub(crate) status: watch::Sender<Status>,
@@ -68,7 +83,7 @@ pub(crate) struct Held {
 
 impl Held {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        calls: Calls,
         ns: Namespace,
         name: LockName,
         token: Token,
@@ -78,13 +93,14 @@ impl Held {
     ) -> Held {
         let max_hold_at = terms.max_hold.and_then(|m| sent.checked_add(m));
         let held = Held {
-            store,
+            calls,
             ns,
             name,
             token,
             fence,
             min_hold: terms.min_hold,
             max_hold_at,
+            renew: terms.renew,
             ttl: Mutex::new(terms.ttl),
             status: watch::channel(Status::Done).0,
             lease_lock: tokio::sync::Mutex::new(()),
@@ -133,15 +149,17 @@ impl Held {
         }
     }
 
-    /// Records a confirmed lease, unless the guard has meanwhile been lost or finished.
+    /// Records a confirmed lease, unless the guard has meanwhile been lost or finished, or
+    /// its local deadline has passed: a late answer never revives a guard that already
+    /// counts as lost (its lease may have ended and been taken over in between).
     pub(crate) fn confirm(&self, status: Status) {
-        self.status.send_if_modified(|s| {
-            if matches!(s, Status::Held { .. }) {
+        let now = Instant::now();
+        self.status.send_if_modified(|s| match *s {
+            Status::Held { deadline, .. } if deadline.is_none_or(|d| d > now) => {
                 *s = status;
                 true
-            } else {
-                false
             }
+            _ => false,
         });
     }
 
@@ -156,7 +174,8 @@ impl Held {
             }
         });
         if changed {
-            metrics::counter!("locksmith_lost_total", "store" => self.store.kind()).increment(1);
+            metrics::counter!("locksmith_lost_total", "store" => self.calls.store.kind())
+                .increment(1);
             tracing::warn!(lock = %self.name, fence = self.fence, %reason, "lock lost");
         }
     }
@@ -176,6 +195,8 @@ impl Held {
     pub(crate) fn reason_at_deadline(&self, deadline: Instant) -> LossReason {
         if self.max_hold_at.is_some_and(|m| m <= deadline) {
             LossReason::MaxHold
+        } else if self.renew {
+            LossReason::RenewalFailed
         } else {
             LossReason::Expired
         }
@@ -190,11 +211,22 @@ impl Held {
     /// the per-guard lease lock. `NotHeld` marks the guard lost; `NotExpirable` (an operator
     /// made the lock permanent) turns the guard into a never-expiring one.
     pub(crate) async fn change_lease(&self, mode: ExtendMode) -> Result<Extended> {
+        let granularity = self.calls.store.capabilities().ttl_granularity;
+        let mode = match mode {
+            ExtendMode::Set(d) => ExtendMode::Set(round_up(d, granularity)),
+            ExtendMode::Add(d) => ExtendMode::Add(round_up(d, granularity)),
+            ExtendMode::AtLeast(d) => ExtendMode::AtLeast(round_up(d, granularity)),
+        };
         let _serial = self.lease_lock.lock().await;
         let sent = Instant::now();
         let answer = self
-            .store
-            .extend(&self.ns, &self.name, &self.token, mode)
+            .calls
+            .run(
+                "extend",
+                self.calls
+                    .store
+                    .extend(&self.ns, &self.name, &self.token, mode),
+            )
             .await?;
         match answer {
             Extended::Extended { .. } => {

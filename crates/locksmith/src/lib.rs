@@ -86,6 +86,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub mod blocking;
+mod calls;
 mod error;
 mod guard;
 mod held;
@@ -95,11 +96,12 @@ mod name;
 mod options;
 mod registry;
 pub mod store;
+mod url;
 mod wait;
 mod watchdog;
 
 pub use error::{BoxError, Error, Result};
-pub use guard::LockGuard;
+pub use guard::{LockGuard, release_all};
 pub use info::{LockInfo, LossReason};
 pub use lease::{Lease, MAX_TOKEN_LEN, Token};
 pub use name::{LockName, MAX_NAME_LEN, MAX_NAMESPACE_LEN, Namespace};
@@ -108,9 +110,12 @@ pub use options::{
     Renew, SetAction, SetCounts, SetOutcome, SetPolicy, SetStatus, Wait,
 };
 pub use store::Capabilities;
+pub use url::{DEFAULT_TIMEOUT, redact_url};
 pub use wait::{AcquireAllBuilder, LockBuilder};
 
+use calls::Calls;
 use store::Store;
+use url::{SCHEMES, StoreUrl};
 
 /// The environment variable [`Locksmith::from_env`] reads.
 pub const URL_ENV: &str = "LOCKSMITH_URL";
@@ -139,11 +144,13 @@ pub struct Locksmith {
 }
 
 pub(crate) struct Inner {
-    pub(crate) store: Arc<dyn Store>,
+    /// The store, under the call timeout, with the background releases of this store.
+    pub(crate) calls: Calls,
     pub(crate) ns: Namespace,
     pub(crate) owner: Arc<str>,
     pub(crate) host: Arc<str>,
     pub(crate) pid: u32,
+    /// The URL with its password masked: the raw one is never kept.
     url: String,
 }
 
@@ -152,6 +159,7 @@ impl fmt::Debug for Locksmith {
         f.debug_struct("Locksmith")
             .field("url", &self.inner.url)
             .field("namespace", &self.inner.ns)
+            .field("timeout", &self.inner.calls.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -169,90 +177,13 @@ fn host_name() -> Arc<str> {
     gethostname::gethostname().to_string_lossy().into()
 }
 
-/// A parsed store URL: the scheme, what follows `://` up to `?`, the namespace, and the
-/// other query parameters for the store to take.
-#[cfg_attr(not(any(feature = "memory", feature = "sqlite")), allow(dead_code))]
-pub(crate) struct StoreUrl<'a> {
-    raw: &'a str,
-    scheme: &'a str,
-    body: &'a str,
-    namespace: Namespace,
-    params: Vec<(String, String)>,
-}
-
-const SCHEMES: &str = "sqlite://, sqlite:///abs/path.db, memory://, memory://NAME";
-
-impl<'a> StoreUrl<'a> {
-    fn parse(raw: &'a str) -> Result<StoreUrl<'a>> {
-        let Some((scheme, rest)) = raw.split_once("://") else {
-            return Err(Error::config(format!(
-                "store URL {raw:?} has no scheme — use one of {SCHEMES} (e.g. memory://)"
-            )));
-        };
-        let (body, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let mut params: Vec<(String, String)> = Vec::new();
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            if params.iter().any(|(k, _)| *k == key) {
-                return Err(Error::config(format!(
-                    "store URL {raw:?} gives {key:?} twice — keep one"
-                )));
-            }
-            params.push((key.into_owned(), value.into_owned()));
-        }
-        let mut url = StoreUrl {
-            raw,
-            scheme,
-            body,
-            namespace: Namespace::default(),
-            params,
-        };
-        if let Some(ns) = url.take("namespace") {
-            url.namespace = Namespace::new(ns)?;
-        }
-        Ok(url)
-    }
-
-    /// Removes and returns the parameter `key`.
-    fn take(&mut self, key: &str) -> Option<String> {
-        let at = self.params.iter().position(|(k, _)| k == key)?;
-        Some(self.params.remove(at).1)
-    }
-
-    /// Removes the duration parameter `key`, e.g. `latency=5ms`.
-    #[cfg_attr(not(any(feature = "memory", feature = "sqlite")), allow(dead_code))]
-    fn take_duration(&mut self, key: &str) -> Result<Option<std::time::Duration>> {
-        self.take(key)
-            .map(|v| {
-                humantime::parse_duration(&v).map_err(|e| {
-                    Error::config(format!(
-                        "store URL {:?}: {key}={v:?} is not a duration ({e}) — write e.g. {key}=5ms",
-                        self.raw
-                    ))
-                })
-            })
-            .transpose()
-    }
-
-    /// Fails on parameters nobody took.
-    #[cfg_attr(not(any(feature = "memory", feature = "sqlite")), allow(dead_code))]
-    fn finish(&self, allowed: &str) -> Result<()> {
-        match self.params.first() {
-            None => Ok(()),
-            Some((key, _)) => Err(Error::config(format!(
-                "store URL {:?} has unknown parameter {key:?} — {} takes {allowed}",
-                self.raw, self.scheme
-            ))),
-        }
-    }
-}
-
-async fn open_store(url: &mut StoreUrl<'_>) -> Result<Arc<dyn Store>> {
-    match url.scheme {
+async fn open_store(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
+    match url.scheme.as_str() {
         #[cfg(feature = "sqlite")]
         "sqlite" => {
             let options = store::sqlite::StoreOptions::new(url.take_duration("retain")?);
-            url.finish("?namespace= and ?retain=")?;
-            let path = store::sqlite::resolve(url.body)?;
+            url.finish(" and ?retain=")?;
+            let path = store::sqlite::resolve(&url.body)?;
             Ok(store::sqlite::SqliteStore::open_with(path, &options).await?)
         }
         #[cfg(not(feature = "sqlite"))]
@@ -263,8 +194,8 @@ async fn open_store(url: &mut StoreUrl<'_>) -> Result<Arc<dyn Store>> {
         "memory" => {
             let latency = url.take_duration("latency")?;
             let options = store::memory::StoreOptions::new(url.take_duration("retain")?);
-            url.finish("?namespace=, ?latency= and ?retain=")?;
-            let name = Some(url.body).filter(|b| !b.is_empty());
+            url.finish(", ?latency= and ?retain=")?;
+            let name = Some(url.body.as_str()).filter(|b| !b.is_empty());
             let store: Arc<dyn Store> = store::memory::MemoryStore::open(name, &options);
             Ok(match latency {
                 Some(latency) if !latency.is_zero() => store::memory::Delayed::new(store, latency),
@@ -277,13 +208,14 @@ async fn open_store(url: &mut StoreUrl<'_>) -> Result<Arc<dyn Store>> {
         )),
         "postgres" | "postgresql" | "mysql" | "mariadb" | "redis" | "rediss" => {
             Err(Error::config(format!(
-                "the {} store is not available in this version of locksmith yet — use {SCHEMES}",
-                url.scheme
+                "the {} store ({:?}) is not available in this version of locksmith yet — use {SCHEMES}",
+                url.scheme,
+                url.redacted()
             )))
         }
         other => Err(Error::config(format!(
             "unknown store scheme {other:?} in {:?} — use one of {SCHEMES}",
-            url.raw
+            url.redacted()
         ))),
     }
 }
@@ -297,17 +229,42 @@ impl Locksmith {
     /// | `memory://NAME` | the process-wide in-process store `NAME` |
     /// | `memory://NAME?latency=5ms` | the same, reached as if across a network (for tests) |
     ///
-    /// Every URL takes `?namespace=NAME` (ASCII letters, digits, `-_.:/`, at most 64 bytes).
+    /// Every URL takes `?namespace=NAME` (ASCII letters, digits, `-_.:/`, at most 64 bytes)
+    /// and `?timeout=DURATION` (humantime, e.g. `500ms`, `5s`; default
+    /// [`DEFAULT_TIMEOUT`], 5 s): how long any one store call may take before it counts as
+    /// failed ([`Error::Store`], retryable). Waits retry such failures until their deadline;
+    /// `Wait::For(d)` returns within `d` plus one call timeout.
+    ///
+    /// A password in the URL never appears in errors, `Debug` or logs: they show the URL
+    /// with it masked (`postgres://u:***@host/db`, see [`redact_url`]).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for a malformed URL, an unknown scheme or parameter, a store not
-    /// built into this version, or a bad namespace; [`Error::Store`] if the store cannot be
-    /// reached.
+    /// built into this version, a bad namespace or timeout; [`Error::Store`] if the store
+    /// cannot be reached.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> locksmith::Result<()> {
+    /// use locksmith::Locksmith;
+    ///
+    /// let lm = Locksmith::connect("memory://?timeout=2s").await?;
+    /// let err = Locksmith::connect("postgres://app:hunter2@db/locks").await.unwrap_err();
+    /// assert!(!err.to_string().contains("hunter2"));
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Locksmith> {
         let mut parsed = StoreUrl::parse(url)?;
         let store = open_store(&mut parsed).await?;
-        Ok(Locksmith::with_store(store, parsed.namespace, url))
+        let url = parsed.redacted().to_string();
+        Ok(Locksmith::build(
+            Calls::new(store, parsed.timeout),
+            parsed.namespace,
+            url,
+        ))
     }
 
     /// Connects to the store named by the `LOCKSMITH_URL` environment variable, or to
@@ -328,24 +285,33 @@ impl Locksmith {
         }
     }
 
-    /// Wraps a [`Store`] you built yourself.
+    /// Wraps a [`Store`] you built yourself; `url` is only shown (redacted) in `Debug`.
+    /// Calls run under [`DEFAULT_TIMEOUT`]; see [`with_timeout`](Locksmith::with_timeout).
     pub fn with_store(store: Arc<dyn Store>, namespace: Namespace, url: &str) -> Locksmith {
+        Locksmith::build(
+            Calls::new(store, DEFAULT_TIMEOUT),
+            namespace,
+            redact_url(url),
+        )
+    }
+
+    fn build(calls: Calls, ns: Namespace, url: String) -> Locksmith {
         Locksmith {
             inner: Arc::new(Inner {
-                store,
-                ns: namespace,
+                calls,
+                ns,
                 owner: default_owner(),
                 host: host_name(),
                 pid: std::process::id(),
-                url: url.to_string(),
+                url,
             }),
         }
     }
 
-    fn derive(&self, ns: Namespace, owner: Arc<str>) -> Locksmith {
+    fn derive(&self, calls: Calls, ns: Namespace, owner: Arc<str>) -> Locksmith {
         Locksmith {
             inner: Arc::new(Inner {
-                store: self.inner.store.clone(),
+                calls,
                 ns,
                 owner,
                 host: self.inner.host.clone(),
@@ -355,13 +321,74 @@ impl Locksmith {
         }
     }
 
+    /// The same store with another call timeout (what the URL's `?timeout=` sets).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a zero timeout or one over [`MAX_DURATION`].
+    pub fn with_timeout(&self, timeout: std::time::Duration) -> Result<Locksmith> {
+        if timeout.is_zero() {
+            return Err(Error::invalid_option(
+                "timeout",
+                "a zero call timeout would fail every store call — give the longest a call may take, e.g. 5s",
+            ));
+        }
+        options::check_duration("timeout", timeout)?;
+        Ok(self.derive(
+            self.inner.calls.with_timeout(timeout),
+            self.inner.ns.clone(),
+            self.inner.owner.clone(),
+        ))
+    }
+
+    /// How long one store call may take (the URL's `?timeout=`, default 5 s).
+    pub fn timeout(&self) -> std::time::Duration {
+        self.inner.calls.timeout
+    }
+
+    /// Finishes this store's background work, then closes the store: releases that failed
+    /// and are being retried in the background get one last attempt (waited for at most one
+    /// call timeout), and the store finishes its queued detached releases
+    /// ([`Store::close`]). Call it before a program exits if it must not leave locks to
+    /// expire by their lease. Every handle derived from the same `connect` shares this work;
+    /// calls after `close` may fail.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store fails to close or does not answer within the call
+    /// timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling stops the waiting, not the background work.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> locksmith::Result<()> {
+    /// use locksmith::Locksmith;
+    ///
+    /// let lm = Locksmith::connect("memory://").await?;
+    /// drop(lm.lock("job").await?);
+    /// lm.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn close(&self) -> Result<()> {
+        self.inner.calls.close().await
+    }
+
     /// The same store in another namespace.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for a bad namespace.
     pub fn with_namespace(&self, namespace: &str) -> Result<Locksmith> {
-        Ok(self.derive(Namespace::new(namespace)?, self.inner.owner.clone()))
+        Ok(self.derive(
+            self.inner.calls.clone(),
+            Namespace::new(namespace)?,
+            self.inner.owner.clone(),
+        ))
     }
 
     /// The same store with another default owner label (default: the program's name).
@@ -371,7 +398,11 @@ impl Locksmith {
     /// [`Error::InvalidOption`] for an empty label, one over 255 bytes, or one with NUL.
     pub fn with_owner(&self, owner: &str) -> Result<Locksmith> {
         options::check_owner(owner)?;
-        Ok(self.derive(self.inner.ns.clone(), owner.into()))
+        Ok(self.derive(
+            self.inner.calls.clone(),
+            self.inner.ns.clone(),
+            owner.into(),
+        ))
     }
 
     /// The namespace this handle works in (empty by default).
@@ -381,18 +412,18 @@ impl Locksmith {
 
     /// The store's kind, e.g. `"memory"`.
     pub fn store_kind(&self) -> &'static str {
-        self.inner.store.kind()
+        self.inner.calls.store.kind()
     }
 
     /// What the store can do.
     pub fn capabilities(&self) -> Capabilities {
-        self.inner.store.capabilities()
+        self.inner.calls.store.capabilities()
     }
 
     /// The store behind this handle, e.g. to wrap it (tests that inject faults) and build
     /// another handle with [`with_store`](Locksmith::with_store).
     pub fn store(&self) -> Arc<dyn Store> {
-        self.inner.store.clone()
+        self.inner.calls.store.clone()
     }
 
     /// Starts building an acquisition of the lock `name` (validated when acquired).
@@ -411,7 +442,8 @@ impl Locksmith {
 
     /// Re-attaches to a lock held by `token` — one handed over by another process or by
     /// [`LockGuard::leak`] — without changing its lease. The guard does not auto-renew; its
-    /// lease is what the store reports as left; dropping it releases the lock.
+    /// lease is what the store reports as left; it keeps the lock's `min_hold` (where the
+    /// store records it); dropping it releases the lock.
     ///
     /// # Errors
     ///
@@ -432,7 +464,7 @@ impl Locksmith {
     /// # Ok(()) }
     /// ```
     pub async fn resume(&self, name: &str, token: Token) -> Result<LockGuard> {
-        wait::resume(&self.inner, LockName::new(name)?, token).await
+        wait::resume(&self.inner, self.inner.lock_name(name)?, token).await
     }
 
     /// What anyone may know about the lock `name`: `None` when there is no row; an expired
@@ -442,9 +474,10 @@ impl Locksmith {
     ///
     /// [`Error::InvalidName`], [`Error::Store`].
     pub async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
-        self.inner
-            .store
-            .inspect(&self.inner.ns, &LockName::new(name)?)
+        let name = self.inner.lock_name(name)?;
+        let calls = &self.inner.calls;
+        calls
+            .run("inspect", calls.store.inspect(&self.inner.ns, &name))
             .await
     }
 
@@ -479,12 +512,16 @@ impl Locksmith {
     /// ```
     pub async fn list(&self, query: ListQuery) -> Result<Page> {
         query.validate()?;
-        self.inner.store.list(&self.inner.ns, &query).await
+        let calls = &self.inner.calls;
+        calls
+            .run("list", calls.store.list(&self.inner.ns, &query))
+            .await
     }
 
     /// Force-releases the named locks whoever holds them, waking their waiters. Returns, per
-    /// name, whether a live lock was removed. Their holders find out at their next renewal
-    /// (or local deadline).
+    /// name, whether a live lock was removed. Holders in this process (on a store that
+    /// notifies) find out at once — their guards re-check ownership when woken and report
+    /// [`LossReason::Revoked`]; others at their next renewal or local deadline.
     ///
     /// # Errors
     ///
@@ -497,12 +534,11 @@ impl Locksmith {
         let names: Vec<String> = names.into_iter().map(Into::into).collect();
         let valid = names
             .iter()
-            .map(LockName::new)
+            .map(|n| self.inner.lock_name(n))
             .collect::<Result<Vec<_>>>()?;
-        let existed = self
-            .inner
-            .store
-            .force_release(&self.inner.ns, &valid)
+        let calls = &self.inner.calls;
+        let existed = calls
+            .run("clear", calls.store.force_release(&self.inner.ns, &valid))
             .await?;
         Ok(names.into_iter().zip(existed).collect())
     }
@@ -514,7 +550,10 @@ impl Locksmith {
     ///
     /// [`Error::Store`].
     pub async fn reset_all(&self) -> Result<u64> {
-        self.inner.store.reset_all(&self.inner.ns).await
+        let calls = &self.inner.calls;
+        calls
+            .run("reset_all", calls.store.reset_all(&self.inner.ns))
+            .await
     }
 
     /// Removes the expired rows of this namespace; returns how many.
@@ -523,7 +562,10 @@ impl Locksmith {
     ///
     /// [`Error::Store`].
     pub async fn purge_expired(&self) -> Result<u64> {
-        self.inner.store.purge_expired(&self.inner.ns).await
+        let calls = &self.inner.calls;
+        calls
+            .run("purge_expired", calls.store.purge_expired(&self.inner.ns))
+            .await
     }
 
     /// django-lockmgr's `set_lock`: creates free locks and renews held ones (whoever holds
@@ -556,8 +598,16 @@ impl Locksmith {
         S: Into<String>,
     {
         policy.validate()?;
+        let caps = self.capabilities();
+        if policy.ttl.is_none() && !caps.never_expire {
+            return Err(Error::Unsupported {
+                store: self.store_kind(),
+                operation: "no_expiry",
+            });
+        }
+        let ttl = policy.ttl.map(|t| held::round_up(t, caps.ttl_granularity));
         let names: Vec<String> = names.into_iter().map(Into::into).collect();
-        let names = wait::validate_names(&names)?;
+        let names = wait::validate_names(&self.inner, &names)?;
         let owner = policy.owner.as_deref().map(Arc::from);
         let claims: Vec<_> = names
             .into_iter()
@@ -567,14 +617,18 @@ impl Locksmith {
                 owner: owner.clone().unwrap_or_else(|| self.inner.owner.clone()),
                 host: self.inner.host.clone(),
                 pid: self.inner.pid,
-                ttl: policy.ttl,
+                ttl,
                 min_hold: None,
                 waited: std::time::Duration::ZERO,
             })
             .collect();
-        self.inner
-            .store
-            .set_locks(&self.inner.ns, &claims, &policy)
+        let policy = SetPolicy { ttl, ..policy };
+        let calls = &self.inner.calls;
+        calls
+            .run(
+                "set_locks",
+                calls.store.set_locks(&self.inner.ns, &claims, &policy),
+            )
             .await
     }
 
@@ -586,7 +640,7 @@ impl Locksmith {
     /// [`Error::InvalidName`].
     pub fn local_waiters(&self, name: &str) -> Result<usize> {
         Ok(registry::queued(
-            &self.inner.store,
+            &self.inner.calls.store,
             &self.inner.ns,
             &LockName::new(name)?,
         ))

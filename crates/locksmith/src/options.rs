@@ -27,26 +27,52 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 36_525 * 24 * 36);
 pub const MIN_TTL: Duration = Duration::from_millis(50);
 
 /// How long `acquire` waits for a held lock.
+///
+/// Every wait ends at its deadline at the latest (a try already sent then may take one more
+/// call timeout, the URL's `?timeout=`), on cancel, or on an error that retrying cannot fix;
+/// store errors that may pass (timeouts, dropped connections) are retried while it waits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Wait {
     /// Do not wait: a held lock is [`Error::Locked`] with the holder's info.
     No,
     /// Wait at most this long (a real deadline, not restarted by wake-ups), then
     /// [`Error::Timeout`].
     For(Duration),
+    /// Wait until this instant at the latest, then [`Error::Timeout`]; an instant already
+    /// past still tries once.
+    Until(Instant),
     /// Wait until the lock is free, like a mutex. The default of `acquire`.
     #[default]
     Forever,
 }
 
+impl Wait {
+    /// The deadline of a wait that started at `started`; `None` for no deadline (`Forever`)
+    /// and for `No` (which tries once).
+    pub(crate) fn deadline(self, started: Instant) -> Option<Instant> {
+        match self {
+            Wait::For(d) => Some(started + d),
+            Wait::Until(at) => Some(at),
+            Wait::No | Wait::Forever => None,
+        }
+    }
+}
+
 /// Whether the lease is renewed in the background while the guard lives.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// The default is [`Auto`](Renew::Auto) for every lock that expires — holding the guard (or
+/// running the body) means holding the lock, and the TTL only bounds how long a crashed
+/// holder blocks others — and [`Off`](Renew::Off) for `.no_expiry()` locks, which have no
+/// lease to renew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Renew {
-    /// The lease ends `ttl` after the grant (or the last `extend`). The default.
-    #[default]
+    /// A bare lease: it ends `ttl` after the grant (or the last `extend`), and the guard is
+    /// then lost with [`LossReason::Expired`](crate::LossReason::Expired).
     Off,
     /// A watchdog extends the lease to `ttl` every `ttl / 3` until the guard is released or
-    /// dropped, or `max_hold` is reached.
+    /// dropped, or `max_hold` is reached. The default for locks that expire.
     Auto,
 }
 
@@ -56,7 +82,8 @@ pub(crate) struct Options {
     pub(crate) ttl: Option<Duration>,
     pub(crate) no_expiry: bool,
     pub(crate) wait: Option<Wait>,
-    pub(crate) renew: Renew,
+    /// `None`: the default (`Auto` for locks that expire, `Off` for `.no_expiry()`).
+    pub(crate) renew: Option<Renew>,
     pub(crate) min_hold: Option<Duration>,
     pub(crate) max_hold: Option<Duration>,
     pub(crate) owner: Option<String>,
@@ -136,22 +163,27 @@ impl Options {
             (None, true) => None,
             (None, false) => Some(DEFAULT_TTL),
         };
-        if self.renew == Renew::Auto && ttl.is_none() {
+        if self.renew == Some(Renew::Auto) && ttl.is_none() {
             return Err(Error::invalid_option(
                 "renew",
                 "Renew::Auto renews a lease, but .no_expiry() has none — drop one of them",
             ));
         }
+        let renew = match (self.renew, ttl) {
+            (Some(renew), _) => renew,
+            (None, Some(_)) => Renew::Auto,
+            (None, None) => Renew::Off,
+        };
         if let Some(min_hold) = self.min_hold {
             check_duration("min_hold", min_hold)?;
             if let Some(ttl) = ttl
                 && min_hold > ttl
-                && self.renew != Renew::Auto
+                && renew != Renew::Auto
             {
                 return Err(Error::invalid_option(
                     "min_hold",
                     format!(
-                        "min_hold ({}) is longer than the TTL ({}) without renewal, so the lease would end first — raise the TTL or add .renew(Renew::Auto)",
+                        "min_hold ({}) is longer than the TTL ({}) with renewal off, so the lease would end first — raise the TTL or drop .renew(Renew::Off)",
                         DisplayDuration(min_hold),
                         DisplayDuration(ttl)
                     ),
@@ -160,10 +192,10 @@ impl Options {
         }
         if let Some(max_hold) = self.max_hold {
             check_duration("max_hold", max_hold)?;
-            if self.renew != Renew::Auto {
+            if renew != Renew::Auto {
                 return Err(Error::invalid_option(
                     "max_hold",
-                    "max_hold limits automatic renewal — add .renew(Renew::Auto), or use the TTL alone",
+                    "max_hold limits automatic renewal, which is off here (.renew(Renew::Off) or .no_expiry()) — drop that, or use the TTL alone",
                 ));
             }
             if let Some(ttl) = ttl
@@ -180,8 +212,10 @@ impl Options {
             }
         }
         let wait = self.wait.unwrap_or(default_wait);
-        if let Wait::For(d) = wait {
-            check_duration("wait", d)?;
+        match wait {
+            Wait::For(d) => check_duration("wait", d)?,
+            Wait::Until(at) => check_duration("wait", at.saturating_duration_since(Instant::now()))?,
+            Wait::No | Wait::Forever => {}
         }
         if let Some(owner) = &self.owner {
             check_owner(owner)?;
@@ -189,7 +223,7 @@ impl Options {
         Ok(Plan {
             ttl,
             wait,
-            renew: self.renew,
+            renew,
             min_hold: self.min_hold.filter(|d| !d.is_zero()),
             max_hold: self.max_hold,
             owner: self.owner.as_deref().map(Arc::from),
@@ -552,7 +586,14 @@ mod tests {
         let p = opts().validate(Wait::Forever).unwrap();
         assert_eq!(p.ttl, Some(DEFAULT_TTL));
         assert_eq!(p.wait, Wait::Forever);
-        assert_eq!(p.renew, Renew::Off);
+        assert_eq!(p.renew, Renew::Auto);
+        let p = Options {
+            no_expiry: true,
+            ..opts()
+        }
+        .validate(Wait::Forever)
+        .unwrap();
+        assert_eq!((p.ttl, p.renew), (None, Renew::Off));
     }
 
     #[test]
@@ -582,7 +623,7 @@ mod tests {
         bad(
             Options {
                 no_expiry: true,
-                renew: Renew::Auto,
+                renew: Some(Renew::Auto),
                 ..opts()
             },
             "renew",
@@ -591,6 +632,7 @@ mod tests {
             Options {
                 ttl: Some(Duration::from_secs(1)),
                 min_hold: Some(Duration::from_secs(2)),
+                renew: Some(Renew::Off),
                 ..opts()
             },
             "min_hold",
@@ -598,6 +640,15 @@ mod tests {
         bad(
             Options {
                 max_hold: Some(Duration::from_secs(120)),
+                renew: Some(Renew::Off),
+                ..opts()
+            },
+            "max_hold",
+        );
+        bad(
+            Options {
+                max_hold: Some(Duration::from_secs(120)),
+                no_expiry: true,
                 ..opts()
             },
             "max_hold",
@@ -605,7 +656,6 @@ mod tests {
         bad(
             Options {
                 max_hold: Some(Duration::from_secs(30)),
-                renew: Renew::Auto,
                 ..opts()
             },
             "max_hold",
@@ -624,11 +674,18 @@ mod tests {
             },
             "wait",
         );
-        // allowed: min_hold > ttl with renewal
+        bad(
+            Options {
+                wait: Some(Wait::Until(Instant::now() + MAX_DURATION * 2)),
+                ..opts()
+            },
+            "wait",
+        );
+        // allowed: min_hold > ttl with renewal (the default), max_hold by default
         Options {
             ttl: Some(Duration::from_secs(1)),
             min_hold: Some(Duration::from_secs(2)),
-            renew: Renew::Auto,
+            max_hold: Some(Duration::from_secs(5)),
             ..opts()
         }
         .validate(Wait::No)

@@ -9,12 +9,18 @@
 //!    of stores that cannot notify every waiter, or the caller's deadline — whichever is
 //!    first — and try again.
 //!
-//! Each try runs as its own task and reports through a channel. If the caller goes away
-//! while a try is in flight, whoever sees the grant last — the task or the dropped receiver
-//! — releases it, so a cancelled `acquire` never leaves a lock held.
+//! Each try runs as its own task, under the call timeout (`?timeout=`), and reports through
+//! a channel. If the caller goes away while a try is in flight, whoever sees the answer last
+//! — the task or the dropped receiver — releases a grant (or the claim of a failed try), so
+//! a cancelled `acquire` never leaves a lock held. A try that fails (an error, a timeout)
+//! may have been applied by the store all the same: its claim is released (detached,
+//! idempotent) and the next try uses a fresh token, so an unknown outcome never leaks a
+//! lock. A failed `subscribe` makes the waiter poll; a wait ends only at its deadline, on
+//! cancel, or on an error that retrying cannot fix.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,15 +28,16 @@ use futures_util::FutureExt;
 use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 
+use crate::calls::Calls;
 use crate::error::{Error, Result};
 use crate::guard::LockGuard;
-use crate::held::{Held, Terms};
+use crate::held::{Held, Terms, round_up};
 use crate::info::{LockInfo, LossReason};
 use crate::lease::{Lease, Token};
-use crate::name::LockName;
+use crate::name::{LockName, Namespace};
 use crate::options::{Options, Plan, Renew, Wait};
 use crate::registry::Ticket;
-use crate::store::{Claim, Grant, GrantAll};
+use crate::store::{Claim, Grant, GrantAll, Wakeups};
 use crate::{Inner, Locksmith};
 
 /// Waiters re-poll at least this often, so a lost notification costs latency, never a hang.
@@ -43,8 +50,22 @@ const REPOLL: Duration = Duration::from_secs(1);
 /// Options are checked when the lock is acquired; a bad one is [`Error::InvalidOption`].
 /// The rules: the TTL is positive (default 60 s); `.ttl(…)` and `.no_expiry()` exclude each
 /// other, and so do `Renew::Auto` and `.no_expiry()`; `min_hold` may exceed the TTL only with
-/// `Renew::Auto`; `max_hold` needs `Renew::Auto` and is at least the TTL; no duration exceeds
-/// [`MAX_DURATION`](crate::MAX_DURATION).
+/// renewal on (the default); `max_hold` needs renewal and is at least the TTL; no duration
+/// exceeds [`MAX_DURATION`](crate::MAX_DURATION). A store that cannot keep a lock forever
+/// or honour `min_hold` refuses those with [`Error::Unsupported`]; TTLs are rounded up to
+/// the store's [`ttl_granularity`](crate::Capabilities::ttl_granularity).
+///
+/// Awaiting the builder itself acquires the lock: `lm.lock("x").await` is
+/// `lm.lock("x").acquire().await`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> locksmith::Result<()> {
+/// let lm = locksmith::Locksmith::connect("memory://").await?;
+/// let guard = lm.lock("x").await?;
+/// assert!(guard.is_held());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use = "a LockBuilder does nothing until you call acquire, try_acquire, run or once"]
 pub struct LockBuilder {
@@ -77,9 +98,10 @@ macro_rules! option_setters {
         }
 
         /// Whether a watchdog renews the lease while the guard lives. Default
-        /// [`Renew::Off`].
+        /// [`Renew::Auto`] for locks that expire (`.no_expiry()` locks have nothing to
+        /// renew); `.renew(Renew::Off)` asks for a bare lease that ends at its TTL.
         pub fn renew(mut self, renew: Renew) -> Self {
-            self.opts.renew = renew;
+            self.opts.renew = Some(renew);
             self
         }
 
@@ -91,7 +113,7 @@ macro_rules! option_setters {
         }
 
         /// Stop renewing after this long: the lease ends and the guard is lost at
-        /// `acquired_at + max_hold`. Needs `Renew::Auto`.
+        /// `acquired_at + max_hold`. Needs renewal (the default for locks that expire).
         pub fn max_hold(mut self, max_hold: Duration) -> Self {
             self.opts.max_hold = Some(max_hold);
             self
@@ -156,23 +178,35 @@ impl LockBuilder {
     /// ```
     pub async fn acquire(self) -> Result<LockGuard> {
         let plan = self.opts.validate(Wait::Forever)?;
-        let name = LockName::new(&self.name)?;
+        let name = self.lm.inner.lock_name(&self.name)?;
         acquire_one(&self.lm.inner, name, plan).await
     }
 
-    /// Tries once: `Ok(None)` when the lock is held by someone else. Ignores `.wait(…)`.
+    /// Tries once: `Ok(None)` when the lock is held by someone else.
+    ///
+    /// It never waits, so a `.wait(…)` on the builder is a mistake: use
+    /// [`acquire`](LockBuilder::acquire) to wait for the lock, or
+    /// [`once`](LockBuilder::once) to wait and skip the work when the wait runs out.
     ///
     /// # Errors
     ///
-    /// As [`acquire`](LockBuilder::acquire), except that contention is `Ok(None)`.
+    /// As [`acquire`](LockBuilder::acquire), except that contention is `Ok(None)`;
+    /// [`Error::InvalidOption`] (`wait`) if `.wait(…)` was set. A store that does not answer
+    /// within the call timeout is [`Error::Store`] (and the claim is released, in case the
+    /// store applied it).
     ///
     /// # Cancel safety
     ///
     /// As [`acquire`](LockBuilder::acquire).
     pub async fn try_acquire(self) -> Result<Option<LockGuard>> {
-        let mut plan = self.opts.validate(Wait::No)?;
-        plan.wait = Wait::No;
-        let name = LockName::new(&self.name)?;
+        if self.opts.wait.is_some() {
+            return Err(Error::invalid_option(
+                "wait",
+                "try_acquire() tries once and never waits — use acquire() to wait for the lock, or once() to wait and skip when the wait runs out",
+            ));
+        }
+        let plan = self.opts.validate(Wait::No)?;
+        let name = self.lm.inner.lock_name(&self.name)?;
         match acquire_one(&self.lm.inner, name, plan).await {
             Ok(guard) => Ok(Some(guard)),
             Err(Error::Locked { .. }) => Ok(None),
@@ -206,7 +240,7 @@ impl LockBuilder {
     /// let lm = Locksmith::connect("memory://").await?;
     /// let total = lm
     ///     .lock("ledger")
-    ///     .renew(Renew::Auto)
+    ///     .renew(Renew::Auto) // the default; shown for clarity
     ///     .run(|lease| async move {
     ///         // fence every write with lease.fence()
     ///         lease.fence() * 0 + 42
@@ -258,7 +292,7 @@ impl LockBuilder {
     /// `once`'s acquisition: no wait unless `.wait(…)` was given; contention is `None`.
     pub(crate) async fn acquire_or_skip(self) -> Result<Option<LockGuard>> {
         let plan = self.opts.validate(Wait::No)?;
-        let name = LockName::new(&self.name)?;
+        let name = self.lm.inner.lock_name(&self.name)?;
         match acquire_one(&self.lm.inner, name, plan).await {
             Ok(guard) => Ok(Some(guard)),
             Err(Error::Locked { .. } | Error::Timeout { .. }) => Ok(None),
@@ -308,7 +342,9 @@ where
 ///
 /// Takes the same options as [`LockBuilder`] except `.token(…)` (each lock gets its own
 /// token). Waiting re-tries the whole set when the lock that blocked it changes; FIFO
-/// queueing applies to single locks only.
+/// queueing applies to single locks only. Awaiting the builder is
+/// [`acquire`](AcquireAllBuilder::acquire); [`release_all`](crate::release_all) releases the
+/// guards together.
 #[derive(Debug, Clone)]
 #[must_use = "an AcquireAllBuilder does nothing until you call acquire"]
 pub struct AcquireAllBuilder {
@@ -357,13 +393,33 @@ impl AcquireAllBuilder {
         if plan.token.is_some() {
             unreachable!("AcquireAllBuilder has no token setter");
         }
-        let names = validate_names(&self.names)?;
+        let names = validate_names(&self.lm.inner, &self.names)?;
         acquire_many(&self.lm.inner, names, plan).await
     }
 }
 
+impl IntoFuture for LockBuilder {
+    type Output = Result<LockGuard>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<LockGuard>> + Send>>;
+
+    /// [`acquire`](LockBuilder::acquire).
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.acquire())
+    }
+}
+
+impl IntoFuture for AcquireAllBuilder {
+    type Output = Result<Vec<LockGuard>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Vec<LockGuard>>> + Send>>;
+
+    /// [`acquire`](AcquireAllBuilder::acquire).
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.acquire())
+    }
+}
+
 /// Validates a list of names for a multi-lock call: non-empty, each valid, no repeats.
-pub(crate) fn validate_names(names: &[String]) -> Result<Vec<LockName>> {
+pub(crate) fn validate_names(inner: &Inner, names: &[String]) -> Result<Vec<LockName>> {
     if names.is_empty() {
         return Err(Error::InvalidName {
             name: String::new(),
@@ -374,7 +430,7 @@ pub(crate) fn validate_names(names: &[String]) -> Result<Vec<LockName>> {
     names
         .iter()
         .map(|n| {
-            let name = LockName::new(n)?;
+            let name = inner.lock_name(n)?;
             if !seen.insert(name.clone()) {
                 return Err(Error::InvalidName {
                     name: n.clone(),
@@ -387,6 +443,44 @@ pub(crate) fn validate_names(names: &[String]) -> Result<Vec<LockName>> {
 }
 
 impl Inner {
+    /// Validates `name` and checks it against the store's longest name.
+    pub(crate) fn lock_name(&self, name: &str) -> Result<LockName> {
+        let name = LockName::new(name)?;
+        let max = self.calls.store.capabilities().max_name_len;
+        if name.as_str().len() > max {
+            return Err(Error::InvalidName {
+                name: name.as_str().chars().take(64).collect::<String>() + "…",
+                reason: format!(
+                    "it is {} bytes, but the {} store takes names of at most {max} bytes — use a shorter name (e.g. a hash of the long one)",
+                    name.as_str().len(),
+                    self.calls.store.kind()
+                ),
+            });
+        }
+        Ok(name)
+    }
+
+    /// Checks a plan against what the store can do, and rounds its TTL up to the store's
+    /// granularity (so the store never ends a lease before the guard's local deadline).
+    pub(crate) fn fit(&self, mut plan: Plan) -> Result<Plan> {
+        let caps = self.calls.store.capabilities();
+        let kind = self.calls.store.kind();
+        if plan.ttl.is_none() && !caps.never_expire {
+            return Err(Error::Unsupported {
+                store: kind,
+                operation: "no_expiry",
+            });
+        }
+        if plan.min_hold.is_some() && !caps.min_hold {
+            return Err(Error::Unsupported {
+                store: kind,
+                operation: "min_hold",
+            });
+        }
+        plan.ttl = plan.ttl.map(|t| round_up(t, caps.ttl_granularity));
+        Ok(plan)
+    }
+
     pub(crate) fn claim(&self, name: LockName, plan: &Plan, token: Option<Token>) -> Claim {
         Claim {
             name,
@@ -401,13 +495,15 @@ impl Inner {
     }
 
     pub(crate) fn guard(&self, claim: Claim, fence: u64, sent: Instant, plan: &Plan) -> LockGuard {
+        let renew = plan.renew == Renew::Auto;
         let terms = Terms {
             ttl: claim.ttl,
             min_hold: plan.min_hold,
             max_hold: plan.max_hold,
+            renew,
         };
         let held = Held::new(
-            self.store.clone(),
+            self.calls.clone(),
             self.ns.clone(),
             claim.name,
             claim.token,
@@ -415,7 +511,7 @@ impl Inner {
             sent,
             terms,
         );
-        LockGuard::new(Arc::new(held), plan.renew == Renew::Auto, sent)
+        LockGuard::new(Arc::new(held), renew, sent)
     }
 }
 
@@ -479,21 +575,39 @@ enum Attempt {
     AlreadyHeld(LockName),
 }
 
-/// Tries to grant every claim (one store call), as its own task: see [`InFlight`].
+/// Releases the claims' tokens without waiting: after a try whose outcome is unknown (an
+/// error, a timeout) or that nobody will use. Idempotent in every store.
+fn release_claims(calls: &Calls, ns: &Namespace, claims: &[Claim], why: &str) {
+    for c in claims {
+        tracing::debug!(lock = %c.name, why, "releasing the claim of a try that failed or was abandoned");
+        calls.store.release_detached(ns, &c.name, &c.token, None);
+    }
+}
+
+/// Tries to grant every claim (one store call, under the call timeout), as its own task: see
+/// [`InFlight`]. If the requester went away, a grant is released, and so is the claim of a
+/// try that failed (the store may have applied it).
 fn try_claims(inner: &Inner, claims: &Arc<[Claim]>) -> InFlight<Result<Attempt>> {
-    let store = inner.store.clone();
+    let calls = inner.calls.clone();
     let ns = inner.ns.clone();
     let request = {
-        let (store, ns, claims) = (store.clone(), ns.clone(), claims.clone());
+        let (calls, ns, claims) = (calls.clone(), ns.clone(), claims.clone());
         async move {
+            let store = &calls.store;
             Ok(if let [claim] = &claims[..] {
-                match store.try_acquire(&ns, claim).await? {
+                match calls
+                    .run("try_acquire", store.try_acquire(&ns, claim))
+                    .await?
+                {
                     Grant::Acquired { fence } => Attempt::Acquired(vec![fence]),
                     Grant::Held(info) => Attempt::Held(info),
                     Grant::AlreadyHeld => Attempt::AlreadyHeld(claim.name.clone()),
                 }
             } else {
-                match store.try_acquire_all(&ns, &claims).await? {
+                match calls
+                    .run("try_acquire_all", store.try_acquire_all(&ns, &claims))
+                    .await?
+                {
                     GrantAll::Acquired(fences) => Attempt::Acquired(fences),
                     GrantAll::Held(info) => Attempt::Held(info),
                     GrantAll::AlreadyHeld(name) => Attempt::AlreadyHeld(name),
@@ -502,15 +616,30 @@ fn try_claims(inner: &Inner, claims: &Arc<[Claim]>) -> InFlight<Result<Attempt>>
         }
     };
     let claims = claims.clone();
-    let orphan = Arc::new(move |answer: Result<Attempt>| {
-        if let Ok(Attempt::Acquired(_)) = answer {
-            for c in claims.iter() {
-                tracing::debug!(lock = %c.name, "releasing a grant whose requester went away");
-                store.release_detached(&ns, &c.name, &c.token, None);
-            }
+    let orphan = Arc::new(move |answer: Result<Attempt>| match answer {
+        Ok(Attempt::Acquired(_)) => {
+            release_claims(&calls, &ns, &claims, "granted after the requester went away")
         }
+        Err(_) => release_claims(&calls, &ns, &claims, "failed after the requester went away"),
+        Ok(_) => {}
     });
     InFlight::spawn(request, orphan)
+}
+
+/// Claims whose last try had an unknown outcome: released (detached) if the wait ends
+/// without settling them — on an error, at the deadline, or when the caller goes away.
+struct Unsettled<'a> {
+    calls: &'a Calls,
+    ns: &'a Namespace,
+    claims: Option<Arc<[Claim]>>,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if let Some(claims) = self.claims.take() {
+            release_claims(self.calls, self.ns, &claims, "the wait ended after a failed try");
+        }
+    }
 }
 
 /// When to try again after finding the lock held by `holder`.
@@ -562,6 +691,9 @@ impl Backoff {
     }
 }
 
+/// The poll backoff cap of a waiter whose subscription failed, on a store that gives none.
+const POLL_CAP: Duration = Duration::from_millis(25);
+
 fn timeout(name: &str, started: Instant) -> Error {
     Error::Timeout {
         name: name.to_string(),
@@ -577,40 +709,70 @@ async fn until<T>(deadline: Option<Instant>, fut: impl Future<Output = T>) -> Op
     }
 }
 
-/// A try in flight when the caller's deadline passes may still finish within this, so a
-/// slow store can grant a free lock to a short `Wait::For`.
-const TRY_GRACE: Duration = Duration::from_secs(5);
+/// The claims with `waited` set, for the next try.
+fn stamped(claims: &[Claim], waited: Duration) -> Arc<[Claim]> {
+    claims
+        .iter()
+        .map(|c| Claim {
+            waited,
+            ..c.clone()
+        })
+        .collect()
+}
+
+/// The claims with fresh tokens: after a try of unknown outcome whose tokens were released,
+/// so a late release of the old tokens can never free a later grant.
+fn refreshed(claims: &[Claim]) -> Arc<[Claim]> {
+    claims
+        .iter()
+        .map(|c| Claim {
+            token: Token::new(),
+            ..c.clone()
+        })
+        .collect()
+}
 
 /// The one wait loop: grants every claim (one lock, or several atomically) or fails as
-/// `plan.wait` says. Returns the fences and the send time of the try that won.
+/// `plan.wait` says. Returns the claims that won (their tokens may have been renewed after
+/// a failed try), the fences, and the send time of the winning try.
+///
+/// Every store call runs under the call timeout, and a try in flight is always awaited, so
+/// the loop ends within the deadline plus one call timeout. A try that fails leaves no lock
+/// behind: its tokens are released (detached) and the next try uses fresh ones — or, for a
+/// caller's own token, it is released if the wait ends before a later try settles it.
 async fn wait_loop(
     inner: &Inner,
-    claims: &Arc<[Claim]>,
+    claims: Arc<[Claim]>,
     plan: &Plan,
-) -> Result<(Vec<u64>, Instant)> {
+) -> Result<(Arc<[Claim]>, Vec<u64>, Instant)> {
     let started = Instant::now();
-    let kind = inner.store.kind();
+    let calls = &inner.calls;
+    let kind = calls.store.kind();
     let first = claims[0].name.clone();
-    let deadline = match plan.wait {
-        Wait::For(d) => Some(started + d),
-        _ => None,
-    };
+    let deadline = plan.wait.deadline(started);
     // Single-lock waiters queue first, so a newcomer never overtakes a waiter of this
     // process; only the head talks to the store.
     let _ticket = match plan.wait {
         Wait::No => None,
         _ if claims.len() > 1 => None,
         _ => {
-            let ticket = Ticket::join(&inner.store, &inner.ns, &first);
+            let ticket = Ticket::join(&calls.store, &inner.ns, &first);
             if until(deadline, ticket.turn()).await.is_none() {
                 return Err(timeout(first.as_str(), started));
             }
             Some(ticket)
         }
     };
+    let mut claims = claims;
+    let mut unsettled = Unsettled {
+        calls,
+        ns: &inner.ns,
+        claims: None,
+    };
     // Subscribed to whichever name blocked the last try.
-    let mut wakeups: Option<(String, crate::store::Wakeups)> = None;
-    let mut poll = inner.store.capabilities().poll_interval.map(Backoff::new);
+    let mut wakeups: Option<(String, Wakeups)> = None;
+    let caps = calls.store.capabilities();
+    let mut poll = caps.poll_interval.map(Backoff::new);
     let mut on_error = Backoff::starting(Duration::from_millis(10), Duration::from_secs(1));
     let mut contended = false;
     loop {
@@ -618,16 +780,20 @@ async fn wait_loop(
             w.mark_seen();
         }
         let sent = Instant::now();
-        let try_deadline = deadline.map(|d| d.max(sent) + TRY_GRACE);
-        let answer = match until(try_deadline, try_claims(inner, claims).answer(kind)).await {
-            Some(answer) => answer?,
-            None => return Err(timeout(first.as_str(), started)),
-        };
-        let attempt = match answer {
+        claims = stamped(&claims, sent.saturating_duration_since(started));
+        let answer = try_claims(inner, &claims).answer(kind).await;
+        let attempt = match answer.and_then(|a| a) {
             Ok(attempt) => attempt,
-            Err(err) if err.is_retryable() && plan.wait != Wait::No => {
+            Err(err) => {
+                // The store may have applied the try: never leave that grant behind.
+                if plan.token.is_none() {
+                    release_claims(calls, &inner.ns, &claims, "the try failed");
+                    claims = refreshed(&claims);
+                } else {
+                    unsettled.claims = Some(claims.clone());
+                }
                 let now = Instant::now();
-                if deadline.is_some_and(|d| d <= now) {
+                if !err.is_retryable() || plan.wait == Wait::No || deadline.is_some_and(|d| d <= now) {
                     return Err(err);
                 }
                 let pause = on_error.next();
@@ -636,10 +802,10 @@ async fn wait_loop(
                 sleep_until(deadline.map_or(at, |d| d.min(at)).into()).await;
                 continue;
             }
-            Err(err) => return Err(err),
         };
         match attempt {
             Attempt::Acquired(fences) => {
+                unsettled.claims = None;
                 metrics::counter!("locksmith_acquired_total", "store" => kind)
                     .increment(claims.len() as u64);
                 if contended {
@@ -647,21 +813,25 @@ async fn wait_loop(
                         .record(started.elapsed().as_secs_f64());
                 }
                 tracing::debug!(lock = %first, ?fences, waited = ?started.elapsed(), "acquired");
-                return Ok((fences, sent));
+                return Ok((claims, fences, sent));
             }
             Attempt::AlreadyHeld(name) => {
-                // A token this loop generated can only hold the lock already if an earlier
-                // try was applied but its answer lost to an error: adopt that grant.
-                if plan.token.is_none()
-                    && let Some(adopted) = adopt(inner, claims).await?
+                // The caller's token holds the lock: if an earlier try of this loop failed,
+                // that try was applied after all — adopt its grant.
+                if unsettled.claims.is_some()
+                    && let Some((fences, sent)) = adopt(inner, &claims).await?
                 {
-                    return Ok(adopted);
+                    unsettled.claims = None;
+                    return Ok((claims, fences, sent));
                 }
+                unsettled.claims = None;
                 return Err(Error::AlreadyHeld {
                     name: name.to_string(),
                 });
             }
             Attempt::Held(holder) => {
+                // Someone else holds it, so no earlier try of this token was applied.
+                unsettled.claims = None;
                 if !contended {
                     contended = true;
                     metrics::counter!("locksmith_contended_total", "store" => kind).increment(1);
@@ -680,11 +850,18 @@ async fn wait_loop(
                     // Subscribe, then try again at once: the lock may have been released
                     // before the subscription existed.
                     let blocked = LockName::new(&holder.name)?;
-                    let sub =
-                        match until(deadline, inner.store.subscribe(&inner.ns, &blocked)).await {
-                            Some(sub) => sub?,
-                            None => return Err(timeout(&holder.name, started)),
-                        };
+                    let sub = calls.run("subscribe", calls.store.subscribe(&inner.ns, &blocked));
+                    let sub = match until(deadline, sub).await {
+                        Some(Ok(sub)) => sub,
+                        Some(Err(err)) => {
+                            // Wait by polling instead; the deadline stays.
+                            tracing::warn!(lock = %holder.name, %err, "could not subscribe to wake-ups; polling instead");
+                            let cap = caps.poll_interval.unwrap_or(POLL_CAP).min(POLL_CAP);
+                            poll.get_or_insert_with(|| Backoff::new(cap));
+                            Wakeups::never()
+                        }
+                        None => return Err(timeout(&holder.name, started)),
+                    };
                     wakeups = Some((holder.name, sub));
                     continue;
                 }
@@ -704,10 +881,17 @@ async fn wait_loop(
 /// fences, and a send time that keeps the local deadline within what the store reports left.
 async fn adopt(inner: &Inner, claims: &[Claim]) -> Result<Option<(Vec<u64>, Instant)>> {
     let asked = Instant::now();
+    let calls = &inner.calls;
     let mut fences = Vec::with_capacity(claims.len());
     let mut end = None::<Instant>;
     for c in claims {
-        let Some(info) = inner.store.held_by(&inner.ns, &c.name, &c.token).await? else {
+        let info = calls
+            .run(
+                "held_by",
+                calls.store.held_by(&inner.ns, &c.name, &c.token),
+            )
+            .await?;
+        let Some(info) = info else {
             return Ok(None);
         };
         fences.push(info.fence.unwrap_or(0));
@@ -725,18 +909,20 @@ async fn adopt(inner: &Inner, claims: &[Claim]) -> Result<Option<(Vec<u64>, Inst
 }
 
 async fn acquire_one(inner: &Inner, name: LockName, plan: Plan) -> Result<LockGuard> {
+    let plan = inner.fit(plan)?;
     let claim = inner.claim(name, &plan, plan.token.clone());
     let claims: Arc<[Claim]> = Arc::from(vec![claim]);
-    let (fences, sent) = wait_loop(inner, &claims, &plan).await?;
+    let (claims, fences, sent) = wait_loop(inner, claims, &plan).await?;
     Ok(inner.guard(claims[0].clone(), fences[0], sent, &plan))
 }
 
 async fn acquire_many(inner: &Inner, names: Vec<LockName>, plan: Plan) -> Result<Vec<LockGuard>> {
+    let plan = inner.fit(plan)?;
     let claims: Arc<[Claim]> = names
         .into_iter()
         .map(|n| inner.claim(n, &plan, None))
         .collect();
-    let (fences, sent) = wait_loop(inner, &claims, &plan).await?;
+    let (claims, fences, sent) = wait_loop(inner, claims, &plan).await?;
     Ok(claims
         .iter()
         .zip(fences)
@@ -747,19 +933,25 @@ async fn acquire_many(inner: &Inner, names: Vec<LockName>, plan: Plan) -> Result
 /// Re-attaches to a lock held by `token` (see [`Locksmith::resume`]).
 pub(crate) async fn resume(inner: &Inner, name: LockName, token: Token) -> Result<LockGuard> {
     let sent = Instant::now();
-    let Some(info) = inner.store.held_by(&inner.ns, &name, &token).await? else {
+    let calls = &inner.calls;
+    let info = calls
+        .run("held_by", calls.store.held_by(&inner.ns, &name, &token))
+        .await?;
+    let Some(info) = info else {
         return Err(Error::NotHeld {
             name: name.to_string(),
         });
     };
     // The remaining lease, measured by the store, is what this guard can vouch for; the
-    // original TTL is unknown, so later extends set it anew.
+    // original TTL is unknown, so later extends set it anew. The lock's min_hold stays.
     let terms = Terms {
         ttl: info.expires_in,
-        ..Terms::default()
+        min_hold: info.min_hold.filter(|d| !d.is_zero()),
+        max_hold: None,
+        renew: false,
     };
     let held = Held::new(
-        inner.store.clone(),
+        calls.clone(),
         inner.ns.clone(),
         name,
         token,

@@ -1,19 +1,27 @@
-//! The watchdog of `Renew::Auto`: one task per guard that extends the lease every `ttl / 3`
-//! and decides when the guard is lost.
+//! The per-guard task: renews the lease under `Renew::Auto`, re-checks ownership when the
+//! lock's name is woken, and decides when the guard is lost.
 //!
 //! - A renewal answered `NotHeld` loses the guard at once
 //!   ([`LossReason::Revoked`](crate::LossReason::Revoked)).
-//! - A renewal that fails (store unreachable) is retried every tenth of the TTL (10 ms to
-//!   1 s); if none succeeds before the local deadline — the send time of the last confirmed
-//!   grant or extend, plus the TTL, minus the safety margin — the guard is lost
-//!   ([`LossReason::Expired`](crate::LossReason::Expired)). The deadline is measured on this machine's monotonic clock
-//!   from the moment the request was sent, so it is never later than the store's expiry.
+//! - A renewal that fails (store unreachable, or no answer within the call timeout) is
+//!   retried every tenth of the TTL (10 ms to 1 s); if none succeeds before the local
+//!   deadline — the send time of the last confirmed grant or extend, plus the TTL, minus the
+//!   safety margin — the guard is lost
+//!   ([`LossReason::RenewalFailed`](crate::LossReason::RenewalFailed); with renewal off the
+//!   same deadline is [`LossReason::Expired`](crate::LossReason::Expired)). The deadline is
+//!   measured on this machine's monotonic clock from the moment the request was sent, so it
+//!   is never later than the store's expiry.
 //! - Renewals never extend far past `max_hold`: the last one is shortened so the lease ends
 //!   one safety margin after it, and the guard is lost at `max_hold`
 //!   ([`LossReason::MaxHold`](crate::LossReason::MaxHold)).
+//! - Every guard, renewing or not, subscribes to its name's wake-ups. A wake-up while held
+//!   (an operator's `clear` or `reset_all`, or anything else that frees or shortens the
+//!   lock) makes it ask the store whether its token still holds the lock; if not, the guard
+//!   is lost at once ([`LossReason::Revoked`](crate::LossReason::Revoked)). If subscribing
+//!   fails, the guard finds out at its next renewal or deadline instead.
 //!
 //! The task stops when the guard is released, dropped or leaked (its status leaves `Held`),
-//! and is aborted by the guard as well.
+//! and is aborted by the guard as well; its subscription goes with it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,14 +29,41 @@ use std::time::{Duration, Instant};
 use tokio::time::sleep_until;
 
 use crate::held::{Held, Status};
-use crate::store::{ExtendMode, Extended};
+use crate::store::{ExtendMode, Extended, Wakeups};
 
 fn retry_interval(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
-pub(crate) async fn run(held: Arc<Held>, granted_at: Instant) {
+/// Sleeps until `at`, or forever for `None`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at the next wake-up, or never without a subscription.
+async fn woken(wakeups: &mut Option<Wakeups>) {
+    match wakeups {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) async fn run(held: Arc<Held>, granted_at: Instant, renew: bool) {
     let mut rx = held.status.subscribe();
+    let calls = &held.calls;
+    let mut wakeups = match calls
+        .run("subscribe", calls.store.subscribe(&held.ns, &held.name))
+        .await
+    {
+        Ok(w) => Some(w),
+        Err(err) => {
+            tracing::debug!(lock = %held.name, %err, "guard could not subscribe to wake-ups; a clear is noticed at the next renewal");
+            None
+        }
+    };
     let mut last_sent = granted_at;
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -38,18 +73,15 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant) {
             held.mark_lost(reason);
             return;
         }
-        let (
-            Status::Held {
-                deadline: Some(deadline),
-                ..
-            },
-            Some(ttl),
-        ) = (status, held.ttl())
-        else {
-            // Lost, finished, or a lease that never expires: nothing to renew.
+        let Status::Held { deadline, .. } = status else {
+            // Lost, released, dropped or leaked: nothing left to watch.
             return;
         };
-        let next = retry_at.unwrap_or(last_sent + ttl / 3);
+        let ttl = held.ttl();
+        let next = match (renew, ttl, deadline) {
+            (true, Some(ttl), Some(_)) => Some(retry_at.unwrap_or(last_sent + ttl / 3)),
+            _ => None,
+        };
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
@@ -57,9 +89,14 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant) {
                 }
                 continue;
             }
-            _ = sleep_until(deadline.into()) => continue,
-            _ = sleep_until(next.into()) => {}
+            _ = sleep_until_opt(deadline) => continue,
+            _ = woken(&mut wakeups) => {
+                recheck(&held, deadline).await;
+                continue;
+            }
+            _ = sleep_until_opt(next) => {}
         }
+        let Some(ttl) = ttl else { continue };
 
         let sent = Instant::now();
         let renew_ttl = held.capped_ttl(ttl, sent);
@@ -70,7 +107,7 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant) {
         let call = held.change_lease(ExtendMode::AtLeast(renew_ttl));
         let answer = tokio::select! {
             answer = call => answer,
-            _ = sleep_until(deadline.into()) => continue,
+            _ = sleep_until_opt(deadline) => continue,
         };
         match answer {
             Ok(Extended::Extended { .. }) => {
@@ -78,15 +115,37 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant) {
                 retry_at = None;
                 tracing::trace!(lock = %held.name, ttl = ?renew_ttl, "renewed");
             }
-            // The guard is lost, or became never-expiring: nothing more to renew.
-            Ok(_) => return,
+            // Lost (the loop top reports it) or made never-expiring (nothing to renew).
+            Ok(_) => retry_at = None,
             Err(err) => {
                 let wait = retry_interval(ttl);
                 tracing::warn!(lock = %held.name, %err, retry_in = ?wait, "renewal failed");
-                metrics::counter!("locksmith_renew_errors_total", "store" => held.store.kind())
+                metrics::counter!("locksmith_renew_errors_total", "store" => calls.store.kind())
                     .increment(1);
                 retry_at = Some(Instant::now() + wait);
             }
+        }
+    }
+}
+
+/// After a wake-up: asks the store whether this token still holds the lock, and marks the
+/// guard lost (revoked) if it does not. A failed check changes nothing.
+async fn recheck(held: &Held, deadline: Option<Instant>) {
+    let calls = &held.calls;
+    let check = calls.run(
+        "held_by",
+        calls.store.held_by(&held.ns, &held.name, &held.token),
+    );
+    let answer = tokio::select! {
+        answer = check => answer,
+        _ = sleep_until_opt(deadline) => return,
+    };
+    match answer {
+        Ok(Some(_)) => {}
+        // Only a guard still `Held` is marked; a release in progress also finds nothing.
+        Ok(None) => held.mark_lost(crate::info::LossReason::Revoked),
+        Err(err) => {
+            tracing::debug!(lock = %held.name, %err, "ownership check after a wake-up failed")
         }
     }
 }
