@@ -185,9 +185,11 @@ impl LockGuard {
     ///
     /// # Errors
     ///
-    /// [`Error::NotHeld`] if the lease was lost (the guard then reports lost),
-    /// [`Error::InvalidOption`] for a zero or oversized TTL or a lock that never expires,
-    /// [`Error::Store`] if the store failed (the lease is unchanged as far as we know).
+    /// [`Error::NotHeld`] if the lease was lost (the guard then reports lost) — also when the
+    /// store's answer arrives after the guard's local deadline passed: a late answer never
+    /// revives a guard; [`Error::InvalidOption`] for a zero or oversized TTL or a lock that
+    /// never expires; [`Error::Store`] if the store failed or did not answer within the call
+    /// timeout (the lease is unchanged as far as this process can vouch).
     ///
     /// # Cancel safety
     ///
@@ -260,8 +262,8 @@ impl LockGuard {
 
     fn check_extended(&self, answer: Extended) -> Result<()> {
         match answer {
-            Extended::Extended { .. } => Ok(()),
-            Extended::NotHeld => self.check_held(),
+            // A late answer does not revive a guard that meanwhile passed its deadline.
+            Extended::Extended { .. } | Extended::NotHeld => self.check_held(),
             Extended::NotExpirable => Err(Error::invalid_option(
                 "ttl",
                 format!(

@@ -87,6 +87,8 @@ use std::sync::Arc;
 
 pub mod blocking;
 mod calls;
+#[cfg(all(test, feature = "memory"))]
+mod core_tests;
 mod error;
 mod guard;
 mod held;
