@@ -6,12 +6,14 @@
 
 use std::time::Duration;
 
-use locksmith::{ListQuery, Locksmith, Renew, SetPolicy, Wait};
+use locksmith::{ListQuery, Locksmith, SetPolicy, Wait};
 
 #[tokio::main]
 async fn main() -> locksmith::Result<()> {
     let lm = Locksmith::from_env().await?.with_namespace("quickstart")?;
     let url = std::env::var(locksmith::URL_ENV).unwrap_or_else(|_| locksmith::DEFAULT_URL.into());
+    // Never print a store URL as given: it may carry a password.
+    let url = locksmith::redact_url(&url);
     println!(
         "store: {url} ({}), namespace {:?}",
         lm.store_kind(),
@@ -25,8 +27,7 @@ async fn main() -> locksmith::Result<()> {
         workers.push(tokio::spawn(async move {
             lm.lock("reports/daily")
                 .owner(format!("worker-{id}"))
-                .ttl(Duration::from_secs(5))
-                .renew(Renew::Auto)
+                .ttl(Duration::from_secs(5)) // renewed in the background while the body runs
                 .run(|lease| async move {
                     println!(
                         "worker-{id} holds {} with fence {}",
@@ -79,5 +80,6 @@ async fn main() -> locksmith::Result<()> {
     let cleared = lm.clear(["maint/a", "maint/b", "maint/c"]).await?;
     println!("cleared: {cleared:?}");
     println!("fences keep growing on every run: the SQLite file keeps its counter");
-    Ok(())
+    // Finish releases still being retried, then close the store.
+    lm.close().await
 }

@@ -36,8 +36,6 @@ use crate::{
     SetPolicy, Token, Wait,
 };
 
-
-
 const RUNTIME_THREAD: &str = "locksmith-blocking";
 
 /// The background runtime every blocking call runs on.

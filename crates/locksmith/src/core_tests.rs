@@ -39,10 +39,6 @@ struct Faulty {
 }
 
 impl Faulty {
-    fn new(inner: Arc<dyn Store>) -> Arc<Faulty> {
-        Faulty::with_caps(inner, None)
-    }
-
     fn with_caps(inner: Arc<dyn Store>, caps: Option<Capabilities>) -> Arc<Faulty> {
         Arc::new(Faulty {
             inner,
@@ -62,7 +58,13 @@ impl Faulty {
 
     async fn gate<T>(&self, op: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
         let fault = self.faults.lock().unwrap().get(op).copied();
-        let failed = || Err(Error::store("faulty", true, format!("injected {op} failure")));
+        let failed = || {
+            Err(Error::store(
+                "faulty",
+                true,
+                format!("injected {op} failure"),
+            ))
+        };
         match fault {
             None => call.await,
             Some(Fault::FailBefore) => failed(),
@@ -257,7 +259,11 @@ async fn retries_after_apply_then_fail_leave_only_the_winner() {
         .unwrap()
         .unwrap();
     let info = plain.inspect("r").await.unwrap().unwrap();
-    assert_eq!(info.fence, Some(guard.fence()), "the winner's grant, no other");
+    assert_eq!(
+        info.fence,
+        Some(guard.fence()),
+        "the winner's grant, no other"
+    );
     guard.release().await.unwrap();
     assert!(free_within(&plain, "r", SOON).await);
 }
@@ -303,7 +309,10 @@ async fn wait_for_against_a_holder_and_failing_store_ends_at_the_deadline() {
         .unwrap_err();
     let took = started.elapsed();
     assert!(err.is_retryable(), "{err}");
-    assert!(took >= ms(250), "retried until the deadline, not before: {took:?}");
+    assert!(
+        took >= ms(250),
+        "retried until the deadline, not before: {took:?}"
+    );
     assert!(took < ms(250) + SOON, "{took:?}");
     assert!(free_within(&plain, "f", SOON).await);
 }
@@ -361,7 +370,12 @@ async fn failed_release_is_retried_in_the_background() {
     let lm = Locksmith::connect(&format!("memory://{name}?timeout=300ms"))
         .await
         .unwrap();
-    let guard = lm.lock("bg").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    let guard = lm
+        .lock("bg")
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
     assert!(set_offline(&name, true));
     let err = guard.release().await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
@@ -419,7 +433,10 @@ async fn a_failed_subscribe_makes_the_waiter_poll() {
         .unwrap()
         .unwrap()
         .unwrap();
-    eprintln!("polling waiter got the lock {:?} after release", released.elapsed());
+    eprintln!(
+        "polling waiter got the lock {:?} after release",
+        released.elapsed()
+    );
     assert!(guard.is_held());
 }
 
@@ -548,12 +565,24 @@ async fn store_limits_are_enforced_by_the_core() {
     let (plain, lm, _faulty) = pair(Some(caps));
     let err = lm.lock("n").no_expiry().acquire().await.unwrap_err();
     assert!(
-        matches!(err, Error::Unsupported { store: "faulty", operation: "no_expiry" }),
+        matches!(
+            err,
+            Error::Unsupported {
+                store: "faulty",
+                operation: "no_expiry"
+            }
+        ),
         "{err}"
     );
     let err = lm.lock("n").min_hold(ms(10)).acquire().await.unwrap_err();
     assert!(
-        matches!(err, Error::Unsupported { operation: "min_hold", .. }),
+        matches!(
+            err,
+            Error::Unsupported {
+                operation: "min_hold",
+                ..
+            }
+        ),
         "{err}"
     );
     let err = lm.lock("a-very-long-name").acquire().await.unwrap_err();
@@ -570,7 +599,13 @@ async fn store_limits_are_enforced_by_the_core() {
         .acquire()
         .await
         .unwrap();
-    let left = plain.inspect("r").await.unwrap().unwrap().expires_in.unwrap();
+    let left = plain
+        .inspect("r")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
     assert!(left > ms(1600), "{left:?}");
     assert!(g.expires_in().unwrap() > ms(1600));
 }
@@ -612,7 +647,10 @@ async fn passwords_never_show() {
         "postgres://u:secret@h/db",
     );
     let shown = format!("{lm:?}");
-    assert!(!shown.contains("secret") && shown.contains("u:***@h"), "{shown}");
+    assert!(
+        !shown.contains("secret") && shown.contains("u:***@h"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
@@ -622,7 +660,10 @@ async fn call_timeout_applies_to_admin_calls() {
     faulty.set("force_release", Some(Fault::Hang));
     let started = Instant::now();
     let err = lm.inspect("x").await.unwrap_err();
-    assert!(err.is_retryable() && err.to_string().contains("?timeout="), "{err}");
+    assert!(
+        err.is_retryable() && err.to_string().contains("?timeout="),
+        "{err}"
+    );
     assert!(lm.clear(["x"]).await.unwrap_err().is_retryable());
     assert!(started.elapsed() < SOON);
     // a hung release returns within the timeout and is retried in the background

@@ -95,7 +95,9 @@ pub enum Error {
         source: Option<BoxError>,
     },
     /// The store cannot do this operation.
-    #[error("the {store} store does not support {operation}")]
+    #[error(
+        "the {store} store does not support {operation} — do without it, or use a store that has it (see Locksmith::capabilities())"
+    )]
     Unsupported {
         /// The store's kind, e.g. `memory`.
         store: &'static str,

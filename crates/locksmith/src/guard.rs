@@ -425,8 +425,7 @@ impl Drop for LockGuard {
 /// # Ok(()) }
 /// ```
 pub async fn release_all(guards: impl IntoIterator<Item = LockGuard>) -> Result<()> {
-    let outcomes =
-        futures_util::future::join_all(guards.into_iter().map(LockGuard::release)).await;
+    let outcomes = futures_util::future::join_all(guards.into_iter().map(LockGuard::release)).await;
     outcomes.into_iter().collect()
 }
 

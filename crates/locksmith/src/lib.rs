@@ -10,15 +10,15 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> locksmith::Result<()> {
 //! use std::time::Duration;
-//! use locksmith::{Locksmith, Renew, Wait};
+//! use locksmith::{Locksmith, Wait};
 //!
 //! let lm = Locksmith::connect("memory://").await?;
 //!
-//! // Hold a lock while work runs; the watchdog renews it; a lost lease stops the work.
+//! // Hold a lock while work runs; the watchdog renews it (on by default); a lost lease
+//! // stops the work.
 //! let rows = lm
 //!     .lock("billing/invoice-42")
 //!     .ttl(Duration::from_secs(30))
-//!     .renew(Renew::Auto)
 //!     .wait(Wait::For(Duration::from_secs(5)))
 //!     .run(|lease| async move {
 //!         // UPDATE invoices SET … WHERE id = 42 AND last_fence <= lease.fence()
@@ -31,6 +31,13 @@
 //! let guard = lm.lock("reports").try_acquire().await?.expect("free");
 //! println!("holding {} with fence {}", guard.name(), guard.fence());
 //! guard.release().await?;
+//!
+//! // Awaiting the builder acquires (waiting like a mutex).
+//! let guard = lm.lock("reports").await?;
+//! drop(guard);
+//!
+//! // Before exit: finish releases still being retried, close the store.
+//! lm.close().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -43,13 +50,27 @@
 //! - **Contention.** [`try_acquire`](LockBuilder::try_acquire) returns `Ok(None)` when the
 //!   lock is held. [`acquire`](LockBuilder::acquire) waits like a mutex by default;
 //!   [`Wait::No`] fails at once with [`Error::Locked`] and the holder's info, and
-//!   [`Wait::For`] with [`Error::Timeout`] after a real deadline. Waiters are woken by the
-//!   store, served first-come first-served within a process, and re-poll at least every
-//!   second and at the holder's expiry, so a lost notification costs latency, never a hang.
-//! - **Loss.** With [`Renew::Auto`] a watchdog extends the lease every `ttl / 3`. A guard
-//!   is *lost* — [`LockGuard::lost`] resolves, [`LockGuard::is_held`] turns false — when the
-//!   store says its token no longer holds the lock, when renewals cannot reach the store
-//!   before the lease could have expired, or at `max_hold`. A clean release never is.
+//!   [`Wait::For`] / [`Wait::Until`] with [`Error::Timeout`] after a real deadline. Waiters
+//!   are woken by the store, served first-come first-served within a process, and re-poll
+//!   at least every second and at the holder's expiry, so a lost notification costs
+//!   latency, never a hang; waiters the store cannot subscribe poll instead.
+//! - **Fences.** `fence = max(last fence + 1, store clock in µs since the Unix epoch)`:
+//!   strictly increasing per name across expiry, takeover, clear, reset, purge and store
+//!   restarts, even when the clock steps back or the counter is lost.
+//! - **Renewal and loss.** Renewal ([`Renew::Auto`]) is on by default for every lock that
+//!   expires: a watchdog extends the lease every `ttl / 3`, so the TTL only bounds how long a
+//!   crashed holder blocks others; `.renew(Renew::Off)` asks for a bare lease. A guard is
+//!   *lost* — [`LockGuard::lost`] resolves, [`LockGuard::is_held`] turns false — when the
+//!   store says its token no longer holds the lock ([`LossReason::Revoked`]; a held guard
+//!   re-checks when its name is woken, so a `clear` stops an in-process holder at once),
+//!   when renewals cannot reach the store before the lease could have expired
+//!   ([`LossReason::RenewalFailed`], or [`LossReason::Expired`] with renewal off), or at
+//!   `max_hold`. A clean release never is, and a late answer never revives a lost guard.
+//! - **Store calls.** Every store call runs under the URL's `?timeout=` (default 5 s); a
+//!   call that does not answer is a retryable [`Error::Store`]. `Wait::For(d)` returns within
+//!   `d` plus one call timeout. A try that failed or was abandoned releases its claim, since
+//!   the store may have applied it; a failed [`release`](LockGuard::release) is retried in
+//!   the background until it gets through, the lease ends, or [`Locksmith::close`].
 //! - **Keep after completion.** `min_hold` keeps a released lock until
 //!   `acquired_at + min_hold`: "run at most once per period".
 //! - **Admin.** [`Locksmith::inspect`], [`list`](Locksmith::list) (paged, by prefix),
@@ -67,7 +88,8 @@
 //! | `memory://` | private to this [`Locksmith`] and its clones | in-process notification |
 //! | `memory://NAME` | shared by everything in this process that connects to `NAME` | in-process notification |
 //!
-//! Every URL takes `?namespace=NAME` to isolate tenants or test runs on a shared store.
+//! Every URL takes `?namespace=NAME` to isolate tenants or test runs on a shared store, and
+//! `?timeout=DURATION` (default 5 s) to bound each store call.
 //! [`Locksmith::from_env`] reads `LOCKSMITH_URL` and falls back to the SQLite default; see
 //! [`store::sqlite`] for where that file lives and how to share one between users.
 //! Synchronous code uses [`blocking`], the same surface without `async`.
@@ -76,7 +98,9 @@
 //!
 //! Dropping a [`LockGuard`] releases the lock without blocking. A process that exits or
 //! aborts with locks held leaves them to expire with their lease (or, for `.no_expiry()`
-//! locks, until an operator clears them). A paused holder (GC, swap, SIGSTOP) may outlive
+//! locks, until an operator clears them). [`Locksmith::close`] before exit finishes queued
+//! and retried releases. Store URLs are shown with their password masked
+//! ([`redact_url`]) everywhere: errors, `Debug`, logs. A paused holder (GC, swap, SIGSTOP) may outlive
 //! its lease without noticing until it runs again: that is what fences are for.
 
 #![warn(missing_docs)]

@@ -214,7 +214,9 @@ impl Options {
         let wait = self.wait.unwrap_or(default_wait);
         match wait {
             Wait::For(d) => check_duration("wait", d)?,
-            Wait::Until(at) => check_duration("wait", at.saturating_duration_since(Instant::now()))?,
+            Wait::Until(at) => {
+                check_duration("wait", at.saturating_duration_since(Instant::now()))?
+            }
             Wait::No | Wait::Forever => {}
         }
         if let Some(owner) = &self.owner {

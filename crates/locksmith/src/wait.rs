@@ -617,9 +617,12 @@ fn try_claims(inner: &Inner, claims: &Arc<[Claim]>) -> InFlight<Result<Attempt>>
     };
     let claims = claims.clone();
     let orphan = Arc::new(move |answer: Result<Attempt>| match answer {
-        Ok(Attempt::Acquired(_)) => {
-            release_claims(&calls, &ns, &claims, "granted after the requester went away")
-        }
+        Ok(Attempt::Acquired(_)) => release_claims(
+            &calls,
+            &ns,
+            &claims,
+            "granted after the requester went away",
+        ),
         Err(_) => release_claims(&calls, &ns, &claims, "failed after the requester went away"),
         Ok(_) => {}
     });
@@ -637,7 +640,12 @@ struct Unsettled<'a> {
 impl Drop for Unsettled<'_> {
     fn drop(&mut self) {
         if let Some(claims) = self.claims.take() {
-            release_claims(self.calls, self.ns, &claims, "the wait ended after a failed try");
+            release_claims(
+                self.calls,
+                self.ns,
+                &claims,
+                "the wait ended after a failed try",
+            );
         }
     }
 }
@@ -793,7 +801,10 @@ async fn wait_loop(
                     unsettled.claims = Some(claims.clone());
                 }
                 let now = Instant::now();
-                if !err.is_retryable() || plan.wait == Wait::No || deadline.is_some_and(|d| d <= now) {
+                if !err.is_retryable()
+                    || plan.wait == Wait::No
+                    || deadline.is_some_and(|d| d <= now)
+                {
                     return Err(err);
                 }
                 let pause = on_error.next();
@@ -886,10 +897,7 @@ async fn adopt(inner: &Inner, claims: &[Claim]) -> Result<Option<(Vec<u64>, Inst
     let mut end = None::<Instant>;
     for c in claims {
         let info = calls
-            .run(
-                "held_by",
-                calls.store.held_by(&inner.ns, &c.name, &c.token),
-            )
+            .run("held_by", calls.store.held_by(&inner.ns, &c.name, &c.token))
             .await?;
         let Some(info) = info else {
             return Ok(None);
