@@ -63,7 +63,11 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     pub(crate) fn new(held: Arc<Held>, renew: bool, granted_at: Instant) -> LockGuard {
-        let watchdog = tokio::spawn(crate::watchdog::run(held.clone(), granted_at, renew));
+        let watchdog = tokio::spawn(crate::watchdog::run(
+            Arc::downgrade(&held),
+            granted_at,
+            renew,
+        ));
         LockGuard {
             held,
             watchdog: Some(watchdog),

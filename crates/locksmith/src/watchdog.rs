@@ -23,7 +23,7 @@
 //! The task stops when the guard is released, dropped or leaked (its status leaves `Held`),
 //! and is aborted by the guard as well; its subscription goes with it.
 
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use tokio::time::sleep_until;
@@ -51,33 +51,44 @@ async fn woken(wakeups: &mut Option<Wakeups>) {
     }
 }
 
-pub(crate) async fn run(held: Arc<Held>, granted_at: Instant, renew: bool) {
-    let mut rx = held.status.subscribe();
-    let calls = &held.calls;
-    let mut wakeups = match calls
-        .run("subscribe", calls.store.subscribe(&held.ns, &held.name))
-        .await
-    {
-        Ok(w) => Some(w),
-        Err(err) => {
-            tracing::debug!(lock = %held.name, %err, "guard could not subscribe to wake-ups; a clear is noticed at the next renewal");
-            None
+/// The task of one guard. It holds the guard's state only weakly, and strongly only during
+/// a store call, so dropping the guard frees the store handle at once (a store that drains
+/// its queue when its last handle goes, as SQLite does, then does so before the process can
+/// exit).
+pub(crate) async fn run(held: Weak<Held>, granted_at: Instant, renew: bool) {
+    let Some(mut rx) = held.upgrade().map(|h| h.status.subscribe()) else {
+        return;
+    };
+    let mut wakeups = {
+        let Some(h) = held.upgrade() else { return };
+        let calls = &h.calls;
+        match calls
+            .run("subscribe", calls.store.subscribe(&h.ns, &h.name))
+            .await
+        {
+            Ok(w) => Some(w),
+            Err(err) => {
+                tracing::debug!(lock = %h.name, %err, "guard could not subscribe to wake-ups; a clear is noticed at the next renewal");
+                None
+            }
         }
     };
     let mut last_sent = granted_at;
     let mut retry_at: Option<Instant> = None;
     loop {
-        let status = *rx.borrow_and_update();
-        let now = Instant::now();
-        if let Some(reason) = held.loss_at(status, now) {
-            held.mark_lost(reason);
-            return;
-        }
-        let Status::Held { deadline, .. } = status else {
-            // Lost, released, dropped or leaked: nothing left to watch.
-            return;
+        let (deadline, ttl) = {
+            let Some(h) = held.upgrade() else { return };
+            let status = *rx.borrow_and_update();
+            if let Some(reason) = h.loss_at(status, Instant::now()) {
+                h.mark_lost(reason);
+                return;
+            }
+            let Status::Held { deadline, .. } = status else {
+                // Lost, released, dropped or leaked: nothing left to watch.
+                return;
+            };
+            (deadline, h.ttl())
         };
-        let ttl = held.ttl();
         let next = match (renew, ttl, deadline) {
             (true, Some(ttl), Some(_)) => Some(retry_at.unwrap_or(last_sent + ttl / 3)),
             _ => None,
@@ -91,20 +102,22 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant, renew: bool) {
             }
             _ = sleep_until_opt(deadline) => continue,
             _ = woken(&mut wakeups) => {
-                recheck(&held, deadline).await;
+                let Some(h) = held.upgrade() else { return };
+                recheck(&h, deadline).await;
                 continue;
             }
             _ = sleep_until_opt(next) => {}
         }
         let Some(ttl) = ttl else { continue };
+        let Some(h) = held.upgrade() else { return };
 
         let sent = Instant::now();
-        let renew_ttl = held.capped_ttl(ttl, sent);
+        let renew_ttl = h.capped_ttl(ttl, sent);
         if renew_ttl.is_zero() {
             continue; // the deadline is max_hold: the loop top reports it
         }
         // A renewal never shortens the lease (a `renew_by` may have moved it further).
-        let call = held.change_lease(ExtendMode::AtLeast(renew_ttl));
+        let call = h.change_lease(ExtendMode::AtLeast(renew_ttl));
         let answer = tokio::select! {
             answer = call => answer,
             _ = sleep_until_opt(deadline) => continue,
@@ -113,14 +126,14 @@ pub(crate) async fn run(held: Arc<Held>, granted_at: Instant, renew: bool) {
             Ok(Extended::Extended { .. }) => {
                 last_sent = sent;
                 retry_at = None;
-                tracing::trace!(lock = %held.name, ttl = ?renew_ttl, "renewed");
+                tracing::trace!(lock = %h.name, ttl = ?renew_ttl, "renewed");
             }
             // Lost (the loop top reports it) or made never-expiring (nothing to renew).
             Ok(_) => retry_at = None,
             Err(err) => {
                 let wait = retry_interval(ttl);
-                tracing::warn!(lock = %held.name, %err, retry_in = ?wait, "renewal failed");
-                metrics::counter!("locksmith_renew_errors_total", "store" => calls.store.kind())
+                tracing::warn!(lock = %h.name, %err, retry_in = ?wait, "renewal failed");
+                metrics::counter!("locksmith_renew_errors_total", "store" => h.calls.store.kind())
                     .increment(1);
                 retry_at = Some(Instant::now() + wait);
             }
