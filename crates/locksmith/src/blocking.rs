@@ -308,6 +308,24 @@ pub fn release_all(guards: impl IntoIterator<Item = LockGuard>) -> Result<()> {
     block(crate::release_all(guards))
 }
 
+/// Dropping the last handle to a store (no other handle, guard or clone uses it) closes it
+/// as [`close`](Locksmith::close) does, blocking for at most about two call timeouts: a
+/// synchronous program that drops its guards and returns from `main` has no runtime whose
+/// shutdown would wait for queued releases, so this waits for them instead.
+impl Drop for Locksmith {
+    fn drop(&mut self) {
+        let last = Arc::strong_count(&self.inner.inner) == 1
+            && Arc::strong_count(&self.inner.inner.calls.store) == 1;
+        if !last || std::thread::current().name() == Some(RUNTIME_THREAD) {
+            return;
+        }
+        let lm = self.inner.clone();
+        if let Err(err) = block(async move { lm.close().await }) {
+            tracing::debug!(%err, "closing the store on the last drop failed");
+        }
+    }
+}
+
 fn collect<I, S>(names: I) -> Vec<String>
 where
     I: IntoIterator<Item = S>,
