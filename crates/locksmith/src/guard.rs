@@ -65,6 +65,7 @@ impl LockGuard {
     pub(crate) fn new(held: Arc<Held>, renew: bool, granted_at: Instant) -> LockGuard {
         let watchdog = tokio::spawn(crate::watchdog::run(
             Arc::downgrade(&held),
+            held.status.subscribe(),
             granted_at,
             renew,
         ));

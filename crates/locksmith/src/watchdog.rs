@@ -17,8 +17,10 @@
 //! - Every guard, renewing or not, subscribes to its name's wake-ups. A wake-up while held
 //!   (an operator's `clear` or `reset_all`, or anything else that frees or shortens the
 //!   lock) makes it ask the store whether its token still holds the lock; if not, the guard
-//!   is lost at once ([`LossReason::Revoked`](crate::LossReason::Revoked)). If subscribing
-//!   fails, the guard finds out at its next renewal or deadline instead.
+//!   is lost at once ([`LossReason::Revoked`](crate::LossReason::Revoked)). The task
+//!   subscribes a couple of milliseconds after the grant (a clear before that is noticed at
+//!   the next renewal); if subscribing fails, the guard finds out at its next renewal or
+//!   deadline instead.
 //!
 //! The task stops when the guard is released, dropped or leaked (its status leaves `Held`),
 //! and is aborted by the guard as well; its subscription goes with it.
@@ -26,10 +28,14 @@
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio::time::sleep_until;
 
 use crate::held::{Held, Status};
 use crate::store::{ExtendMode, Extended, Wakeups};
+
+/// How long a new guard's task waits before it first touches the guard (see [`run`]).
+const SETTLE: Duration = Duration::from_millis(2);
 
 fn retry_interval(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
@@ -55,10 +61,22 @@ async fn woken(wakeups: &mut Option<Wakeups>) {
 /// a store call, so dropping the guard frees the store handle at once (a store that drains
 /// its queue when its last handle goes, as SQLite does, then does so before the process can
 /// exit).
-pub(crate) async fn run(held: Weak<Held>, granted_at: Instant, renew: bool) {
-    let Some(mut rx) = held.upgrade().map(|h| h.status.subscribe()) else {
+pub(crate) async fn run(
+    held: Weak<Held>,
+    mut rx: watch::Receiver<Status>,
+    granted_at: Instant,
+    renew: bool,
+) {
+    // A guard dropped right after its grant (a program that ends at once) goes without this
+    // task ever holding it: the drop of the last store handle then happens in the caller's
+    // code, where the store can still finish its queued releases.
+    tokio::select! {
+        _ = rx.changed() => {}
+        _ = tokio::time::sleep(SETTLE) => {}
+    }
+    if !matches!(*rx.borrow(), Status::Held { .. }) {
         return;
-    };
+    }
     let mut wakeups = {
         let Some(h) = held.upgrade() else { return };
         let calls = &h.calls;
