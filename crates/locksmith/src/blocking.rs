@@ -8,6 +8,10 @@
 //!
 //! Do not call it from async code: it blocks the calling thread. Use the async API there.
 //!
+//! A synchronous program has no runtime whose shutdown could wait for releases still queued
+//! when it returns from `main`, so dropping the last handle to a store (no clone, guard or
+//! other handle left) closes it like [`Locksmith::close`] — waiting briefly for them.
+//!
 //! ```
 //! use std::time::Duration;
 //! use locksmith::blocking::Locksmith;

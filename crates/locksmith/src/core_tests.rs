@@ -297,6 +297,26 @@ async fn wait_for_gives_up_on_a_hung_store_within_deadline_plus_timeout() {
 }
 
 #[tokio::test]
+async fn wait_for_longer_than_the_call_timeout_on_a_hung_store() {
+    let (plain, lm, faulty) = pair(None);
+    faulty.set("try_acquire", Some(Fault::ApplyThenHang));
+    let started = Instant::now();
+    let err = lm
+        .lock("hl")
+        .wait(Wait::For(ms(700)))
+        .acquire()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    eprintln!("Wait::For(700ms), 300ms call timeout, hung store: {took:?}: {err}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(took >= ms(700), "kept trying until the deadline: {took:?}");
+    assert!(took < ms(700 + 300) + SOON, "{took:?}");
+    // every hung try was applied, and every one was released
+    assert!(free_within(&plain, "hl", SOON).await);
+}
+
+#[tokio::test]
 async fn wait_for_against_a_holder_and_failing_store_ends_at_the_deadline() {
     let (plain, lm, faulty) = pair(None);
     faulty.set("try_acquire", Some(Fault::FailBefore));

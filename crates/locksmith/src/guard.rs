@@ -22,6 +22,12 @@ use crate::store::{ExtendMode, Extended, Released};
 /// expired (the last confirmed send time plus the TTL, minus a safety margin of a tenth of the
 /// TTL, at most 1 s), or at `max_hold`. A clean release never counts as lost.
 ///
+/// Each guard has a small background task: it renews the lease (renewal is on by default
+/// for locks that expire) and, renewing or not, asks the store whether the guard still holds
+/// the lock whenever the lock's name is woken — so an operator's `clear` or `reset_all`
+/// makes [`lost`](LockGuard::lost) resolve at once on a store that notifies. The task ends
+/// with the guard.
+///
 /// # Drop behaviour
 ///
 /// `Drop` never blocks and needs no runtime: it hands the release to the store
