@@ -31,9 +31,6 @@
 //! The suite's teeth are proven in `tests/teeth.rs`: the test-only stores of [`teeth`] (a
 //! non-atomic GET-then-SET store, a store that ignores `min_hold`) must fail it.
 //!
-//! Cases for library API not on `main` yet sit behind the `pending` feature
-//! ([`for_each_pending_case!`]).
-//!
 //! Stores that need a server get it from the test kit (ephemeral, on a temp dir, killed on
 //! drop) or from `LOCKSMITH_TEST_<STORE>_URL`. Where the server binary is missing the
 //! store's tests print `SKIPPED` loudly — and fail when `LOCKSMITH_TEST_REQUIRE_SERVERS=1`,
@@ -438,7 +435,6 @@ macro_rules! conformance_suite {
                 use super::super::*;
 
                 $crate::for_each_case!($crate::__emit_cases, $target);
-                $crate::for_each_pending_case!($crate::__emit_cases, $target);
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn capabilities_declared() {
@@ -574,35 +570,13 @@ macro_rules! for_each_case {
             wake_across_processes,
             sigkilled_holder_taken_over_after_ttl,
             fences_across_processes_and_restart,
-            polling_waiter_not_starved
-        );
-    };
-}
-
-/// Calls `$m!($args; case, …)` with the cases for library API not on `main` yet
-/// (`Wait::Until`, `IntoFuture`, `close`, `with_timeout`): empty unless the testkit's `pending` feature is
-/// on.
-#[cfg(feature = "pending")]
-#[macro_export]
-macro_rules! for_each_pending_case {
-    ($m:path, $($args:tt)*) => {
-        $m!($($args)*;
+            polling_waiter_not_starved,
+            // API of seam v2
             wait_until_deadline_honoured,
             into_future_acquires,
             close_finishes_detached_releases,
             hung_store_calls_bounded
         );
-    };
-}
-
-/// Calls `$m!($args; case, …)` with the cases for library API not on `main` yet
-/// (`Wait::Until`, `IntoFuture`, `close`, `with_timeout`): empty unless the testkit's `pending` feature is
-/// on.
-#[cfg(not(feature = "pending"))]
-#[macro_export]
-macro_rules! for_each_pending_case {
-    ($m:path, $($args:tt)*) => {
-        $m!($($args)*;);
     };
 }
 

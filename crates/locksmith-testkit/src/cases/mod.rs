@@ -13,21 +13,19 @@ use crate::Ctx;
 pub use crate::targets::SOON;
 
 mod admin;
+mod api;
 mod contract;
 mod faults;
 mod locking;
 mod loss;
-#[cfg(feature = "pending")]
-mod pending;
 mod processes;
 
 pub use admin::*;
+pub use api::*;
 pub use contract::*;
 pub use faults::*;
 pub use locking::*;
 pub use loss::*;
-#[cfg(feature = "pending")]
-pub use pending::*;
 pub use processes::*;
 
 /// `.no_expiry()` where the store supports it, else a 10-minute lease: for cases where a

@@ -1,7 +1,5 @@
-//! Cases for library API that is not on `main` yet (`Wait::Until`, `IntoFuture` for the
-//! builders, `Locksmith::close`, `Locksmith::with_timeout`), behind the testkit's `pending` feature so the suite builds
-//! without them. The lead turns the feature on (or moves these into the main list) when the
-//! API lands.
+//! Cases for the API of seam v2: `Wait::Until`, `IntoFuture` for the builders,
+//! `Locksmith::close`, and call timeouts (`Locksmith::with_timeout`).
 
 use std::time::{Duration, Instant};
 
