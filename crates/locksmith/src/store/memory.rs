@@ -131,18 +131,17 @@ fn named() -> &'static Mutex<HashMap<String, Arc<MemoryStore>>> {
 /// expire) as on a real store behind a broken network. Returns `false` if no store of that
 /// name exists.
 pub fn set_offline(name: &str, offline: bool) -> bool {
+    with_named(name, |store| store.offline.store(offline, Ordering::SeqCst))
+}
+
+/// Runs `f` on the named store `name`; `false` if there is none.
+fn with_named(name: &str, f: impl FnOnce(&MemoryStore)) -> bool {
     let store = named()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(name)
         .cloned();
-    match store {
-        Some(store) => {
-            store.offline.store(offline, Ordering::SeqCst);
-            true
-        }
-        None => false,
-    }
+    store.map(|s| f(&s)).is_some()
 }
 
 /// Test hook: steps the clock of the named store `memory://NAME` by `micros` microseconds
@@ -170,18 +169,9 @@ pub fn set_offline(name: &str, offline: bool) -> bool {
 /// # }
 /// ```
 pub fn step_clock(name: &str, micros: i64) -> bool {
-    let store = named()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(name)
-        .cloned();
-    match store {
-        Some(store) => {
-            store.offset.fetch_add(micros, Ordering::SeqCst);
-            true
-        }
-        None => false,
-    }
+    with_named(name, |store| {
+        store.offset.fetch_add(micros, Ordering::SeqCst);
+    })
 }
 
 impl MemoryStore {
