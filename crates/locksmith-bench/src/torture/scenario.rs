@@ -517,6 +517,9 @@ fn scenario_checks(scenario: Scenario, input: &Input, plan: &Plan, r: &mut Repor
                     r.violations.push(format!("nobody got a lock while the holder of {name:?} was frozen"));
                 }
                 if let Some(h) = input.holds.iter().find(|h| &h.name == name && h.fence == fence) {
+                    if h.mode == "cli" && h.outcome == "lost" && !h.error.as_deref().unwrap_or("").contains("Some(76)") {
+                        r.violations.push(format!("locksmith run lost {name:?} but did not exit 76: {:?}", h.error));
+                    }
                     if h.end > until && h.outcome != "lost" {
                         r.violations.push(format!(
                             "the holder of {name:?} (fence {fence}, {}) was frozen past its TTL but reported {:?}, not lost",
@@ -602,6 +605,10 @@ fn sigstop(ctx: &mut Ctx) {
         // `locksmith run`'s command is in its own process group: freeze it too, as a frozen
         // machine would.
         let kids = if is_run { children_of(pid) } else { Vec::new() };
+        if is_run && kids.is_empty() {
+            // Granted, but the command has not started yet: pick again.
+            continue;
+        }
         if kill(Pid::from_raw(pid), Signal::SIGSTOP).is_err() {
             continue;
         }

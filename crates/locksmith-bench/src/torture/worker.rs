@@ -424,6 +424,7 @@ fn cli_cycle(log: &mut std::fs::File, args: &WorkerArgs, bin: &Path, name: &str)
     let (outcome, lost_at) = match code {
         Some(0) => ("released", None),
         Some(76) => ("lost", Some(last.at)),
+        None => ("killed", None),
         _ => ("release_error", None),
     };
     append(

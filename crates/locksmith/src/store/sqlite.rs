@@ -735,8 +735,15 @@ impl SqlError {
             Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => format!(
                 "{path} is not a SQLite database or is corrupt ({e}) — move it aside and let locksmith create a new one; locksmith never resets a file silently"
             ),
+            // A full disk is a transient store failure, not a configuration error: the call
+            // can succeed once space returns (found by the torture harness's disk-full
+            // scenario; it used to be `Config`, exit 2 in the CLI, and ended waits at once).
             Some(ErrorCode::DiskFull) => {
-                format!("the disk holding {path} is full ({e}) — free some space")
+                return Error::store(
+                    "sqlite",
+                    true,
+                    format!("the disk holding {path} is full ({e}) — free some space"),
+                );
             }
             _ => return Error::store("sqlite", false, format!("{path}: {e}")),
         };
@@ -1419,6 +1426,18 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_a_retryable_store_error() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let e = SqlError::Sql(full).into_error(Path::new("/x/locks.db"));
+        assert!(matches!(e, Error::Store { .. }), "{e:?}");
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("/x/locks.db is full"), "{e}");
+    }
 
     #[tokio::test]
     async fn the_worker_runs_wal_with_synchronous_normal() {

@@ -1,0 +1,72 @@
+//! The short form of every torture scenario: worker processes, injected faults, and the
+//! checker, which must find no violation. (`locksmith-bench torture --long` is the long form.)
+
+use std::process::Command;
+
+fn scenario(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_locksmith-bench"))
+        .args(["torture", "--scenario", name, "--duration", "6s", "--workers", "3"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("the harness runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "torture {name} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains("VIOLATION"), "{stdout}");
+    // The scenario ran (or said loudly why not) and produced holds.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no result line for {name}:\n{stdout}"));
+    if !line.contains("SKIPPED") {
+        let holds: usize = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(holds > 0, "{line}");
+    }
+    if name != "baseline" && !line.contains("SKIPPED") {
+        assert!(!line.contains(" 0 faults"), "no fault was injected: {line}");
+    }
+}
+
+#[test]
+fn torture_baseline() {
+    scenario("baseline");
+}
+
+#[test]
+fn torture_sigkill() {
+    scenario("sigkill");
+}
+
+#[test]
+fn torture_sigstop() {
+    scenario("sigstop");
+}
+
+#[test]
+fn torture_sqlite_tx_kill() {
+    scenario("sqlite-tx-kill");
+}
+
+#[test]
+fn torture_sqlite_busy() {
+    scenario("sqlite-busy");
+}
+
+#[test]
+fn torture_disk_full() {
+    scenario("disk-full");
+}
+
+#[test]
+fn torture_clock_step() {
+    scenario("clock-step");
+}
