@@ -6,7 +6,15 @@ use std::process::Command;
 fn scenario(name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_locksmith-bench"))
-        .args(["torture", "--scenario", name, "--duration", "6s", "--workers", "3"])
+        .args([
+            "torture",
+            "--scenario",
+            name,
+            "--duration",
+            "6s",
+            "--workers",
+            "3",
+        ])
         .arg("--dir")
         .arg(dir.path())
         .output()

@@ -86,11 +86,10 @@ fn fixture(kind: &str) -> Fixture {
 
 fn untouched(f: &Fixture) {
     assert!(f.sentinel.is_held());
-    let info = f
-        .lm
-        .inspect("sentinel")
-        .unwrap()
-        .expect("the sentinel is still there");
+    let info =
+        f.lm.inspect("sentinel")
+            .unwrap()
+            .expect("the sentinel is still there");
     assert_eq!(info.fence, Some(f.fence));
     assert!(!info.expired);
 }
@@ -114,12 +113,11 @@ fn name_case(f: &Fixture, name: &str) {
                 "{name:?} not listed"
             );
             // A second try is refused by contention, naming the holder, never the token.
-            let held = f
-                .lm
-                .lock(name)
-                .wait(locksmith::Wait::No)
-                .acquire()
-                .unwrap_err();
+            let held =
+                f.lm.lock(name)
+                    .wait(locksmith::Wait::No)
+                    .acquire()
+                    .unwrap_err();
             assert!(held.is_contention(), "{held:?}");
             no_token(f, &held.to_string());
             assert!(!held.to_string().contains(g.token().expose()));
@@ -224,7 +222,9 @@ proptest! {
 
     #[test]
     fn hostile_urls_never_show_credentials(
-        scheme in prop::sample::select(vec!["postgres", "mysql", "redis", "sqlite", "memory", "bogus", "rediss"]),
+        // Not `sqlite`: a SQLite URL has no credentials, its body is a file path, and errors
+        // name the path (`sqlite://u:p@h/x` is the relative file `u:p@h/x`).
+        scheme in prop::sample::select(vec!["postgres", "mysql", "redis", "memory", "bogus", "rediss"]),
         user in "[a-z]{0,8}",
         secret in "[A-Za-z0-9]{6,16}",
         rest in hostile(),
@@ -236,10 +236,13 @@ proptest! {
         let lm = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
             .block_on(async { locksmith::Locksmith::connect(&url).await });
         match lm {
-            Ok(lm) => prop_assert!(!format!("{lm:?}").contains(&secret)),
+            Ok(lm) => {
+                let shown = format!("{lm:?}");
+                prop_assert!(!shown.contains(&secret), "{}", shown);
+            }
             Err(e) => {
-                prop_assert!(!e.to_string().contains(&secret), "{e}");
-                prop_assert!(!format!("{e:?}").contains(&secret), "{e:?}");
+                let shown = format!("{e} / {e:?}");
+                prop_assert!(!shown.contains(&secret), "{}", shown);
             }
         }
     }

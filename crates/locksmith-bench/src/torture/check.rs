@@ -179,8 +179,11 @@ pub(crate) fn check(input: &Input) -> Report {
     for op in &input.ops {
         per_name.entry(&op.name).or_default().push(op);
     }
-    let counters: HashMap<&str, i64> =
-        input.counters.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let counters: HashMap<&str, i64> = input
+        .counters
+        .iter()
+        .map(|(n, v)| (n.as_str(), *v))
+        .collect();
     for (name, ops) in &per_name {
         let mut max = 0u64;
         let mut last = 0i64;
@@ -337,7 +340,11 @@ mod tests {
         let mut input = clean();
         input.holds[1].start = 5 * MS;
         let r = check(&input);
-        assert!(r.violations.iter().any(|v| v.contains("not told")), "{:?}", r.violations);
+        assert!(
+            r.violations.iter().any(|v| v.contains("not told")),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]
@@ -370,7 +377,11 @@ mod tests {
         input.holds[1].fence = 10;
         input.holds[1].worker = 3;
         let r = check(&input);
-        assert!(r.violations.iter().any(|v| v.contains("granted twice")), "{:?}", r.violations);
+        assert!(
+            r.violations.iter().any(|v| v.contains("granted twice")),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]
@@ -378,7 +389,11 @@ mod tests {
         let mut input = clean();
         input.holds[1].fence = 9;
         let r = check(&input);
-        assert!(r.violations.iter().any(|v| v.contains("backwards")), "{:?}", r.violations);
+        assert!(
+            r.violations.iter().any(|v| v.contains("backwards")),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]
@@ -389,7 +404,11 @@ mod tests {
         input.ops[3].value = 1;
         input.counters = vec![("a".into(), 1)];
         let r = check(&input);
-        assert!(r.violations.iter().any(|v| v.contains("lost update")), "{:?}", r.violations);
+        assert!(
+            r.violations.iter().any(|v| v.contains("lost update")),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]
@@ -397,7 +416,11 @@ mod tests {
         let mut input = clean();
         input.counters = vec![("a".into(), 3)];
         let r = check(&input);
-        assert!(r.violations.iter().any(|v| v.contains("counter is 3")), "{:?}", r.violations);
+        assert!(
+            r.violations.iter().any(|v| v.contains("counter is 3")),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]
@@ -406,7 +429,11 @@ mod tests {
         input.ops.push(op(5, 10, "write", 3, true));
         input.counters = vec![("a".into(), 3)];
         let r = check(&input);
-        assert!(r.violations.iter().any(|v| v.contains("stale fence")), "{:?}", r.violations);
+        assert!(
+            r.violations.iter().any(|v| v.contains("stale fence")),
+            "{:?}",
+            r.violations
+        );
         // Rejected, it is fine.
         let mut input = clean();
         input.ops.push(op(5, 10, "write", 3, false));
@@ -430,7 +457,11 @@ mod tests {
             note: String::new(),
         });
         let r = check(&input);
-        assert!(r.violations.iter().any(|v| v.contains("before its lease")), "{:?}", r.violations);
+        assert!(
+            r.violations.iter().any(|v| v.contains("before its lease")),
+            "{:?}",
+            r.violations
+        );
         input.holds[1].start = 40 * MS;
         input.holds[1].end = 50 * MS;
         let r = check(&input);
@@ -441,9 +472,18 @@ mod tests {
     #[test]
     fn a_stuck_lock_fails() {
         let mut input = clean();
-        input.finals.push(Final { name: "a".into(), expires_in: Some(None) });
-        input.finals.push(Final { name: "b".into(), expires_in: Some(Some(5000 * MS)) });
-        input.finals.push(Final { name: "c".into(), expires_in: Some(Some(500 * MS)) });
+        input.finals.push(Final {
+            name: "a".into(),
+            expires_in: Some(None),
+        });
+        input.finals.push(Final {
+            name: "b".into(),
+            expires_in: Some(Some(5000 * MS)),
+        });
+        input.finals.push(Final {
+            name: "c".into(),
+            expires_in: Some(Some(500 * MS)),
+        });
         let r = check(&input);
         assert_eq!(r.violations.len(), 2, "{:?}", r.violations);
     }

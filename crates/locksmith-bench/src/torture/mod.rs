@@ -115,8 +115,12 @@ fn locksmith_bin() -> Result<PathBuf, String> {
         return Ok(bin);
     }
     let release = dir.ends_with("release");
-    eprintln!("torture: {} not found; building it with cargo", bin.display());
-    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    eprintln!(
+        "torture: {} not found; building it with cargo",
+        bin.display()
+    );
+    let mut cmd =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.args(["build", "-q", "-p", "locksmith-cli"]);
     if release {
         cmd.arg("--release");
@@ -147,7 +151,9 @@ fn torture(a: TortureArgs) -> ExitCode {
         ttl: Duration::from_secs(1),
         hold: Duration::from_millis(20),
         wait: Duration::from_secs(4),
-        duration: a.duration.unwrap_or(Duration::from_secs(if a.long { 45 } else { 8 })),
+        duration: a
+            .duration
+            .unwrap_or(Duration::from_secs(if a.long { 45 } else { 8 })),
     };
     let scenarios: Vec<Scenario> = if a.scenario.is_empty() {
         Scenario::value_variants().to_vec()
@@ -321,7 +327,11 @@ fn markdown(a: &TortureArgs, plan: &Plan, outcomes: &[Outcome], table: &str) -> 
             let _ = writeln!(s, "- … {} more notes", notes.len() - 10);
         }
         if o.error_count > 0 {
-            let _ = writeln!(s, "- {} store errors seen by workers, for example:", o.error_count);
+            let _ = writeln!(
+                s,
+                "- {} store errors seen by workers, for example:",
+                o.error_count
+            );
             for e in &o.errors {
                 let _ = writeln!(s, "  - `{}`", e.replace('`', "'"));
             }

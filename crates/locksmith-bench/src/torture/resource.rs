@@ -103,7 +103,12 @@ impl Resource {
     }
 
     /// The fenced read: the counter, or `None` if a newer fence was seen.
-    pub(crate) fn read(&mut self, name: &str, fence: u64, worker: u32) -> rusqlite::Result<Option<i64>> {
+    pub(crate) fn read(
+        &mut self,
+        name: &str,
+        fence: u64,
+        worker: u32,
+    ) -> rusqlite::Result<Option<i64>> {
         self.fenced(name, fence, worker, None)
     }
 
@@ -140,7 +145,9 @@ impl Resource {
 
     /// The final counter per name.
     pub(crate) fn counters(&self) -> rusqlite::Result<Vec<(String, i64)>> {
-        let mut stmt = self.conn.prepare("SELECT name, value FROM counter ORDER BY name")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, value FROM counter ORDER BY name")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
     }

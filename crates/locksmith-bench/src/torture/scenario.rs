@@ -143,7 +143,10 @@ impl Ctx {
 
     /// A current holder whose process this harness can signal: `(pid, name, fence,
     /// expires_in, inspected_at, is_run)`. `want_run` picks a `locksmith run` holder.
-    fn holder(&mut self, want_run: Option<bool>) -> Option<(i32, String, u64, Duration, u64, bool)> {
+    fn holder(
+        &mut self,
+        want_run: Option<bool>,
+    ) -> Option<(i32, String, u64, Duration, u64, bool)> {
         let names = self.plan.names;
         let workers: Vec<(i32, Mode)> = self
             .workers
@@ -155,17 +158,22 @@ impl Ctx {
             let name = format!("t{n}");
             let inspected_at = mono_ns();
             let Some(lm) = self.admin() else { return None };
-            let Ok(Some(info)) = lm.inspect(&name) else { continue };
+            let Ok(Some(info)) = lm.inspect(&name) else {
+                continue;
+            };
             if info.expired {
                 continue;
             }
-            let (Some(pid), Some(fence), Some(left)) = (info.pid, info.fence, info.expires_in) else {
+            let (Some(pid), Some(fence), Some(left)) = (info.pid, info.fence, info.expires_in)
+            else {
                 continue;
             };
             let pid = pid as i32;
             let is_run = if workers.iter().any(|(p, m)| *p == pid && *m != Mode::Cli) {
                 false
-            } else if parent_of(pid).is_some_and(|pp| workers.iter().any(|(p, m)| *p == pp && *m == Mode::Cli)) {
+            } else if parent_of(pid)
+                .is_some_and(|pp| workers.iter().any(|(p, m)| *p == pp && *m == Mode::Cli))
+            {
                 true
             } else {
                 continue;
@@ -182,7 +190,11 @@ impl Ctx {
     }
 
     /// Waits up to `d` for a holder.
-    fn wait_holder(&mut self, want_run: Option<bool>, d: Duration) -> Option<(i32, String, u64, Duration, u64, bool)> {
+    fn wait_holder(
+        &mut self,
+        want_run: Option<bool>,
+        d: Duration,
+    ) -> Option<(i32, String, u64, Duration, u64, bool)> {
         let t = Instant::now();
         while t.elapsed() < d {
             if let Some(h) = self.holder(want_run) {
@@ -278,9 +290,17 @@ pub(crate) fn run(
         Scenario::SqliteTxKill | Scenario::SqliteBusy | Scenario::DiskFull | Scenario::ClockStep
     );
     if skipped.is_none() && sqlite_only && !url.starts_with("sqlite://") {
-        skipped = Some(format!("SKIPPED: {} needs a SQLite store", scenario.label()));
+        skipped = Some(format!(
+            "SKIPPED: {} needs a SQLite store",
+            scenario.label()
+        ));
     }
-    if skipped.is_none() && !url.starts_with("sqlite://") && !url.starts_with("postgres") && !url.starts_with("mysql") && !url.starts_with("redis") {
+    if skipped.is_none()
+        && !url.starts_with("sqlite://")
+        && !url.starts_with("postgres")
+        && !url.starts_with("mysql")
+        && !url.starts_with("redis")
+    {
         skipped = Some(format!(
             "SKIPPED: {} is not shared between processes (memory:// is per process)",
             locksmith::redact_url(&url)
@@ -329,8 +349,14 @@ pub(crate) fn run(
     let _ = ctx.admin();
     if scenario == Scenario::ClockStep {
         let step = (plan.ttl * 2).as_micros() as i64;
-        ctx.extra_args.push((0, vec![format!("--step-micros={step}"), "--step-after=3".into()]));
-        ctx.extra_args.push((1, vec![format!("--step-micros=-{step}"), "--step-after=3".into()]));
+        ctx.extra_args.push((
+            0,
+            vec![format!("--step-micros={step}"), "--step-after=3".into()],
+        ));
+        ctx.extra_args.push((
+            1,
+            vec![format!("--step-micros=-{step}"), "--step-after=3".into()],
+        ));
     }
     let modes = [Mode::Async, Mode::Blocking, Mode::Cli];
     for i in 0..plan.workers {
@@ -394,7 +420,9 @@ pub(crate) fn run(
     if let Some(path) = ctx.sqlite_path() {
         match integrity(&path) {
             Ok(()) => report.notes.push("PRAGMA integrity_check: ok".into()),
-            Err(e) => report.violations.push(format!("the lock file is corrupt: {e}")),
+            Err(e) => report
+                .violations
+                .push(format!("the lock file is corrupt: {e}")),
         }
     }
     drop(ctx.lm.take());
@@ -404,7 +432,9 @@ pub(crate) fn run(
     let (errors, error_count) = errors(&dir);
     for e in &errors {
         if e.contains("tok_") || looks_like_token(e) {
-            report.violations.push(format!("an error shows a token: {e}"));
+            report
+                .violations
+                .push(format!("an error shows a token: {e}"));
         }
     }
     Outcome {
@@ -448,13 +478,21 @@ fn gather(dir: &Path, resource: &Path) -> Input {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("the scenario directory")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("worker-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("worker-"))
+        })
         .collect();
     paths.sort();
     for p in paths {
         for r in read_lines::<Record>(&p) {
             match r {
-                Record::Grant { worker, name, fence, start } => input.grants.push((worker, name, fence, start)),
+                Record::Grant {
+                    worker,
+                    name,
+                    fence,
+                    start,
+                } => input.grants.push((worker, name, fence, start)),
                 Record::Hold(h) => input.holds.push(h),
                 Record::Miss { .. } => {}
             }
@@ -478,7 +516,11 @@ fn errors(dir: &Path) -> (Vec<String>, usize) {
         for r in read_lines::<Record>(&e.path()) {
             let msg = match r {
                 Record::Miss { outcome, error, .. } if outcome == "error" => error,
-                Record::Hold(Hold { outcome, error: Some(error), .. }) if outcome == "release_error" => error,
+                Record::Hold(Hold {
+                    outcome,
+                    error: Some(error),
+                    ..
+                }) if outcome == "release_error" => error,
                 _ => continue,
             };
             count += 1;
@@ -492,12 +534,17 @@ fn errors(dir: &Path) -> (Vec<String>, usize) {
 
 fn integrity(path: &Path) -> Result<(), String> {
     let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
     let rows: Vec<String> = conn
         .prepare("PRAGMA integrity_check")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(|e| e.to_string())?;
-    if rows == ["ok"] { Ok(()) } else { Err(rows.join("; ")) }
+    if rows == ["ok"] {
+        Ok(())
+    } else {
+        Err(rows.join("; "))
+    }
 }
 
 /// Checks that belong to one scenario.
@@ -506,19 +553,41 @@ fn scenario_checks(scenario: Scenario, input: &Input, plan: &Plan, r: &mut Repor
     match scenario {
         Scenario::Sigstop => {
             for f in faults.iter().filter(|f| f.kind == "sigstop") {
-                let (Some(name), Some(fence), Some(until)) = (&f.name, f.fence, f.until) else { continue };
-                let others = input.grants.iter().filter(|g| g.3 > f.at && g.3 < until).count();
-                let same = input.grants.iter().filter(|g| &g.1 == name && g.2 > fence && g.3 < until).count();
+                let (Some(name), Some(fence), Some(until)) = (&f.name, f.fence, f.until) else {
+                    continue;
+                };
+                let others = input
+                    .grants
+                    .iter()
+                    .filter(|g| g.3 > f.at && g.3 < until)
+                    .count();
+                let same = input
+                    .grants
+                    .iter()
+                    .filter(|g| &g.1 == name && g.2 > fence && g.3 < until)
+                    .count();
                 r.notes.push(format!(
                     "SIGSTOP {} ms of the holder of {name:?} (fence {fence}, {}): {others} grants while it was frozen, {same} of them on its lock",
                     (until - f.at) / 1_000_000, f.note
                 ));
                 if others == 0 {
-                    r.violations.push(format!("nobody got a lock while the holder of {name:?} was frozen"));
+                    r.violations.push(format!(
+                        "nobody got a lock while the holder of {name:?} was frozen"
+                    ));
                 }
-                if let Some(h) = input.holds.iter().find(|h| &h.name == name && h.fence == fence) {
-                    if h.mode == "cli" && h.outcome == "lost" && !h.error.as_deref().unwrap_or("").contains("Some(76)") {
-                        r.violations.push(format!("locksmith run lost {name:?} but did not exit 76: {:?}", h.error));
+                if let Some(h) = input
+                    .holds
+                    .iter()
+                    .find(|h| &h.name == name && h.fence == fence)
+                {
+                    if h.mode == "cli"
+                        && h.outcome == "lost"
+                        && !h.error.as_deref().unwrap_or("").contains("Some(76)")
+                    {
+                        r.violations.push(format!(
+                            "locksmith run lost {name:?} but did not exit 76: {:?}",
+                            h.error
+                        ));
                     }
                     if h.end > until && h.outcome != "lost" {
                         r.violations.push(format!(
@@ -526,7 +595,11 @@ fn scenario_checks(scenario: Scenario, input: &Input, plan: &Plan, r: &mut Repor
                             h.mode, h.outcome
                         ));
                     }
-                    let late = input.ops.iter().filter(|o| &o.name == name && o.fence == fence && o.at > until).collect::<Vec<_>>();
+                    let late = input
+                        .ops
+                        .iter()
+                        .filter(|o| &o.name == name && o.fence == fence && o.at > until)
+                        .collect::<Vec<_>>();
                     let rejected = late.iter().filter(|o| !o.accepted).count();
                     r.notes.push(format!(
                         "  it reported {:?}{}; {} late resource ops, {rejected} rejected by the fence",
@@ -544,11 +617,17 @@ fn scenario_checks(scenario: Scenario, input: &Input, plan: &Plan, r: &mut Repor
         }
         Scenario::SqliteTxKill | Scenario::SqliteBusy | Scenario::DiskFull => {
             // Progress after the last fault ended.
-            let end = faults.iter().filter_map(|f| f.until.or(Some(f.at))).max().unwrap_or(0);
+            let end = faults
+                .iter()
+                .filter_map(|f| f.until.or(Some(f.at)))
+                .max()
+                .unwrap_or(0);
             let after = input.grants.iter().filter(|g| g.3 > end).count();
-            r.notes.push(format!("{after} grants after the last fault ended"));
+            r.notes
+                .push(format!("{after} grants after the last fault ended"));
             if after == 0 && !faults.is_empty() {
-                r.violations.push("no lock was granted after the fault ended (stuck)".into());
+                r.violations
+                    .push("no lock was granted after the fault ended (stuck)".into());
             }
         }
         _ => {}
@@ -561,7 +640,9 @@ fn sigkill(ctx: &mut Ctx) {
     while ctx.time_left() > ctx.plan.ttl * 2 {
         std::thread::sleep(ctx.plan.ttl / 2);
         let want_run = Some(n % 3 == 2);
-        let Some((pid, name, fence, left, inspected_at, is_run)) = ctx.wait_holder(want_run, ctx.plan.ttl) else {
+        let Some((pid, name, fence, left, inspected_at, is_run)) =
+            ctx.wait_holder(want_run, ctx.plan.ttl)
+        else {
             continue;
         };
         let at = mono_ns();
@@ -578,11 +659,19 @@ fn sigkill(ctx: &mut Ctx) {
             expires_in: Some(left.as_nanos() as u64),
             inspected_at: Some(inspected_at),
             pid: Some(pid),
-            note: if is_run { "locksmith run".into() } else { "library worker".into() },
+            note: if is_run {
+                "locksmith run".into()
+            } else {
+                "library worker".into()
+            },
         });
         if !is_run {
             // Replace the worker with one of the same mode.
-            if let Some(pos) = ctx.workers.iter().position(|(_, _, c)| c.id() as i32 == pid) {
+            if let Some(pos) = ctx
+                .workers
+                .iter()
+                .position(|(_, _, c)| c.id() as i32 == pid)
+            {
                 let (_, mode, mut child) = ctx.workers.remove(pos);
                 let _ = child.wait();
                 ctx.spawn(mode);
@@ -598,7 +687,9 @@ fn sigstop(ctx: &mut Ctx) {
     while ctx.time_left() > stop_for + ctx.plan.ttl * 2 {
         std::thread::sleep(ctx.plan.ttl / 2);
         let want_run = Some(n % 2 == 1);
-        let Some((pid, name, fence, left, inspected_at, is_run)) = ctx.wait_holder(want_run, ctx.plan.ttl) else {
+        let Some((pid, name, fence, left, inspected_at, is_run)) =
+            ctx.wait_holder(want_run, ctx.plan.ttl)
+        else {
             continue;
         };
         let at = mono_ns();
@@ -630,7 +721,11 @@ fn sigstop(ctx: &mut Ctx) {
             expires_in: Some(left.as_nanos() as u64),
             inspected_at: Some(inspected_at),
             pid: Some(pid),
-            note: if is_run { "locksmith run and its command".into() } else { "library worker".into() },
+            note: if is_run {
+                "locksmith run and its command".into()
+            } else {
+                "library worker".into()
+            },
         });
     }
     ctx.sleep_until_end();
@@ -685,7 +780,10 @@ fn tx_kill(ctx: &mut Ctx) {
 fn busy(ctx: &mut Ctx) {
     let path = ctx.sqlite_path().expect("a SQLite store");
     // A short spell (below the 1 s call timeout) and a long one (past it, and past the TTL).
-    for spell in [Duration::from_millis(300), ctx.plan.ttl + Duration::from_millis(800)] {
+    for spell in [
+        Duration::from_millis(300),
+        ctx.plan.ttl + Duration::from_millis(800),
+    ] {
         std::thread::sleep(ctx.plan.ttl);
         let at = mono_ns();
         let mut child = sqlite_helper(&path, "hold", spell);
@@ -699,7 +797,10 @@ fn busy(ctx: &mut Ctx) {
             expires_in: None,
             inspected_at: None,
             pid: Some(child.id() as i32),
-            note: format!("a second connection held BEGIN EXCLUSIVE for {} ms", spell.as_millis()),
+            note: format!(
+                "a second connection held BEGIN EXCLUSIVE for {} ms",
+                spell.as_millis()
+            ),
         });
     }
     ctx.sleep_until_end();
@@ -727,7 +828,11 @@ fn disk_full(ctx: &mut Ctx, mnt: &Path) -> Vec<String> {
         let name = format!("fill-{i}-{}", "x".repeat(200));
         if let Some(lm) = ctx.admin() {
             attempts += 1;
-            match lm.lock(name.as_str()).ttl(Duration::from_secs(600)).try_acquire() {
+            match lm
+                .lock(name.as_str())
+                .ttl(Duration::from_secs(600))
+                .try_acquire()
+            {
                 Ok(Some(g)) => {
                     let _ = g.leak();
                 }
@@ -764,12 +869,19 @@ fn disk_full(ctx: &mut Ctx, mnt: &Path) -> Vec<String> {
     }
     // After space returns, a new lock works again.
     if let Some(lm) = ctx.admin() {
-        match lm.lock("after-space").ttl(ctx.plan.ttl).wait(locksmith::Wait::For(Duration::from_secs(5))).acquire() {
+        match lm
+            .lock("after-space")
+            .ttl(ctx.plan.ttl)
+            .wait(locksmith::Wait::For(Duration::from_secs(5)))
+            .acquire()
+        {
             Ok(g) => {
                 let _ = g.release();
                 notes.push("a new lock after space returned: ok".into());
             }
-            Err(e) => notes.push(format!("VIOLATION a new lock after space returned failed: {e}")),
+            Err(e) => notes.push(format!(
+                "VIOLATION a new lock after space returned failed: {e}"
+            )),
         }
     }
     ctx.sleep_until_end();
@@ -780,10 +892,13 @@ fn disk_full(ctx: &mut Ctx, mnt: &Path) -> Vec<String> {
 pub(crate) fn sqlite_helper_main(db: &Path, action: &str, hold: Duration) {
     use std::io::Write;
     let conn = rusqlite::Connection::open(db).expect("the lock file opens");
-    conn.busy_timeout(Duration::from_secs(30)).expect("busy timeout");
+    conn.busy_timeout(Duration::from_secs(30))
+        .expect("busy timeout");
     match action {
         "delete-all" => conn
-            .execute_batch("BEGIN IMMEDIATE; DELETE FROM locksmith_locks; DELETE FROM locksmith_fence;")
+            .execute_batch(
+                "BEGIN IMMEDIATE; DELETE FROM locksmith_locks; DELETE FROM locksmith_fence;",
+            )
             .expect("a write transaction"),
         _ => conn
             .execute_batch("BEGIN EXCLUSIVE; UPDATE locksmith_locks SET pid = pid;")

@@ -175,11 +175,15 @@ fn body(
     w: &mut Watch,
 ) -> WriteResult {
     w.sample(g);
-    let read = res.read(name, fence, id).expect("the fenced resource is readable");
+    let read = res
+        .read(name, fence, id)
+        .expect("the fenced resource is readable");
     hold_for(hold, g, w);
     let at = mono_ns();
     let accepted = match read {
-        Some(v) => res.write(name, fence, id, v + 1).expect("the fenced resource is writable"),
+        Some(v) => res
+            .write(name, fence, id, v + 1)
+            .expect("the fenced resource is writable"),
         None => false,
     };
     w.sample(g);
@@ -261,14 +265,27 @@ pub(crate) fn worker(args: WorkerArgs) {
                     };
                     let start = mono_ns();
                     let fence = g.fence();
-                    append(&mut log, &Record::Grant { worker: args.id, name: name.clone(), fence, start });
-                    let mut w = Watch { deadline: None, lost_at: None };
+                    append(
+                        &mut log,
+                        &Record::Grant {
+                            worker: args.id,
+                            name: name.clone(),
+                            fence,
+                            start,
+                        },
+                    );
+                    let mut w = Watch {
+                        deadline: None,
+                        lost_at: None,
+                    };
                     let write = tokio::task::block_in_place(|| {
                         body(&mut res, &name, fence, args.id, args.hold, &g, &mut w)
                     });
                     let end = mono_ns();
                     let released = g.release().await;
-                    finish(&mut log, &args, name, fence, start, end, w, stepped, write, released);
+                    finish(
+                        &mut log, &args, name, fence, start, end, w, stepped, write, released,
+                    );
                 }
                 let _ = lm.close().await;
             });
@@ -293,12 +310,25 @@ pub(crate) fn worker(args: WorkerArgs) {
                 };
                 let start = mono_ns();
                 let fence = g.fence();
-                append(&mut log, &Record::Grant { worker: args.id, name: name.clone(), fence, start });
-                let mut w = Watch { deadline: None, lost_at: None };
+                append(
+                    &mut log,
+                    &Record::Grant {
+                        worker: args.id,
+                        name: name.clone(),
+                        fence,
+                        start,
+                    },
+                );
+                let mut w = Watch {
+                    deadline: None,
+                    lost_at: None,
+                };
                 let write = body(&mut res, &name, fence, args.id, args.hold, &g, &mut w);
                 let end = mono_ns();
                 let released = g.release();
-                finish(&mut log, &args, name, fence, start, end, w, stepped, write, released);
+                finish(
+                    &mut log, &args, name, fence, start, end, w, stepped, write, released,
+                );
             }
             let _ = lm.close();
         }
@@ -390,7 +420,15 @@ fn cli_cycle(log: &mut std::fs::File, args: &WorkerArgs, bin: &Path, name: &str)
             continue;
         };
         if l.step == "grant" {
-            append(log, &Record::Grant { worker: args.id, name: name.into(), fence: l.fence, start: l.at });
+            append(
+                log,
+                &Record::Grant {
+                    worker: args.id,
+                    name: name.into(),
+                    fence: l.fence,
+                    start: l.at,
+                },
+            );
         }
         lines.push(l);
     }
@@ -463,15 +501,37 @@ pub(crate) fn body_main(args: BodyArgs) {
         let _ = writeln!(out, "{}", serde_json::to_string(l).expect("serialises"));
         let _ = out.flush();
     };
-    say(&BodyLine { fence, at: start, step: "grant".into(), read: None, accepted: None });
+    say(&BodyLine {
+        fence,
+        at: start,
+        step: "grant".into(),
+        read: None,
+        accepted: None,
+    });
     let mut res = Resource::open(&args.resource).expect("the fenced resource opens");
-    let read = res.read(&args.name, fence, args.id).expect("the fenced resource is readable");
-    say(&BodyLine { fence, at: mono_ns(), step: "read".into(), read, accepted: None });
+    let read = res
+        .read(&args.name, fence, args.id)
+        .expect("the fenced resource is readable");
+    say(&BodyLine {
+        fence,
+        at: mono_ns(),
+        step: "read".into(),
+        read,
+        accepted: None,
+    });
     std::thread::sleep(args.hold);
     let at = mono_ns();
     let accepted = match read {
-        Some(v) => res.write(&args.name, fence, args.id, v + 1).expect("the fenced resource is writable"),
+        Some(v) => res
+            .write(&args.name, fence, args.id, v + 1)
+            .expect("the fenced resource is writable"),
         None => false,
     };
-    say(&BodyLine { fence, at, step: "write".into(), read: None, accepted: Some(accepted) });
+    say(&BodyLine {
+        fence,
+        at,
+        step: "write".into(),
+        read: None,
+        accepted: Some(accepted),
+    });
 }

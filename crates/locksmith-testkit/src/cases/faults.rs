@@ -212,7 +212,10 @@ pub async fn lost_soon_after_clear(ctx: Ctx) {
         .expect("lost() fired");
     let after = cleared.elapsed();
     assert_eq!(reason, LossReason::Revoked);
-    assert!(after < ms(100), "lost() fired {after:?} after the clear (promised: within 100 ms)");
+    assert!(
+        after < ms(100),
+        "lost() fired {after:?} after the clear (promised: within 100 ms)"
+    );
 }
 
 /// The core honours what a store declares it cannot do: `.no_expiry()` and `.min_hold()`
