@@ -157,7 +157,7 @@ impl Ctx {
         for n in 0..names {
             let name = format!("t{n}");
             let inspected_at = mono_ns();
-            let Some(lm) = self.admin() else { return None };
+            let lm = self.admin()?;
             let Ok(Some(info)) = lm.inspect(&name) else {
                 continue;
             };
