@@ -35,6 +35,9 @@ pub(crate) struct Span {
     pub(crate) end: u64,
     pub(crate) stepped: bool,
     pub(crate) finished: bool,
+    /// A library guard that was never held as far as its holder knew: lost before
+    /// `acquire` returned (e.g. frozen between the grant and the return).
+    pub(crate) empty: bool,
 }
 
 /// A lock's state after the run.
@@ -56,6 +59,8 @@ pub(crate) struct Input {
     pub(crate) finals: Vec<Final>,
     /// The TTL workers used (ns).
     pub(crate) ttl_ns: u64,
+    /// The last time any worker wrote anything (ns).
+    pub(crate) last_activity: u64,
 }
 
 /// What the checker found.
@@ -85,6 +90,7 @@ pub(crate) fn spans(input: &Input) -> BTreeMap<String, Vec<Span>> {
                 end: *start,
                 stepped: false,
                 finished: false,
+                empty: false,
             });
     }
     for h in &input.holds {
@@ -104,11 +110,13 @@ pub(crate) fn spans(input: &Input) -> BTreeMap<String, Vec<Span>> {
                 end,
                 stepped: h.stepped,
                 finished: true,
+                empty: false,
             });
         span.start = span.start.min(h.start);
         span.end = end.max(span.start);
         span.stepped = h.stepped;
         span.finished = true;
+        span.empty = h.mode != "cli" && h.deadline.is_none() && h.lost_at.is_some();
     }
     // A holder killed mid-hold believed it held the lock until it died.
     for f in input.faults.iter().filter(|f| f.kind == "sigkill") {
@@ -171,6 +179,13 @@ pub(crate) fn check(input: &Input) -> Report {
         // holder was not told, a later unstepped holder got the free row) are the step's.
         let mut broken: HashSet<(u32, u64)> = HashSet::new();
         for s in list {
+            if s.empty {
+                r.notes.push(format!(
+                    "{name:?}: worker {}'s guard (fence {}) was lost before acquire returned",
+                    s.worker, s.fence
+                ));
+                continue;
+            }
             if let Some(a) = reach {
                 if s.start < a.end {
                     if a.stepped || s.stepped || broken.contains(&(a.worker, a.fence)) {
@@ -258,7 +273,10 @@ pub(crate) fn check(input: &Input) -> Report {
         // record exists: a library worker writes it after `release` returned; `run` exited
         // on its own, or was killed after its command finished, maybe mid-release), the
         // lock was free before the kill and an early grant is no violation.
-        if let Some(h) = input.holds.iter().find(|h| &h.name == name && h.fence == fence)
+        if let Some(h) = input
+            .holds
+            .iter()
+            .find(|h| &h.name == name && h.fence == fence)
             && (h.outcome != "killed" || h.end < f.at)
         {
             r.notes.push(format!(
@@ -403,6 +421,24 @@ mod tests {
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         // A deadline past the next grant is a double holder.
         input.holds[0].deadline = Some(12 * MS);
+        assert!(!check(&input).violations.is_empty());
+    }
+
+    #[test]
+    fn a_guard_lost_before_acquire_returned_holds_nothing() {
+        let mut input = clean();
+        // Worker 1 was frozen between grant and return: by the time it looked, lost.
+        input.holds[0].start = 15 * MS;
+        input.holds[0].end = 16 * MS;
+        input.holds[0].deadline = None;
+        input.holds[0].lost_at = Some(15 * MS);
+        input.holds[1].start = 11 * MS;
+        input.holds[1].end = 30 * MS;
+        let r = check(&input);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        // Had it believed it held the lock, it is a double holder.
+        input.holds[0].deadline = Some(900 * MS);
+        input.holds[0].lost_at = None;
         assert!(!check(&input).violations.is_empty());
     }
 
@@ -559,7 +595,11 @@ mod tests {
         input.holds.remove(0);
         input.grants.push((1, "a".into(), 10, 0));
         let r = check(&input);
-        assert!(r.violations.iter().any(|v| v.contains("before its lease")), "{:?}", r.violations);
+        assert!(
+            r.violations.iter().any(|v| v.contains("before its lease")),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]
@@ -599,7 +639,12 @@ mod tests {
         assert_eq!(r.step_overlaps, 2);
         // Without the step, both are violations.
         input.holds[1].stepped = false;
-        assert_eq!(check(&input).violations.len(), 2, "{:?}", check(&input).violations);
+        assert_eq!(
+            check(&input).violations.len(),
+            2,
+            "{:?}",
+            check(&input).violations
+        );
     }
 
     #[test]

@@ -366,9 +366,12 @@ fn describe(s: Scenario) -> &'static str {
              retryable errors, guards lost rather than double holders, progress afterwards."
         }
         Scenario::DiskFull => {
-            "The lock file lives on a 3 MiB tmpfs, which is filled with a file while workers run and the \
-             harness creates new locks; then the file is removed. Checked: clear errors, a new lock after \
-             space returns, `PRAGMA integrity_check` ok, nothing stuck."
+            "The lock file lives on a 16 MiB tmpfs, which is filled with a file while workers run and the \
+             harness creates new locks; then the file is removed. Checked: clear errors (a retryable store \
+             error naming the file), a new lock after space returns, `PRAGMA integrity_check` ok, nothing \
+             stuck. Known limit: a disk with less free space than SQLite's WAL auto-checkpoint size \
+             (1000 pages, about 4 MiB) stays full once space returns, because the WAL grows back to fill it \
+             before a checkpoint can reset it (seen with a 3 MiB tmpfs); the tmpfs is larger than that here."
         }
         Scenario::ClockStep => {
             "Worker 0 steps its process's view of the SQLite lock clock 2×TTL forward and worker 1 2×TTL back \

@@ -260,7 +260,7 @@ pub(crate) fn run(
             let mnt = dir.join("tmpfs");
             std::fs::create_dir_all(&mnt).expect("a mount point");
             let ok = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+                .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
                 .arg(&mnt)
                 .stderr(Stdio::piped())
                 .output();
@@ -857,7 +857,7 @@ fn disk_full(ctx: &mut Ctx, mnt: &Path) -> Vec<String> {
         expires_in: None,
         inspected_at: None,
         pid: None,
-        note: format!("a 3 MiB tmpfs filled for {} ms", full_for.as_millis()),
+        note: format!("a 16 MiB tmpfs filled for {} ms", full_for.as_millis()),
     });
     notes.push(format!(
         "disk full: {attempts} new-lock attempts by the harness, errors: {failures:?}"
