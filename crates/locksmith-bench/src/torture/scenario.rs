@@ -492,9 +492,15 @@ fn gather(dir: &Path, resource: &Path) -> Input {
                     name,
                     fence,
                     start,
-                } => input.grants.push((worker, name, fence, start)),
-                Record::Hold(h) => input.holds.push(h),
-                Record::Miss { .. } => {}
+                } => {
+                    input.last_activity = input.last_activity.max(start);
+                    input.grants.push((worker, name, fence, start));
+                }
+                Record::Hold(h) => {
+                    input.last_activity = input.last_activity.max(h.end);
+                    input.holds.push(h);
+                }
+                Record::Miss { at, .. } => input.last_activity = input.last_activity.max(at),
             }
         }
     }
@@ -623,11 +629,16 @@ fn scenario_checks(scenario: Scenario, input: &Input, plan: &Plan, r: &mut Repor
                 .max()
                 .unwrap_or(0);
             let after = input.grants.iter().filter(|g| g.3 > end).count();
-            r.notes
-                .push(format!("{after} grants after the last fault ended"));
-            if after == 0 && !faults.is_empty() {
-                r.violations
-                    .push("no lock was granted after the fault ended (stuck)".into());
+            // And still in the last half of the time after it: not a burst, then stuck again.
+            let late_from = end + input.last_activity.saturating_sub(end) / 2;
+            let late = input.grants.iter().filter(|g| g.3 > late_from).count();
+            r.notes.push(format!(
+                "{after} grants after the last fault ended, {late} in the second half of that time"
+            ));
+            if !faults.is_empty() && (after == 0 || late == 0) {
+                r.violations.push(format!(
+                    "stuck: {after} grants after the fault ended, {late} in the second half of that time"
+                ));
             }
         }
         _ => {}
