@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -478,12 +478,24 @@ impl Store for MemoryStore {
 pub struct Delayed {
     inner: Arc<dyn Store>,
     latency: Duration,
+    /// Detached releases still on their way, so `close` can wait for them.
+    in_flight: Arc<InFlight>,
+}
+
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    done: tokio::sync::Notify,
 }
 
 impl Delayed {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn Store>, latency: Duration) -> Arc<Delayed> {
-        Arc::new(Delayed { inner, latency })
+        Arc::new(Delayed {
+            inner,
+            latency,
+            in_flight: Arc::default(),
+        })
     }
 
     /// One leg of the round trip: uniformly random up to `latency`, so answers can overtake
@@ -545,9 +557,14 @@ impl Store for Delayed {
             Ok(rt) => {
                 let (inner, delay) = (self.inner.clone(), self.latency / 2);
                 let (ns, name, token) = (ns.clone(), name.clone(), token.clone());
+                let in_flight = self.in_flight.clone();
+                in_flight.count.fetch_add(1, Ordering::SeqCst);
                 rt.spawn(async move {
                     tokio::time::sleep(delay).await;
                     inner.release_detached(&ns, &name, &token, min_hold);
+                    if in_flight.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        in_flight.done.notify_waiters();
+                    }
                 });
             }
             Err(_) => self.inner.release_detached(ns, name, token, min_hold),
@@ -606,7 +623,15 @@ impl Store for Delayed {
         delayed!(self.subscribe(ns, name))
     }
 
+    /// Waits for the detached releases still on their way, then closes the wrapped store.
     async fn close(&self) -> Result<()> {
+        loop {
+            let done = self.in_flight.done.notified();
+            if self.in_flight.count.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            done.await;
+        }
         self.inner.close().await
     }
 }
