@@ -530,18 +530,15 @@ async fn fences_keep_increasing_across_processes_and_reopens() {
     assert!(third[0] > last, "fence {} after {last}", third[0]);
 }
 
-/// A guard dropped just before its process ends is still released: the last handle to the
-/// file lets the worker finish its queue. Async and blocking, each several times.
+/// A guard dropped just before its process ends is still released: the store's exit drain
+/// waits for the worker's queue. Async (with the runtime's shutdown, and with
+/// `process::exit` from inside the runtime) and blocking, each several times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_dropped_right_before_exit_is_released() {
     let file = LockFile::new();
     let lm = file.connect().await;
-    for round in 0..6 {
-        let cmd = if round % 2 == 0 {
-            "drop-exit"
-        } else {
-            "blocking-drop-exit"
-        };
+    for round in 0..9 {
+        let cmd = ["drop-exit", "blocking-drop-exit", "exit-now"][round % 3];
         let mut helper = Helper::spawn(&[cmd, &file.url, "de"]);
         helper.expect("acquired");
         helper.finish();

@@ -16,6 +16,8 @@
 //! - `drop-exit URL NAME` — acquire with a 60 s TTL, print `acquired <F>`, drop the guard
 //!   and exit at once (the release must not be lost to the exit).
 //! - `blocking-drop-exit URL NAME` — the same through `locksmith::blocking`, from `main`.
+//! - `exit-now URL NAME` — like `drop-exit`, but ends with `std::process::exit(0)` from
+//!   inside the runtime: no runtime shutdown, no destructors.
 //! - `spin URL NAME COUNTER_FILE FENCE_FILE M` — like `counter`, but never waits in the
 //!   library: it spins on `try_acquire` (10 s lease, no renewal), so nothing but the
 //!   store's atomic grant keeps two holders apart. Prints `done`.
@@ -40,6 +42,7 @@ const USAGE: &str = "usage: locksmith-test-helper \
     counter URL NAME COUNTER_FILE FENCE_FILE M | cycle URL NAME N | \
     hold URL NAME TTL_MS [--renew] | min-hold URL NAME MIN_HOLD_MS | \
     hold-for URL NAME HOLD_MS | drop-exit URL NAME | blocking-drop-exit URL NAME | \
+    exit-now URL NAME | \
     spin URL NAME COUNTER_FILE FENCE_FILE M | wait URL NAME WAIT_MS | \
     churn URL NAME HOLD_MS RUN_MS | connect URL";
 
@@ -272,6 +275,19 @@ async fn run(args: &[&str]) -> Result<ExitCode, String> {
             say(&format!("acquired {}", guard.fence()));
             drop(guard);
             Ok(ExitCode::SUCCESS)
+        }
+        ["exit-now", url, name] => {
+            // Acquire, drop the guard and exit the process from inside the runtime.
+            let lm = connect(url).await?;
+            let guard = lm
+                .lock(*name)
+                .ttl(Duration::from_secs(60))
+                .acquire()
+                .await
+                .map_err(|e| failed("acquire", &e))?;
+            say(&format!("acquired {}", guard.fence()));
+            drop(guard);
+            std::process::exit(0)
         }
         ["spin", url, name, counter_file, fence_file, m] => {
             let m = number("M", m)?;

@@ -67,10 +67,12 @@
 //! - Dropping the last handle to a file never blocks: its worker finishes the queued jobs
 //!   (detached releases included) on its own and then ends. Inside a tokio runtime a
 //!   blocking task waits for that (up to a second), so the runtime's orderly shutdown at the
-//!   end of `#[tokio::main]` lets the worker finish. For the guarantee anywhere, a program
-//!   about to exit calls [`Locksmith::close`](crate::Locksmith::close) (which calls
-//!   [`Store::close`]) to wait, up to 5 s, until the jobs queued before it are done, so locks
-//!   dropped just before the end are released rather than left to expire.
+//!   end of `#[tokio::main]` lets the worker finish; and when the process exits (however:
+//!   `main` returning, `std::process::exit`), a handler registered with `atexit(3)` waits up
+//!   to a second for every job still queued, so a guard dropped right before the end is
+//!   released. [`Locksmith::close`](crate::Locksmith::close) (which calls [`Store::close`])
+//!   waits up to 5 s, for programs that want to know. Only a process killed outright
+//!   (SIGKILL, abort) leaves its locks to expire.
 //!
 //! # Test hooks
 //!
@@ -107,6 +109,9 @@ use crate::info::LockInfo;
 use crate::lease::Token;
 use crate::name::{LockName, Namespace};
 use crate::options::{Cursor, Expired, ListQuery, Page, SetOutcome, SetPolicy};
+
+/// The name of every worker thread.
+const WORKER_THREAD: &str = "locksmith-sqlite";
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 2;
@@ -207,13 +212,74 @@ pub struct SqliteStore {
 /// How long the runtime's shutdown waits for the worker of a dropped store.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
+/// Releases queued just before the process exits are not lost: every job sent to a worker is
+/// counted until it has run, and a handler registered with `atexit(3)` waits (up to
+/// [`EXIT_DRAIN`](exit_drain::EXIT_DRAIN)) for the count to reach zero when the process
+/// exits — after `main` returns or on `std::process::exit` — while the worker threads still
+/// run. So a guard dropped (or a handle closed) right before exit is released, whichever
+/// thread dropped the last handle and whether or not a runtime was still running.
+mod exit_drain {
+    use std::sync::{Condvar, Mutex, Once};
+    use std::time::Duration;
+
+    /// The longest the exit handler waits for queued jobs.
+    pub(super) const EXIT_DRAIN: Duration = Duration::from_secs(1);
+
+    static QUEUED: Mutex<usize> = Mutex::new(0);
+    static DRAINED: Condvar = Condvar::new();
+
+    /// A job is about to be sent to a worker.
+    pub(super) fn queued() {
+        *QUEUED.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
+    /// A job has run (or was never sent).
+    pub(super) fn ran() {
+        let mut n = QUEUED.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            DRAINED.notify_all();
+        }
+    }
+
+    /// Waits until no job is queued, at most `EXIT_DRAIN`. A worker that exits the process
+    /// itself does not wait for its own queue.
+    fn wait() {
+        if std::thread::current().name() == Some(super::WORKER_THREAD) {
+            return;
+        }
+        let n = QUEUED.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = DRAINED.wait_timeout_while(n, EXIT_DRAIN, |n| *n > 0);
+    }
+
+    extern "C" fn at_exit() {
+        // Unwinding out of an `extern "C"` function aborts; `wait` does not panic (poisoned
+        // locks are taken as they are), and this keeps it that way.
+        let _ = std::panic::catch_unwind(wait);
+    }
+
+    /// Registers the exit handler once per process.
+    #[allow(unsafe_code)]
+    pub(super) fn register() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: `atexit` stores a plain function pointer that stays valid for the
+            // program's life; the handler touches only statics (a mutex and a condvar) that
+            // are never destroyed, and waits with a timeout.
+            if unsafe { libc::atexit(at_exit) } != 0 {
+                tracing::debug!("could not register the SQLite exit drain; releases queued at exit may be lost to the lease");
+            }
+        });
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         // Closing the queue (dropping `jobs` after this) ends the worker once it has run every
         // queued job. Nothing waits for that here. Inside a tokio runtime, a blocking task
         // waits (up to a second) instead: a runtime's orderly shutdown — the end of
-        // `#[tokio::main]` — waits for blocking tasks, so locks dropped just before a program
-        // returns from `main` are still released.
+        // `#[tokio::main]` — waits for blocking tasks. Whatever is still queued when the
+        // process exits is waited for by the exit drain (see `exit_drain`).
         let finished = self
             .finished
             .get_mut()
@@ -500,6 +566,7 @@ impl SqliteStore {
         options: &StoreOptions,
     ) -> Result<Arc<SqliteStore>> {
         let retain_us = options.retain.map(micros);
+        exit_drain::register();
         let mut open = open_files().lock().await;
         if let Some(store) = open.get(&path).and_then(Weak::upgrade) {
             if let Some(us) = retain_us {
@@ -519,7 +586,7 @@ impl SqliteStore {
         let (thread_path, thread_hub) = (path.clone(), hub.clone());
         let (finished_tx, finished) = mpsc::channel::<()>();
         std::thread::Builder::new()
-            .name("locksmith-sqlite".into())
+            .name(WORKER_THREAD.into())
             .spawn(move || {
                 let _finished = finished_tx; // dropped when the thread ends
                 match Worker::open(thread_path, thread_hub, clock) {
@@ -530,6 +597,7 @@ impl SqliteStore {
                             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 job(&mut worker)
                             }));
+                            exit_drain::ran();
                         }
                     }
                     Err(e) => {
@@ -571,10 +639,13 @@ impl SqliteStore {
     }
 
     fn send(&self, job: Job) -> Result<()> {
+        exit_drain::queued();
         self.sender()
             .ok_or(())
             .and_then(|jobs| jobs.send(job).map_err(|_| ()))
             .map_err(|_| {
+                exit_drain::ran(); // never queued
+
                 Error::store(
                     "sqlite",
                     false,
