@@ -770,12 +770,37 @@ async fn wait_loop(
         _ if claims.len() > 1 => None,
         _ => {
             let ticket = Ticket::join(&calls.store, &inner.ns, &first);
-            if until(deadline, ticket.turn()).await.is_none() {
+            // A timer only for waits with a deadline (boxed, so queued waiters without one
+            // do not carry its space).
+            let turned = match deadline {
+                None => {
+                    ticket.turn().await;
+                    true
+                }
+                Some(_) => Box::pin(until(deadline, ticket.turn())).await.is_some(),
+            };
+            if !turned {
                 return Err(timeout(first.as_str(), started));
             }
             Some(ticket)
         }
     };
+    // Only the head of the queue gets here. The state of trying and waiting on the store
+    // lives on the heap, so each queued waiter costs only its ticket and this frame.
+    Box::pin(try_loop(inner, claims, plan, started, deadline, first)).await
+}
+
+/// The head's part of [`wait_loop`]: try, wait for a wake-up, try again.
+async fn try_loop(
+    inner: &Inner,
+    claims: Arc<[Claim]>,
+    plan: &Plan,
+    started: Instant,
+    deadline: Option<Instant>,
+    first: LockName,
+) -> Result<(Arc<[Claim]>, Vec<u64>, Instant)> {
+    let calls = &inner.calls;
+    let kind = calls.store.kind();
     let mut claims = claims;
     let mut unsettled = Unsettled {
         calls,

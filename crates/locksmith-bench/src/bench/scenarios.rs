@@ -425,6 +425,33 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
     let all_done = Arc::new(Notify::new());
     let queued = Arc::new(AtomicUsize::new(0));
 
+    // The raw reference: as many tasks waiting on a held tokio Mutex.
+    let raw_per_waiter = {
+        let mutex = Arc::new(tokio::sync::Mutex::new(()));
+        let held = mutex.clone().lock_owned().await;
+        let window = Window::start();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..env.waiters)
+            .map(|_| {
+                let (mutex, queued) = (mutex.clone(), queued.clone());
+                tokio::spawn(async move {
+                    queued.fetch_add(1, Ordering::Relaxed);
+                    drop(mutex.lock().await);
+                })
+            })
+            .collect();
+        while queued.load(Ordering::Relaxed) < env.waiters {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let per = window.live() as f64 / env.waiters as f64;
+        drop(window);
+        drop(held);
+        for t in tasks {
+            t.await?;
+        }
+        per
+    };
+
     let window = Window::start();
     let mut tasks = Vec::with_capacity(env.waiters);
     for _ in 0..env.waiters {
@@ -463,10 +490,13 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
         let _ = t.await;
     }
     let label = format!("waiters {}", env.waiters);
+    let raw_label = format!("raw tokio Mutex: waiters {}", env.waiters);
     Ok(vec![
+        Sample::new(&raw_label, "client heap/waiter", "bytes", Better::Lower, raw_per_waiter),
         Sample::new(&label, "store calls/handoff", "calls", Better::Lower, used as f64 / HANDOFFS as f64),
         Sample::new(&label, "handoffs/s", "1/s", Better::Higher, HANDOFFS as f64 / elapsed.as_secs_f64()),
-        Sample::new(&label, "client heap/waiter", "bytes", Better::Lower, per_waiter),
+        Sample::new(&label, "client heap/waiter", "bytes", Better::Lower, per_waiter).against(&raw_label),
+        Sample::new(&label, "locksmith heap/waiter", "bytes", Better::Lower, per_waiter - raw_per_waiter),
     ])
 }
 
