@@ -56,7 +56,10 @@ fn quick_memory_run_reports_every_figure() {
     let calls = figure("waiters 300", "store calls/handoff");
     assert!(calls["median"].as_f64().unwrap() <= 10.0, "{calls}");
     let ratio = figure("uncontended same-name main-task", "cycles/s");
-    assert!(ratio["ratio"].as_f64().is_some(), "no ratio to the raw baseline: {ratio}");
+    assert!(
+        ratio["ratio"].as_f64().is_some(),
+        "no ratio to the raw baseline: {ratio}"
+    );
     let listed = figure("many locks 2000", "purged");
     assert_eq!(listed["median"].as_f64(), Some(2000.0));
 }

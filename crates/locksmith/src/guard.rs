@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
 use crate::error::{Error, Result};
 use crate::held::{Held, Status, margin};
 use crate::info::LossReason;

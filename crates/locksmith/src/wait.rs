@@ -760,7 +760,6 @@ async fn wait_loop(
 ) -> Result<(Arc<[Claim]>, Vec<u64>, Instant)> {
     let started = Instant::now();
     let calls = &inner.calls;
-    let kind = calls.store.kind();
     let first = claims[0].name.clone();
     let deadline = plan.wait.deadline(started);
     // Single-lock waiters queue first, so a newcomer never overtakes a waiter of this

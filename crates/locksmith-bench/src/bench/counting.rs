@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use locksmith::store::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, Wakeups,
 };
-use locksmith::{ListQuery, LockInfo, LockName, Namespace, Page, Result, SetOutcome, SetPolicy, Token};
+use locksmith::{
+    ListQuery, LockInfo, LockName, Namespace, Page, Result, SetOutcome, SetPolicy, Token,
+};
 
 /// Counts the calls made to `inner`.
 #[derive(Debug)]

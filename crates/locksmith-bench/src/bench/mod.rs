@@ -122,7 +122,9 @@ fn machine() -> Machine {
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-        .map_or(std::env::consts::OS.to_string(), |s| s.trim_matches('"').to_string());
+        .map_or(std::env::consts::OS.to_string(), |s| {
+            s.trim_matches('"').to_string()
+        });
     let kernel = format!(
         "Linux {} {}",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -139,12 +141,13 @@ fn machine() -> Machine {
 }
 
 fn versions() -> Versions {
-    let rustc = std::process::Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or("unknown".into(), |s| s.trim().to_string());
+    let rustc =
+        std::process::Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map_or("unknown".into(), |s| s.trim().to_string());
     Versions {
         rustc,
         locksmith: env!("CARGO_PKG_VERSION").to_string(),
@@ -171,26 +174,44 @@ struct Store {
     env: Env,
 }
 
-async fn open_store(url: &str, args: &Args, dir: &Path) -> Result<Store, Box<dyn std::error::Error + Send + Sync>> {
+async fn open_store(
+    url: &str,
+    args: &Args,
+    dir: &Path,
+) -> Result<Store, Box<dyn std::error::Error + Send + Sync>> {
     let lm = Locksmith::connect(url).await?;
     let kind = lm.store_kind();
     let cross_process = lm.store().capabilities().cross_process;
     let (raw, raw_direct) = match kind {
-        "memory" => (("raw HashMap+Mutex".to_string(), Raw::Memory(Arc::new(RawMemory::default()))), None),
+        "memory" => (
+            (
+                "raw HashMap+Mutex".to_string(),
+                Raw::Memory(Arc::new(RawMemory::default())),
+            ),
+            None,
+        ),
         "sqlite" => {
             let path = dir.join(format!("raw-{}.db", uuid::Uuid::new_v4().simple()));
             let thread = RawSqliteThread::start(&path)?;
             let direct = RawSqlite::open(&path)?;
             (
-                ("raw rusqlite (thread+oneshot)".to_string(), Raw::SqliteThread(thread)),
-                Some(("raw rusqlite (direct)".to_string(), Raw::SqliteDirect(Arc::new(Mutex::new(direct))))),
+                (
+                    "raw rusqlite (thread+oneshot)".to_string(),
+                    Raw::SqliteThread(thread),
+                ),
+                Some((
+                    "raw rusqlite (direct)".to_string(),
+                    Raw::SqliteDirect(Arc::new(Mutex::new(direct))),
+                )),
             )
         }
         other => return Err(format!("no raw baseline for the {other} store yet").into()),
     };
-    let budget = args
-        .budget
-        .unwrap_or(if args.quick { Duration::from_millis(250) } else { Duration::from_secs(1) });
+    let budget = args.budget.unwrap_or(if args.quick {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(1)
+    });
     Ok(Store {
         env: Env {
             label: kind.to_string(),
@@ -200,8 +221,14 @@ async fn open_store(url: &str, args: &Args, dir: &Path) -> Result<Store, Box<dyn
             raw_direct,
             cross_process,
             budget,
-            waiters: if args.quick { args.waiters.min(10_000) } else { args.waiters },
-            many: args.many.unwrap_or(if args.quick { 20_000 } else { 1_000_000 }),
+            waiters: if args.quick {
+                args.waiters.min(10_000)
+            } else {
+                args.waiters
+            },
+            many: args
+                .many
+                .unwrap_or(if args.quick { 20_000 } else { 1_000_000 }),
             cli_runs: if args.quick { 10 } else { 50 },
             run: 0,
             dir: dir.to_path_buf(),
@@ -211,7 +238,10 @@ async fn open_store(url: &str, args: &Args, dir: &Path) -> Result<Store, Box<dyn
 
 pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == WORKER) {
-        let rest: Vec<String> = args[2..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         return match scenarios::worker(&rest) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -226,7 +256,10 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
         .collect::<Vec<_>>()
         .join(" ");
     let args = Args::parse_from(args);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("locksmith-bench: {e}");
@@ -243,8 +276,13 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-async fn bench(args: Args, command: String) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let dir = tempfile::Builder::new().prefix("locksmith-bench").tempdir()?;
+async fn bench(
+    args: Args,
+    command: String,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let dir = tempfile::Builder::new()
+        .prefix("locksmith-bench")
+        .tempdir()?;
     let urls = if args.stores.is_empty() {
         vec![
             "memory://".to_string(),
@@ -267,7 +305,10 @@ async fn bench(args: Args, command: String) -> Result<(), Box<dyn std::error::Er
     let cli_bin = locksmith_bin();
     if wanted("cli") {
         if cli_bin.is_none() {
-            notes.push("cli skipped: build the CLI first (cargo build --release -p locksmith-cli)".to_string());
+            notes.push(
+                "cli skipped: build the CLI first (cargo build --release -p locksmith-cli)"
+                    .to_string(),
+            );
         }
         if !flock_available() {
             notes.push("cli skipped: flock(1) (util-linux) is not installed".to_string());
@@ -282,7 +323,10 @@ async fn bench(args: Args, command: String) -> Result<(), Box<dyn std::error::Er
     }
     for s in &stores {
         if !s.env.cross_process {
-            notes.push(format!("{}: contended across processes skipped (the store is in-process only)", s.env.label));
+            notes.push(format!(
+                "{}: contended across processes skipped (the store is in-process only)",
+                s.env.label
+            ));
         }
     }
 

@@ -19,8 +19,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// Nanoseconds on `CLOCK_MONOTONIC`: comparable across processes on one machine (unlike
 /// `Instant`, whose value is opaque).
 pub(crate) fn mono_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("CLOCK_MONOTONIC");
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
@@ -49,12 +48,23 @@ fn us(d: Duration) -> f64 {
 }
 
 /// cycles/s, p50 and p99 (µs) of a latency series over `elapsed`.
-fn rate_samples(scenario: &str, mut lat: Vec<f64>, elapsed: Duration, base: Option<&str>) -> Vec<Sample> {
+fn rate_samples(
+    scenario: &str,
+    mut lat: Vec<f64>,
+    elapsed: Duration,
+    base: Option<&str>,
+) -> Vec<Sample> {
     let n = lat.len() as f64;
     let p50 = quantile(&mut lat, 0.5);
     let p99 = quantile(&mut lat, 0.99);
     let mut out = vec![
-        Sample::new(scenario, "cycles/s", "1/s", Better::Higher, n / elapsed.as_secs_f64()),
+        Sample::new(
+            scenario,
+            "cycles/s",
+            "1/s",
+            Better::Higher,
+            n / elapsed.as_secs_f64(),
+        ),
         Sample::new(scenario, "p50", "µs", Better::Lower, p50),
         Sample::new(scenario, "p99", "µs", Better::Lower, p99),
     ];
@@ -65,13 +75,22 @@ fn rate_samples(scenario: &str, mut lat: Vec<f64>, elapsed: Duration, base: Opti
 }
 
 /// One task, acquire + release, for `budget`: latencies in µs, and the time taken.
-async fn lm_cycles(lm: Locksmith, fresh: bool, tag: String, budget: Duration) -> Res<(Vec<f64>, Duration)> {
+async fn lm_cycles(
+    lm: Locksmith,
+    fresh: bool,
+    tag: String,
+    budget: Duration,
+) -> Res<(Vec<f64>, Duration)> {
     let mut lat = Vec::new();
     let start = Instant::now();
     let mut i = 0u64;
     let same = format!("{tag}-same");
     while start.elapsed() < budget {
-        let name = if fresh { format!("{tag}-{i}") } else { same.clone() };
+        let name = if fresh {
+            format!("{tag}-{i}")
+        } else {
+            same.clone()
+        };
         let t = Instant::now();
         let guard = lm.lock(&name).acquire().await?;
         guard.release().await?;
@@ -87,11 +106,21 @@ async fn raw_cycles(raw: Raw, fresh: bool, tag: String, budget: Duration) -> (Ve
     let mut i = 0u64;
     let same = format!("{tag}-same");
     while start.elapsed() < budget {
-        let name = if fresh { format!("{tag}-{i}") } else { same.clone() };
+        let name = if fresh {
+            format!("{tag}-{i}")
+        } else {
+            same.clone()
+        };
         let token = fastrand::u128(..);
         let t = Instant::now();
-        assert!(raw.acquire(&name, token).await, "raw baseline: {name} is free");
-        assert!(raw.release(&name, token).await, "raw baseline: {name} is held");
+        assert!(
+            raw.acquire(&name, token).await,
+            "raw baseline: {name} is free"
+        );
+        assert!(
+            raw.release(&name, token).await,
+            "raw baseline: {name} is held"
+        );
         lat.push(us(t.elapsed()));
         i += 1;
     }
@@ -136,7 +165,8 @@ pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
             if let Some((label, direct)) = &env.raw_direct
                 && !spawned
             {
-                let (dl, de) = raw_cycles(direct.clone(), fresh, format!("{tag}-direct"), budget).await;
+                let (dl, de) =
+                    raw_cycles(direct.clone(), fresh, format!("{tag}-direct"), budget).await;
                 out.extend(rate_samples(&format!("{label}: {what}"), dl, de, None));
             }
         }
@@ -192,7 +222,8 @@ pub(crate) async fn parallel(env: &Env) -> Res<Vec<Sample>> {
     let raw_name = format!("{}: parallel 64 tasks", env.raw.0);
     Ok(vec![
         Sample::new(&raw_name, "cycles/s", "1/s", Better::Higher, raw_rate),
-        Sample::new("parallel 64 tasks", "cycles/s", "1/s", Better::Higher, rate).against(&raw_name),
+        Sample::new("parallel 64 tasks", "cycles/s", "1/s", Better::Higher, rate)
+            .against(&raw_name),
     ])
 }
 
@@ -245,7 +276,8 @@ impl Shared for FileShared {
         )
     }
     fn write(&self, counter: u64, released_ns: u64, holder: u64) {
-        std::fs::write(&self.0, format!("{counter} {released_ns} {holder}\n")).expect("counter file");
+        std::fs::write(&self.0, format!("{counter} {released_ns} {holder}\n"))
+            .expect("counter file");
     }
 }
 
@@ -259,7 +291,12 @@ pub(crate) enum Locker {
 
 /// One contender: acquire (waiting) → read-modify-write of the shared counter → release,
 /// until `until_ns` (CLOCK_MONOTONIC).
-pub(crate) async fn contend(locker: Locker, shared: Arc<dyn Shared>, me: u64, until_ns: u64) -> Res<Contender> {
+pub(crate) async fn contend(
+    locker: Locker,
+    shared: Arc<dyn Shared>,
+    me: u64,
+    until_ns: u64,
+) -> Res<Contender> {
     let mut out = Contender::default();
     while mono_ns() < until_ns {
         let asked = mono_ns();
@@ -293,7 +330,13 @@ pub(crate) async fn contend(locker: Locker, shared: Arc<dyn Shared>, me: u64, un
     Ok(out)
 }
 
-fn contended_samples(scenario: &str, parts: Vec<Contender>, counter: u64, elapsed: Duration, base: Option<&str>) -> Vec<Sample> {
+fn contended_samples(
+    scenario: &str,
+    parts: Vec<Contender>,
+    counter: u64,
+    elapsed: Duration,
+    base: Option<&str>,
+) -> Vec<Sample> {
     let cycles: u64 = parts.iter().map(|c| c.cycles).sum();
     let switches: u64 = parts.iter().map(|c| c.switches).sum();
     let max_wait = parts.iter().map(|c| c.max_wait_ns).max().unwrap_or(0);
@@ -308,18 +351,58 @@ fn contended_samples(scenario: &str, parts: Vec<Contender>, counter: u64, elapse
         None => s,
     };
     vec![
-        with(Sample::new(scenario, "cycles/s", "1/s", Better::Higher, cycles as f64 / elapsed.as_secs_f64())),
-        with(Sample::new(scenario, "handoff p50", "µs", Better::Lower, p50)),
-        with(Sample::new(scenario, "handoff p99", "µs", Better::Lower, p99)),
-        Sample::new(scenario, "holder switches", "% of cycles", Better::Neither, 100.0 * switches as f64 / cycles.max(1) as f64),
-        Sample::new(scenario, "longest wait", "ms", Better::Lower, max_wait as f64 / 1e6),
-        Sample::new(scenario, "lost updates", "count", Better::Neither, cycles as f64 - counter as f64),
+        with(Sample::new(
+            scenario,
+            "cycles/s",
+            "1/s",
+            Better::Higher,
+            cycles as f64 / elapsed.as_secs_f64(),
+        )),
+        with(Sample::new(
+            scenario,
+            "handoff p50",
+            "µs",
+            Better::Lower,
+            p50,
+        )),
+        with(Sample::new(
+            scenario,
+            "handoff p99",
+            "µs",
+            Better::Lower,
+            p99,
+        )),
+        Sample::new(
+            scenario,
+            "holder switches",
+            "% of cycles",
+            Better::Neither,
+            100.0 * switches as f64 / cycles.max(1) as f64,
+        ),
+        Sample::new(
+            scenario,
+            "longest wait",
+            "ms",
+            Better::Lower,
+            max_wait as f64 / 1e6,
+        ),
+        Sample::new(
+            scenario,
+            "lost updates",
+            "count",
+            Better::Neither,
+            cycles as f64 - counter as f64,
+        ),
     ]
 }
 
 /// K contenders on one name as tasks in this process (and, for memory, the tokio Mutex
 /// baseline).
-pub(crate) async fn contended_tasks(env: &Env, k: usize, memory_baseline: bool) -> Res<Vec<Sample>> {
+pub(crate) async fn contended_tasks(
+    env: &Env,
+    k: usize,
+    memory_baseline: bool,
+) -> Res<Vec<Sample>> {
     let mut out = Vec::new();
     let scenario = format!("contended K={k} tasks");
     let base = format!("raw tokio Mutex: contended K={k} tasks");
@@ -328,7 +411,10 @@ pub(crate) async fn contended_tasks(env: &Env, k: usize, memory_baseline: bool) 
         if memory_baseline {
             v.push((base.clone(), Locker::Tokio(Arc::default())));
         }
-        v.push((scenario.clone(), Locker::Lm(env.lm.clone(), format!("c{}-{k}", env.run))));
+        v.push((
+            scenario.clone(),
+            Locker::Lm(env.lm.clone(), format!("c{}-{k}", env.run)),
+        ));
         v
     };
     for (label, locker) in lockers {
@@ -398,8 +484,11 @@ pub(crate) fn worker(args: &[String]) -> Res<()> {
     let [url, name, file, me, start_ns, until_ns] = args else {
         return Err("worker args: URL NAME FILE ID START_NS UNTIL_NS".into());
     };
-    let (me, start_ns, until_ns): (u64, u64, u64) = (me.parse()?, start_ns.parse()?, until_ns.parse()?);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (me, start_ns, until_ns): (u64, u64, u64) =
+        (me.parse()?, start_ns.parse()?, until_ns.parse()?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let out = rt.block_on(async {
         let lm = Locksmith::connect(url).await?;
         let wait = start_ns.saturating_sub(mono_ns());
@@ -418,7 +507,11 @@ pub(crate) fn worker(args: &[String]) -> Res<()> {
 pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
     const HANDOFFS: u64 = 100;
     let (counting, calls) = Counting::new(env.lm.store());
-    let lm = Locksmith::with_store(Arc::new(counting), Namespace::new(env.lm.namespace())?, &env.url);
+    let lm = Locksmith::with_store(
+        Arc::new(counting),
+        Namespace::new(env.lm.namespace())?,
+        &env.url,
+    );
     let name = format!("w{}", env.run);
     let holder = lm.lock(&name).acquire().await?;
     let done = Arc::new(AtomicU64::new(0));
@@ -455,7 +548,13 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
     let window = Window::start();
     let mut tasks = Vec::with_capacity(env.waiters);
     for _ in 0..env.waiters {
-        let (lm, name, done, all_done, queued) = (lm.clone(), name.clone(), done.clone(), all_done.clone(), queued.clone());
+        let (lm, name, done, all_done, queued) = (
+            lm.clone(),
+            name.clone(),
+            done.clone(),
+            all_done.clone(),
+            queued.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             queued.fetch_add(1, Ordering::Relaxed);
             let guard = lm.lock(&name).acquire().await?;
@@ -492,11 +591,42 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
     let label = format!("waiters {}", env.waiters);
     let raw_label = format!("raw tokio Mutex: waiters {}", env.waiters);
     Ok(vec![
-        Sample::new(&raw_label, "client heap/waiter", "bytes", Better::Lower, raw_per_waiter),
-        Sample::new(&label, "store calls/handoff", "calls", Better::Lower, used as f64 / HANDOFFS as f64),
-        Sample::new(&label, "handoffs/s", "1/s", Better::Higher, HANDOFFS as f64 / elapsed.as_secs_f64()),
-        Sample::new(&label, "client heap/waiter", "bytes", Better::Lower, per_waiter).against(&raw_label),
-        Sample::new(&label, "locksmith heap/waiter", "bytes", Better::Lower, per_waiter - raw_per_waiter),
+        Sample::new(
+            &raw_label,
+            "client heap/waiter",
+            "bytes",
+            Better::Lower,
+            raw_per_waiter,
+        ),
+        Sample::new(
+            &label,
+            "store calls/handoff",
+            "calls",
+            Better::Lower,
+            used as f64 / HANDOFFS as f64,
+        ),
+        Sample::new(
+            &label,
+            "handoffs/s",
+            "1/s",
+            Better::Higher,
+            HANDOFFS as f64 / elapsed.as_secs_f64(),
+        ),
+        Sample::new(
+            &label,
+            "client heap/waiter",
+            "bytes",
+            Better::Lower,
+            per_waiter,
+        )
+        .against(&raw_label),
+        Sample::new(
+            &label,
+            "locksmith heap/waiter",
+            "bytes",
+            Better::Lower,
+            per_waiter - raw_per_waiter,
+        ),
     ])
 }
 
@@ -516,7 +646,9 @@ pub(crate) async fn many_locks(env: &Env) -> Res<Vec<Sample>> {
             let started = Instant::now();
             let mut i = 0;
             while i < n {
-                let names: Vec<String> = (i..(i + BATCH).min(n)).map(|j| format!("{prefix}{j:08}")).collect();
+                let names: Vec<String> = (i..(i + BATCH).min(n))
+                    .map(|j| format!("{prefix}{j:08}"))
+                    .collect();
                 let mut policy = SetPolicy::default();
                 policy.ttl = Some(ttl);
                 lm.set_locks(names, policy).await?;
@@ -559,10 +691,34 @@ pub(crate) async fn many_locks(env: &Env) -> Res<Vec<Sample>> {
     let purge = started.elapsed();
     lm.reset_all().await?;
     Ok(vec![
-        Sample::new(&label, "set_locks create", "locks/s", Better::Higher, env.many as f64 / created.as_secs_f64()),
-        Sample::new(&label, "list rate", "locks/s", Better::Higher, seen as f64 / listed.as_secs_f64()),
-        Sample::new(&label, "list peak client heap", "KiB", Better::Lower, peak as f64 / 1024.0),
-        Sample::new(&label, "purge_expired rate", "locks/s", Better::Higher, purged as f64 / purge.as_secs_f64()),
+        Sample::new(
+            &label,
+            "set_locks create",
+            "locks/s",
+            Better::Higher,
+            env.many as f64 / created.as_secs_f64(),
+        ),
+        Sample::new(
+            &label,
+            "list rate",
+            "locks/s",
+            Better::Higher,
+            seen as f64 / listed.as_secs_f64(),
+        ),
+        Sample::new(
+            &label,
+            "list peak client heap",
+            "KiB",
+            Better::Lower,
+            peak as f64 / 1024.0,
+        ),
+        Sample::new(
+            &label,
+            "purge_expired rate",
+            "locks/s",
+            Better::Higher,
+            purged as f64 / purge.as_secs_f64(),
+        ),
         Sample::new(&label, "purged", "count", Better::Neither, purged as f64),
     ])
 }
@@ -575,7 +731,15 @@ pub(crate) async fn cli(env: &Env, locksmith_bin: &std::path::Path) -> Res<Vec<S
     for _ in 0..env.cli_runs {
         let t = Instant::now();
         let st = tokio::process::Command::new(locksmith_bin)
-            .args(["--url", &env.url, "-q", "run", &format!("cli{}", env.run), "--", "true"])
+            .args([
+                "--url",
+                &env.url,
+                "-q",
+                "run",
+                &format!("cli{}", env.run),
+                "--",
+                "true",
+            ])
             .status()
             .await?;
         if !st.success() {
@@ -595,7 +759,20 @@ pub(crate) async fn cli(env: &Env, locksmith_bin: &std::path::Path) -> Res<Vec<S
     }
     let base = "flock(1): run true";
     Ok(vec![
-        Sample::new(base, "wall p50", "ms", Better::Lower, quantile(&mut theirs, 0.5)),
-        Sample::new("cli: locksmith run -- true", "wall p50", "ms", Better::Lower, quantile(&mut ours, 0.5)).against(base),
+        Sample::new(
+            base,
+            "wall p50",
+            "ms",
+            Better::Lower,
+            quantile(&mut theirs, 0.5),
+        ),
+        Sample::new(
+            "cli: locksmith run -- true",
+            "wall p50",
+            "ms",
+            Better::Lower,
+            quantile(&mut ours, 0.5),
+        )
+        .against(base),
     ])
 }

@@ -136,10 +136,7 @@ impl Figures {
                 fig.ratio = Some(fig.median / b);
             }
         }
-        self.order
-            .iter()
-            .map(|k| self.by_key[k].clone())
-            .collect()
+        self.order.iter().map(|k| self.by_key[k].clone()).collect()
     }
 }
 
@@ -167,7 +164,13 @@ pub(crate) fn table(figures: &[Figure]) -> String {
     let mut t = Table::new();
     t.load_style(ASCII_MARKDOWN);
     t.set_header([
-        "store", "scenario", "metric", "median", "min–max", "unit", "vs raw",
+        "store",
+        "scenario",
+        "metric",
+        "median",
+        "min–max",
+        "unit",
+        "vs raw",
     ]);
     for f in figures {
         let ratio = match (f.ratio, f.better) {
