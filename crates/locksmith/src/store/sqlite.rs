@@ -1306,9 +1306,21 @@ impl Store for SqliteStore {
                 Expired::Include => 1,
                 _ => 2,
             };
+            // The page starts after the cursor, or at the prefix: one range bound either
+            // way, so each page is an index seek (an `OR` of the two made every page scan
+            // the namespace from the prefix on, which made a full listing quadratic).
+            let after_cursor = query
+                .after
+                .as_ref()
+                .is_some_and(|c| c.as_str() >= query.prefix.as_str());
+            let start = if after_cursor {
+                "name > ?3"
+            } else {
+                "name >= ?2"
+            };
             let sql = format!(
                 "SELECT name, {COLUMNS} FROM locksmith_locks
-                 WHERE namespace = ?1 AND name >= ?2 AND substr(name, 1, length(?2)) = ?2
+                 WHERE namespace = ?1 AND {start} AND substr(name, 1, length(?2)) = ?2
                    AND (?3 IS NULL OR name > ?3)
                    AND CASE ?4
                          WHEN 0 THEN expires_at IS NULL OR expires_at > ?5
