@@ -25,6 +25,8 @@ pub(crate) struct Calls {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) timeout: Duration,
     background: Arc<Background>,
+    /// Starts the tasks of guards that live long enough to need one.
+    pub(crate) starter: Arc<crate::watchdog::Starter>,
 }
 
 /// Background release retries: how many run, and whether `close` asked them to finish.
@@ -62,6 +64,7 @@ impl Calls {
             store,
             timeout,
             background: Arc::default(),
+            starter: Arc::default(),
         }
     }
 

@@ -5,8 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
-
 use crate::error::{Error, Result};
 use crate::held::{Held, Status, margin};
 use crate::info::LossReason;
@@ -54,7 +52,6 @@ use crate::store::{ExtendMode, Extended, Released};
 #[clippy::has_significant_drop]
 pub struct LockGuard {
     held: Arc<Held>,
-    watchdog: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -69,16 +66,8 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     pub(crate) fn new(held: Arc<Held>, renew: bool, granted_at: Instant) -> LockGuard {
-        let watchdog = tokio::spawn(crate::watchdog::run(
-            Arc::downgrade(&held),
-            held.status.subscribe(),
-            granted_at,
-            renew,
-        ));
-        LockGuard {
-            held,
-            watchdog: Some(watchdog),
-        }
+        held.calls.starter.enqueue(&held, granted_at, renew);
+        LockGuard { held }
     }
 
     /// The lock's name.
@@ -389,9 +378,7 @@ impl LockGuard {
     }
 
     fn stop_watchdog(&mut self) {
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
-        }
+        self.held.stop_task();
     }
 }
 

@@ -79,6 +79,9 @@ pub(crate) struct Held {
     /// Serialises lease changes (watchdog, `extend`, `renew_by`), so they reach the store and
     /// the local status in the same order.
     lease_lock: tokio::sync::Mutex<()>,
+    /// The guard's task once started (see [`Starter`](crate::watchdog::Starter)), so the
+    /// guard can stop it.
+    pub(crate) task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Held {
@@ -104,9 +107,17 @@ impl Held {
             ttl: Mutex::new(terms.ttl),
             status: watch::channel(Status::Done).0,
             lease_lock: tokio::sync::Mutex::new(()),
+            task: Mutex::new(None),
         };
         held.status.send_replace(held.held_status(sent, terms.ttl));
         held
+    }
+
+    /// Stops the guard's task, if it started.
+    pub(crate) fn stop_task(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
     }
 
     pub(crate) fn ttl(&self) -> Option<Duration> {

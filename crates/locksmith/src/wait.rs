@@ -9,10 +9,10 @@
 //!    of stores that cannot notify every waiter, or the caller's deadline — whichever is
 //!    first — and try again.
 //!
-//! Each try runs as its own task, under the call timeout (`?timeout=`), and reports through
-//! a channel. If the caller goes away while a try is in flight, whoever sees the answer last
-//! — the task or the dropped receiver — releases a grant (or the claim of a failed try), so
-//! a cancelled `acquire` never leaves a lock held. A try that fails (an error, a timeout)
+//! Each try runs under the call timeout (`?timeout=`), polled by the caller itself (no
+//! thread hop). If the caller goes away while a try is in flight, the rest of the try is
+//! handed to a task, which releases a grant (or the claim of a failed try), so a cancelled
+//! `acquire` never leaves a lock held. A try that fails (an error, a timeout)
 //! may have been applied by the store all the same: its claim is released (detached,
 //! idempotent) and the next try uses a fresh token, so an unknown outcome never leaks a
 //! lock. A failed `subscribe` makes the waiter poll; a wait ends only at its deadline, on
@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 
 use crate::calls::Calls;
@@ -515,54 +514,54 @@ impl Inner {
     }
 }
 
-/// A store request running as its own task. If this handle is dropped before the answer is
-/// taken, `orphan` receives the answer (from the task, or from this handle's drop —
-/// whichever comes last), so a grant nobody will use is released.
+/// A store request polled inline by its caller. If this handle is dropped before the
+/// request answered (the caller went away mid-flight), the rest of the request is handed to
+/// a task and its answer to `orphan`, so a grant nobody will use is released. Polling inline
+/// keeps a caller on the runtime's main thread (`#[tokio::main]`) from hopping to a worker
+/// thread and back on every try.
 struct InFlight<T: Send + 'static> {
-    rx: Option<oneshot::Receiver<T>>,
+    request: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
     orphan: Arc<dyn Fn(T) + Send + Sync>,
+    /// What to hand `orphan` when the rest of the request cannot run (no runtime left):
+    /// an answer of unknown outcome.
+    unknown: fn() -> T,
 }
 
 impl<T: Send + 'static> InFlight<T> {
-    fn spawn<F>(request: F, orphan: Arc<dyn Fn(T) + Send + Sync>) -> InFlight<T>
+    fn start<F>(request: F, orphan: Arc<dyn Fn(T) + Send + Sync>, unknown: fn() -> T) -> InFlight<T>
     where
         F: Future<Output = T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let task_orphan = orphan.clone();
-        tokio::spawn(async move {
-            if let Err(unclaimed) = tx.send(request.await) {
-                task_orphan(unclaimed);
-            }
-        });
         InFlight {
-            rx: Some(rx),
+            request: Some(Box::pin(request)),
             orphan,
+            unknown,
         }
     }
 
-    async fn answer(mut self, store: &'static str) -> Result<T> {
-        let rx = self.rx.as_mut().expect("answer is taken once");
-        let answer = rx.await;
-        self.rx = None;
-        answer.map_err(|_| {
-            Error::store(
-                store,
-                true,
-                "the store request task ended without an answer (runtime shutting down?)",
-            )
-        })
+    async fn answer(mut self) -> T {
+        let request = self.request.as_mut().expect("answer is taken once");
+        let answer = request.await;
+        self.request = None;
+        answer
     }
 }
 
 impl<T: Send + 'static> Drop for InFlight<T> {
     fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            // After close() the task's send fails (and the task hands the answer to
-            // `orphan`); an answer sent before close() is still here to take.
-            rx.close();
-            if let Ok(answer) = rx.try_recv() {
-                (self.orphan)(answer);
+        let Some(request) = self.request.take() else {
+            return;
+        };
+        let orphan = self.orphan.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { orphan(request.await) });
+            }
+            // No runtime to finish the request on: treat it as failed (its claims are
+            // released, detached, which needs no runtime).
+            Err(_) => {
+                drop(request);
+                orphan((self.unknown)());
             }
         }
     }
@@ -584,8 +583,8 @@ fn release_claims(calls: &Calls, ns: &Namespace, claims: &[Claim], why: &str) {
     }
 }
 
-/// Tries to grant every claim (one store call, under the call timeout), as its own task: see
-/// [`InFlight`]. If the requester went away, a grant is released, and so is the claim of a
+/// Tries to grant every claim (one store call, under the call timeout), polled by the
+/// caller: see [`InFlight`]. If the requester went away, a grant is released, and so is the claim of a
 /// try that failed (the store may have applied it).
 fn try_claims(inner: &Inner, claims: &Arc<[Claim]>) -> InFlight<Result<Attempt>> {
     let calls = inner.calls.clone();
@@ -626,7 +625,13 @@ fn try_claims(inner: &Inner, claims: &Arc<[Claim]>) -> InFlight<Result<Attempt>>
         Err(_) => release_claims(&calls, &ns, &claims, "failed after the requester went away"),
         Ok(_) => {}
     });
-    InFlight::spawn(request, orphan)
+    InFlight::start(request, orphan, || {
+        Err(Error::store(
+            "core",
+            true,
+            "the try was abandoned with no runtime left to finish it",
+        ))
+    })
 }
 
 /// Claims whose last try had an unknown outcome: released (detached) if the wait ends
@@ -755,7 +760,6 @@ async fn wait_loop(
 ) -> Result<(Arc<[Claim]>, Vec<u64>, Instant)> {
     let started = Instant::now();
     let calls = &inner.calls;
-    let kind = calls.store.kind();
     let first = claims[0].name.clone();
     let deadline = plan.wait.deadline(started);
     // Single-lock waiters queue first, so a newcomer never overtakes a waiter of this
@@ -765,12 +769,37 @@ async fn wait_loop(
         _ if claims.len() > 1 => None,
         _ => {
             let ticket = Ticket::join(&calls.store, &inner.ns, &first);
-            if until(deadline, ticket.turn()).await.is_none() {
+            // A timer only for waits with a deadline (boxed, so queued waiters without one
+            // do not carry its space).
+            let turned = match deadline {
+                None => {
+                    ticket.turn().await;
+                    true
+                }
+                Some(_) => Box::pin(until(deadline, ticket.turn())).await.is_some(),
+            };
+            if !turned {
                 return Err(timeout(first.as_str(), started));
             }
             Some(ticket)
         }
     };
+    // Only the head of the queue gets here. The state of trying and waiting on the store
+    // lives on the heap, so each queued waiter costs only its ticket and this frame.
+    Box::pin(try_loop(inner, claims, plan, started, deadline, first)).await
+}
+
+/// The head's part of [`wait_loop`]: try, wait for a wake-up, try again.
+async fn try_loop(
+    inner: &Inner,
+    claims: Arc<[Claim]>,
+    plan: &Plan,
+    started: Instant,
+    deadline: Option<Instant>,
+    first: LockName,
+) -> Result<(Arc<[Claim]>, Vec<u64>, Instant)> {
+    let calls = &inner.calls;
+    let kind = calls.store.kind();
     let mut claims = claims;
     let mut unsettled = Unsettled {
         calls,
@@ -789,8 +818,8 @@ async fn wait_loop(
         }
         let sent = Instant::now();
         claims = stamped(&claims, sent.saturating_duration_since(started));
-        let answer = try_claims(inner, &claims).answer(kind).await;
-        let attempt = match answer.and_then(|a| a) {
+        let answer = try_claims(inner, &claims).answer().await;
+        let attempt = match answer {
             Ok(attempt) => attempt,
             Err(err) => {
                 // The store may have applied the try: never leave that grant behind.

@@ -24,8 +24,16 @@
 //!
 //! The task stops when the guard is released, dropped or leaked (its status leaves `Held`),
 //! and is aborted by the guard as well; its subscription goes with it.
+//!
+//! A guard's task is not spawned with the guard: the guard joins its connection's
+//! [`Starter`] queue, and one starter task spawns the tasks of the guards still held
+//! [`SETTLE`] after their grant. A lock taken and released within that time (the common
+//! short critical section) costs no task, no timer and no cross-thread wake-up of its own —
+//! one starter wake-up serves every guard granted in the same couple of milliseconds.
 
-use std::sync::Weak;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -34,8 +42,112 @@ use tokio::time::sleep_until;
 use crate::held::{Held, Status};
 use crate::store::{ExtendMode, Extended, Wakeups};
 
-/// How long a new guard's task waits before it first touches the guard (see [`run`]).
+/// How long after its grant a guard's task starts (see [`Starter`]).
 const SETTLE: Duration = Duration::from_millis(2);
+
+/// A guard waiting for its task.
+struct Pending {
+    held: Weak<Held>,
+    granted_at: Instant,
+    renew: bool,
+    /// When its task is due.
+    due: Instant,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// Whether a starter task is running (it runs while the queue is not empty).
+    running: bool,
+}
+
+/// Starts guards' tasks [`SETTLE`] after their grant, for the guards still held then. One
+/// per connection (shared by its clones); its task runs only while guards are queued, so
+/// it never outlives its runtime's work, and a runtime that shuts down with it running
+/// lets the next guard start a new one.
+#[derive(Default)]
+pub(crate) struct Starter {
+    queue: Mutex<Queue>,
+}
+
+impl fmt::Debug for Starter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Starter").finish_non_exhaustive()
+    }
+}
+
+impl Starter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Queue operations never panic halfway, so a poisoned mutex still holds a valid queue.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a new guard's task; spawns the starter task if none runs. Needs a tokio
+    /// runtime, as spawning the guard's task did.
+    pub(crate) fn enqueue(self: &Arc<Self>, held: &Arc<Held>, granted_at: Instant, renew: bool) {
+        let mut queue = self.lock();
+        queue.pending.push_back(Pending {
+            held: Arc::downgrade(held),
+            granted_at,
+            renew,
+            due: Instant::now() + SETTLE,
+        });
+        if queue.running {
+            return;
+        }
+        queue.running = true;
+        drop(queue);
+        tokio::spawn(self.clone().drain());
+    }
+
+    /// The starter task: spawns the tasks that are due, until the queue is empty.
+    async fn drain(self: Arc<Self>) {
+        /// Marks the starter stopped if its task is dropped (its runtime shut down).
+        struct Stopped<'a>(&'a Starter, bool);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.lock().running = false;
+                }
+            }
+        }
+        let mut stopped = Stopped(&self, false);
+        loop {
+            let next = {
+                let mut queue = self.lock();
+                match queue.pending.front() {
+                    Some(p) => p.due,
+                    None => {
+                        queue.running = false;
+                        stopped.1 = true;
+                        return;
+                    }
+                }
+            };
+            sleep_until(next.into()).await;
+            let due: Vec<Pending> = {
+                let mut queue = self.lock();
+                let now = Instant::now();
+                let n = queue.pending.iter().take_while(|p| p.due <= now).count();
+                queue.pending.drain(..n).collect()
+            };
+            for p in due {
+                let Some(h) = p.held.upgrade() else { continue };
+                if !matches!(*h.status.borrow(), Status::Held { .. }) {
+                    continue;
+                }
+                let task = tokio::spawn(run(p.held, h.status.subscribe(), p.granted_at, p.renew));
+                let mut slot = h.task.lock().unwrap_or_else(|e| e.into_inner());
+                if matches!(*h.status.borrow(), Status::Held { .. }) {
+                    *slot = Some(task.abort_handle());
+                } else {
+                    // Released meanwhile: the task sees that and ends; stop it anyway.
+                    task.abort();
+                }
+            }
+        }
+    }
+}
 
 fn retry_interval(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
@@ -57,23 +169,14 @@ async fn woken(wakeups: &mut Option<Wakeups>) {
     }
 }
 
-/// The task of one guard. It holds the guard's state only weakly, and strongly only during
-/// a store call, so dropping the guard frees the store handle at once (a store that drains
-/// its queue when its last handle goes, as SQLite does, then does so before the process can
-/// exit).
-pub(crate) async fn run(
-    held: Weak<Held>,
-    mut rx: watch::Receiver<Status>,
-    granted_at: Instant,
-    renew: bool,
-) {
-    // A guard dropped right after its grant (a program that ends at once) goes without this
-    // task ever holding it: the drop of the last store handle then happens in the caller's
-    // code, where the store can still finish its queued releases.
-    tokio::select! {
-        _ = rx.changed() => {}
-        _ = tokio::time::sleep(SETTLE) => {}
-    }
+/// The task of one guard, started [`SETTLE`] after the grant (by the [`Starter`]). It holds
+/// the guard's state only weakly, and strongly only during a store call, so dropping the
+/// guard frees the store handle at once (a store that drains its queue when its last handle
+/// goes, as SQLite does, then does so before the process can exit). A guard dropped right
+/// after its grant (a program that ends at once) goes without this task ever holding it:
+/// the drop of the last store handle then happens in the caller's code, where the store can
+/// still finish its queued releases.
+async fn run(held: Weak<Held>, mut rx: watch::Receiver<Status>, granted_at: Instant, renew: bool) {
     if !matches!(*rx.borrow(), Status::Held { .. }) {
         return;
     }

@@ -476,6 +476,22 @@ pub async fn cancel_with_request_in_flight(ctx: Ctx) {
         }
         check().await;
     }
+    // And cancelled while waiting for a holder (a store that answers at once — memory —
+    // has no moment with a request in flight, so only these are cancelled there).
+    for polls in [1usize, 2, 3, 5, 8] {
+        let holder = lm.lock("cf").acquire().await.unwrap();
+        {
+            let mut fut = std::pin::pin!(lm.lock("cf").ttl(Duration::from_secs(30)).acquire());
+            for _ in 0..polls {
+                let poll = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx)));
+                assert!(poll.await.is_pending(), "acquired a held lock");
+                tokio::task::yield_now().await;
+            }
+        } // the waiting future is dropped here
+        cancelled += 1;
+        holder.release().await.unwrap();
+        check().await;
+    }
     assert!(cancelled > 0, "no attempt was cancelled");
     let g = lm.lock("cf").wait(Wait::No).acquire().await.unwrap();
     g.release().await.unwrap();

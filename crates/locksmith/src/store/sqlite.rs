@@ -166,6 +166,16 @@ CREATE INDEX IF NOT EXISTS locksmith_locks_expires_at ON locksmith_locks (expire
     WHERE expires_at IS NOT NULL;
 ";
 
+/// A grant's garbage sweep: rows expired before `?1`, at most [`SWEEP_LIMIT`] of them.
+const SWEEP_LOCKS: &str = "DELETE FROM locksmith_locks WHERE (namespace, name) IN (
+     SELECT namespace, name FROM locksmith_locks
+     WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT 64)";
+/// A grant's sweep of lapsed reservations (before `?1`), at most [`SWEEP_LIMIT`].
+const SWEEP_RESERVATIONS: &str = "DELETE FROM locksmith_reservations WHERE (namespace, name) IN (
+     SELECT namespace, name FROM locksmith_reservations WHERE until <= ?1 LIMIT 64)";
+// The two statements above spell SWEEP_LIMIT out.
+const _: () = assert!(SWEEP_LIMIT == 64);
+
 /// Upgrades a version-1 file (before `min_hold` was recorded).
 const MIGRATE_V1: &str = "ALTER TABLE locksmith_locks ADD COLUMN min_hold INTEGER;";
 
@@ -1134,19 +1144,12 @@ impl Worker {
             // Garbage, bounded per grant (only grants create rows and reservations): rows
             // expired more than `retain` ago, in any namespace (through the expiry index),
             // and lapsed reservations.
+            // The limit is spliced in, not bound: SQLite re-prepares a statement on every
+            // bind of a LIMIT parameter (it may change the plan), which cost more than the
+            // rest of the grant.
             let cutoff = now.saturating_sub(self.clock.retain.load(Ordering::SeqCst));
-            tx.prepare_cached(
-                "DELETE FROM locksmith_locks WHERE (namespace, name) IN (
-                     SELECT namespace, name FROM locksmith_locks
-                     WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
-            )?
-            .execute(params![cutoff, SWEEP_LIMIT])?;
-            tx.prepare_cached(
-                "DELETE FROM locksmith_reservations WHERE (namespace, name) IN (
-                     SELECT namespace, name FROM locksmith_reservations
-                     WHERE until <= ?1 LIMIT ?2)",
-            )?
-            .execute(params![now, SWEEP_LIMIT])?;
+            tx.prepare_cached(SWEEP_LOCKS)?.execute([cutoff])?;
+            tx.prepare_cached(SWEEP_RESERVATIONS)?.execute([now])?;
         }
         tx.commit()?;
         Ok(out)
@@ -1374,9 +1377,21 @@ impl Store for SqliteStore {
                 Expired::Include => 1,
                 _ => 2,
             };
+            // The page starts after the cursor, or at the prefix: one range bound either
+            // way, so each page is an index seek (an `OR` of the two made every page scan
+            // the namespace from the prefix on, which made a full listing quadratic).
+            let after_cursor = query
+                .after
+                .as_ref()
+                .is_some_and(|c| c.as_str() >= query.prefix.as_str());
+            let start = if after_cursor {
+                "name > ?3"
+            } else {
+                "name >= ?2"
+            };
             let sql = format!(
                 "SELECT name, {COLUMNS} FROM locksmith_locks
-                 WHERE namespace = ?1 AND name >= ?2 AND substr(name, 1, length(?2)) = ?2
+                 WHERE namespace = ?1 AND {start} AND substr(name, 1, length(?2)) = ?2
                    AND (?3 IS NULL OR name > ?3)
                    AND CASE ?4
                          WHEN 0 THEN expires_at IS NULL OR expires_at > ?5

@@ -1,0 +1,226 @@
+//! Raw baselines: the same work with the same driver and no locksmith.
+//!
+//! - memory: a `HashMap` behind a `std::sync::Mutex` (name → token and fence);
+//! - SQLite: rusqlite on a file of its own with locksmith's schema, WAL and
+//!   `synchronous = NORMAL`, and the statements a grant and a release cannot do without
+//!   (store/sqlite.rs): a grant is `BEGIN IMMEDIATE`, the row's `SELECT`, the fence
+//!   counter's `INSERT … ON CONFLICT … RETURNING`, the row's `INSERT OR REPLACE`, `COMMIT`;
+//!   a release is `BEGIN IMMEDIATE`, `SELECT`, `DELETE`, `COMMIT`. Run directly on the
+//!   caller's thread, and on a dedicated thread answering through a oneshot channel — what
+//!   an async caller has to do, so that is the comparison for locksmith.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+/// locksmith's SQLite schema (version 2), so the statements touch the same tables and
+/// indexes.
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS locksmith_locks (
+    namespace TEXT NOT NULL, name TEXT NOT NULL, token TEXT, owner TEXT NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, fence INTEGER NOT NULL,
+    acquired_at INTEGER NOT NULL, expires_at INTEGER, min_hold INTEGER,
+    PRIMARY KEY (namespace, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS locksmith_fence (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
+INSERT OR IGNORE INTO locksmith_fence (id, value) VALUES (0, 0);
+CREATE INDEX IF NOT EXISTS locksmith_locks_expires_at ON locksmith_locks (expires_at)
+    WHERE expires_at IS NOT NULL;
+PRAGMA synchronous = NORMAL;
+";
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The memory baseline.
+#[derive(Debug, Default)]
+pub(crate) struct RawMemory {
+    map: Mutex<HashMap<String, (u128, u64)>>,
+    fence: Mutex<u64>,
+}
+
+impl RawMemory {
+    pub(crate) fn acquire(&self, name: &str, token: u128) -> bool {
+        let mut map = self.map.lock().expect("raw map");
+        if map.contains_key(name) {
+            return false;
+        }
+        let fence = {
+            let mut f = self.fence.lock().expect("raw fence");
+            *f += 1;
+            *f
+        };
+        map.insert(name.to_string(), (token, fence));
+        true
+    }
+
+    pub(crate) fn release(&self, name: &str, token: u128) -> bool {
+        let mut map = self.map.lock().expect("raw map");
+        match map.get(name) {
+            Some((t, _)) if *t == token => {
+                map.remove(name);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The SQLite baseline's connection.
+pub(crate) struct RawSqlite {
+    conn: Connection,
+}
+
+impl RawSqlite {
+    pub(crate) fn open(path: &Path) -> rusqlite::Result<RawSqlite> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(RawSqlite { conn })
+    }
+
+    pub(crate) fn acquire(&mut self, name: &str, token: u128) -> rusqlite::Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_micros();
+        let row: Option<Option<i64>> = tx
+            .prepare_cached(
+                "SELECT expires_at FROM locksmith_locks WHERE namespace = ?1 AND name = ?2",
+            )?
+            .query_row(params!["", name], |r| r.get(0))
+            .optional()?;
+        if row.is_some_and(|e| e.is_none_or(|e| e > now)) {
+            return Ok(false);
+        }
+        let fence: i64 = tx
+            .prepare_cached(
+                "INSERT INTO locksmith_fence (id, value) VALUES (0, max(?1, 1))
+                 ON CONFLICT (id) DO UPDATE SET value = max(value + 1, excluded.value)
+                 RETURNING value",
+            )?
+            .query_row([now], |r| r.get(0))?;
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO locksmith_locks
+             (namespace, name, token, owner, host, pid, fence, acquired_at, expires_at, min_hold)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            "",
+            name,
+            format!("{token:032x}"),
+            "bench",
+            "host",
+            1,
+            fence,
+            now,
+            now + 60_000_000,
+            None::<i64>
+        ])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    pub(crate) fn release(&mut self, name: &str, token: u128) -> rusqlite::Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let held: Option<Option<String>> = tx
+            .prepare_cached("SELECT token FROM locksmith_locks WHERE namespace = ?1 AND name = ?2")?
+            .query_row(params!["", name], |r| r.get(0))
+            .optional()?;
+        let mine = held.flatten() == Some(format!("{token:032x}"));
+        if mine {
+            tx.prepare_cached("DELETE FROM locksmith_locks WHERE namespace = ?1 AND name = ?2")?
+                .execute(params!["", name])?;
+        }
+        tx.commit()?;
+        Ok(mine)
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut RawSqlite) + Send>;
+
+/// The SQLite baseline on a dedicated thread, answering through oneshot channels.
+#[derive(Clone)]
+pub(crate) struct RawSqliteThread {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl RawSqliteThread {
+    pub(crate) fn start(path: &Path) -> rusqlite::Result<RawSqliteThread> {
+        let mut raw = RawSqlite::open(path)?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for job in rx {
+                job(&mut raw);
+            }
+        });
+        Ok(RawSqliteThread { jobs })
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RawSqlite) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |raw| {
+                let _ = tx.send(f(raw));
+            }))
+            .expect("raw SQLite thread");
+        rx.await.expect("raw SQLite thread answers")
+    }
+}
+
+/// A raw baseline as an async caller sees it.
+#[derive(Clone)]
+pub(crate) enum Raw {
+    Memory(Arc<RawMemory>),
+    /// On the caller's thread.
+    SqliteDirect(Arc<Mutex<RawSqlite>>),
+    /// On a dedicated thread.
+    SqliteThread(RawSqliteThread),
+}
+
+impl Raw {
+    pub(crate) async fn acquire(&self, name: &str, token: u128) -> bool {
+        match self {
+            Raw::Memory(m) => m.acquire(name, token),
+            Raw::SqliteDirect(s) => s
+                .lock()
+                .expect("raw sqlite")
+                .acquire(name, token)
+                .expect("raw acquire"),
+            Raw::SqliteThread(t) => {
+                let name = name.to_string();
+                t.call(move |s| s.acquire(&name, token).expect("raw acquire"))
+                    .await
+            }
+        }
+    }
+
+    pub(crate) async fn release(&self, name: &str, token: u128) -> bool {
+        match self {
+            Raw::Memory(m) => m.release(name, token),
+            Raw::SqliteDirect(s) => s
+                .lock()
+                .expect("raw sqlite")
+                .release(name, token)
+                .expect("raw release"),
+            Raw::SqliteThread(t) => {
+                let name = name.to_string();
+                t.call(move |s| s.release(&name, token).expect("raw release"))
+                    .await
+            }
+        }
+    }
+}

@@ -1,0 +1,778 @@
+//! The scenarios. Each returns the samples of one run; the caller interleaves runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use locksmith::{Expired, ListQuery, Locksmith, Namespace, SetPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::alloc::Window;
+use super::counting::Counting;
+use super::raw::Raw;
+use super::stats::{Better, Sample, quantile};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Nanoseconds on `CLOCK_MONOTONIC`: comparable across processes on one machine (unlike
+/// `Instant`, whose value is opaque).
+pub(crate) fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// What every scenario of one store needs.
+pub(crate) struct Env {
+    /// The store's label in the table.
+    pub(crate) label: String,
+    pub(crate) url: String,
+    pub(crate) lm: Locksmith,
+    /// The raw baseline an async caller compares with, and its label.
+    pub(crate) raw: (String, Raw),
+    /// A second raw baseline (SQLite on the caller's thread).
+    pub(crate) raw_direct: Option<(String, Raw)>,
+    pub(crate) cross_process: bool,
+    /// How long each timed scenario runs.
+    pub(crate) budget: Duration,
+    pub(crate) waiters: usize,
+    pub(crate) many: usize,
+    pub(crate) cli_runs: usize,
+    pub(crate) run: usize,
+    pub(crate) dir: PathBuf,
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// cycles/s, p50 and p99 (µs) of a latency series over `elapsed`.
+fn rate_samples(
+    scenario: &str,
+    mut lat: Vec<f64>,
+    elapsed: Duration,
+    base: Option<&str>,
+) -> Vec<Sample> {
+    let n = lat.len() as f64;
+    let p50 = quantile(&mut lat, 0.5);
+    let p99 = quantile(&mut lat, 0.99);
+    let mut out = vec![
+        Sample::new(
+            scenario,
+            "cycles/s",
+            "1/s",
+            Better::Higher,
+            n / elapsed.as_secs_f64(),
+        ),
+        Sample::new(scenario, "p50", "µs", Better::Lower, p50),
+        Sample::new(scenario, "p99", "µs", Better::Lower, p99),
+    ];
+    if let Some(base) = base {
+        out = out.into_iter().map(|s| s.against(base)).collect();
+    }
+    out
+}
+
+/// One task, acquire + release, for `budget`: latencies in µs, and the time taken.
+async fn lm_cycles(
+    lm: Locksmith,
+    fresh: bool,
+    tag: String,
+    budget: Duration,
+) -> Res<(Vec<f64>, Duration)> {
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let mut i = 0u64;
+    let same = format!("{tag}-same");
+    while start.elapsed() < budget {
+        let name = if fresh {
+            format!("{tag}-{i}")
+        } else {
+            same.clone()
+        };
+        let t = Instant::now();
+        let guard = lm.lock(&name).acquire().await?;
+        guard.release().await?;
+        lat.push(us(t.elapsed()));
+        i += 1;
+    }
+    Ok((lat, start.elapsed()))
+}
+
+async fn raw_cycles(raw: Raw, fresh: bool, tag: String, budget: Duration) -> (Vec<f64>, Duration) {
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let mut i = 0u64;
+    let same = format!("{tag}-same");
+    while start.elapsed() < budget {
+        let name = if fresh {
+            format!("{tag}-{i}")
+        } else {
+            same.clone()
+        };
+        let token = fastrand::u128(..);
+        let t = Instant::now();
+        assert!(
+            raw.acquire(&name, token).await,
+            "raw baseline: {name} is free"
+        );
+        assert!(
+            raw.release(&name, token).await,
+            "raw baseline: {name} is held"
+        );
+        lat.push(us(t.elapsed()));
+        i += 1;
+    }
+    (lat, start.elapsed())
+}
+
+/// Uncontended: same name / new name each cycle, from the main task and a spawned task;
+/// the raw baseline(s) the same way; and locksmith's overhead per cycle in µs.
+pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
+    let mut out = Vec::new();
+    for fresh in [false, true] {
+        for spawned in [false, true] {
+            let what = format!(
+                "uncontended {} {}",
+                if fresh { "new-name" } else { "same-name" },
+                if spawned { "spawned" } else { "main-task" }
+            );
+            let tag = format!("u{}-{}-{}", env.run, fresh as u8, spawned as u8);
+            let budget = env.budget;
+            let (raw_label, raw) = &env.raw;
+            let raw_name = format!("{raw_label}: {what}");
+            let raw_run = raw_cycles(raw.clone(), fresh, format!("{tag}-raw"), budget);
+            let lm_run = lm_cycles(env.lm.clone(), fresh, tag.clone(), budget);
+            let ((rl, re), (ll, le)) = if spawned {
+                let r = tokio::spawn(raw_run).await?;
+                let l = tokio::spawn(lm_run).await??;
+                (r, l)
+            } else {
+                (raw_run.await, lm_run.await?)
+            };
+            let raw_mean = us(re) / rl.len() as f64;
+            let lm_mean = us(le) / ll.len() as f64;
+            out.extend(rate_samples(&raw_name, rl, re, None));
+            out.extend(rate_samples(&what, ll, le, Some(&raw_name)));
+            out.push(Sample::new(
+                &what,
+                "overhead/cycle",
+                "µs",
+                Better::Lower,
+                lm_mean - raw_mean,
+            ));
+            if let Some((label, direct)) = &env.raw_direct
+                && !spawned
+            {
+                let (dl, de) =
+                    raw_cycles(direct.clone(), fresh, format!("{tag}-direct"), budget).await;
+                out.extend(rate_samples(&format!("{label}: {what}"), dl, de, None));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// 64 tasks on distinct names: cycles/s, against the raw baseline the same way.
+pub(crate) async fn parallel(env: &Env) -> Res<Vec<Sample>> {
+    const TASKS: usize = 64;
+    let budget = env.budget;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let raw = env.raw.1.clone();
+        let name = format!("p{}-raw-{t}", env.run);
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while start.elapsed() < budget {
+                let token = fastrand::u128(..);
+                assert!(raw.acquire(&name, token).await);
+                assert!(raw.release(&name, token).await);
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut raw_total = 0;
+    for t in tasks {
+        raw_total += t.await?;
+    }
+    let raw_rate = raw_total as f64 / start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let lm = env.lm.clone();
+        let name = format!("p{}-{t}", env.run);
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while start.elapsed() < budget {
+                lm.lock(&name).acquire().await?.release().await?;
+                n += 1;
+            }
+            Ok::<_, locksmith::Error>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let raw_name = format!("{}: parallel 64 tasks", env.raw.0);
+    Ok(vec![
+        Sample::new(&raw_name, "cycles/s", "1/s", Better::Higher, raw_rate),
+        Sample::new("parallel 64 tasks", "cycles/s", "1/s", Better::Higher, rate)
+            .against(&raw_name),
+    ])
+}
+
+/// What one contender reports.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Contender {
+    pub(crate) cycles: u64,
+    pub(crate) switches: u64,
+    pub(crate) max_wait_ns: u64,
+    /// Release → this holder's acquire returned, for acquisitions that changed holder (ns).
+    pub(crate) handoffs: Vec<u64>,
+}
+
+/// The counter and the last release, shared by the contenders: in memory (one process) or
+/// in a file (several). Read and written without any atomicity of its own.
+pub(crate) trait Shared: Send + Sync {
+    fn read(&self) -> (u64, u64, u64);
+    fn write(&self, counter: u64, released_ns: u64, holder: u64);
+}
+
+#[derive(Default)]
+struct MemShared(AtomicU64, AtomicU64, AtomicU64);
+
+impl Shared for MemShared {
+    fn read(&self) -> (u64, u64, u64) {
+        (
+            self.0.load(Ordering::Relaxed),
+            self.1.load(Ordering::Relaxed),
+            self.2.load(Ordering::Relaxed),
+        )
+    }
+    fn write(&self, counter: u64, released_ns: u64, holder: u64) {
+        self.0.store(counter, Ordering::Relaxed);
+        self.1.store(released_ns, Ordering::Relaxed);
+        self.2.store(holder, Ordering::Relaxed);
+    }
+}
+
+/// The shared state in a file: `counter released_ns holder`.
+pub(crate) struct FileShared(pub(crate) PathBuf);
+
+impl Shared for FileShared {
+    fn read(&self) -> (u64, u64, u64) {
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        let mut it = text.split_whitespace().map(|w| w.parse().unwrap_or(0));
+        (
+            it.next().unwrap_or(0),
+            it.next().unwrap_or(0),
+            it.next().unwrap_or(0),
+        )
+    }
+    fn write(&self, counter: u64, released_ns: u64, holder: u64) {
+        std::fs::write(&self.0, format!("{counter} {released_ns} {holder}\n"))
+            .expect("counter file");
+    }
+}
+
+/// What a contender locks with.
+#[derive(Clone)]
+pub(crate) enum Locker {
+    Lm(Locksmith, String),
+    /// The in-process raw baseline: a `tokio::sync::Mutex` (FIFO, like locksmith's queue).
+    Tokio(Arc<tokio::sync::Mutex<()>>),
+}
+
+/// One contender: acquire (waiting) → read-modify-write of the shared counter → release,
+/// until `until_ns` (CLOCK_MONOTONIC).
+pub(crate) async fn contend(
+    locker: Locker,
+    shared: Arc<dyn Shared>,
+    me: u64,
+    until_ns: u64,
+) -> Res<Contender> {
+    let mut out = Contender::default();
+    while mono_ns() < until_ns {
+        let asked = mono_ns();
+        enum Hold {
+            Lm(locksmith::LockGuard),
+            Tokio(tokio::sync::OwnedMutexGuard<()>),
+        }
+        let hold = match &locker {
+            Locker::Lm(lm, name) => Hold::Lm(lm.lock(name).acquire().await?),
+            Locker::Tokio(m) => Hold::Tokio(m.clone().lock_owned().await),
+        };
+        let got = mono_ns();
+        out.max_wait_ns = out.max_wait_ns.max(got - asked);
+        let (counter, released, holder) = shared.read();
+        if holder != me {
+            out.switches += 1;
+            if released != 0 {
+                out.handoffs.push(got.saturating_sub(released));
+            }
+        }
+        // Not atomic on its own: another holder in between would lose an update.
+        tokio::task::yield_now().await;
+        shared.write(counter + 1, 0, me);
+        out.cycles += 1;
+        shared.write(counter + 1, mono_ns(), me);
+        match hold {
+            Hold::Lm(g) => g.release().await?,
+            Hold::Tokio(g) => drop(g),
+        }
+    }
+    Ok(out)
+}
+
+fn contended_samples(
+    scenario: &str,
+    parts: Vec<Contender>,
+    counter: u64,
+    elapsed: Duration,
+    base: Option<&str>,
+) -> Vec<Sample> {
+    let cycles: u64 = parts.iter().map(|c| c.cycles).sum();
+    let switches: u64 = parts.iter().map(|c| c.switches).sum();
+    let max_wait = parts.iter().map(|c| c.max_wait_ns).max().unwrap_or(0);
+    let mut handoffs: Vec<f64> = parts
+        .iter()
+        .flat_map(|c| c.handoffs.iter().map(|&h| h as f64 / 1e3))
+        .collect();
+    let p50 = quantile(&mut handoffs, 0.5);
+    let p99 = quantile(&mut handoffs, 0.99);
+    let with = |s: Sample| match base {
+        Some(b) => s.against(b),
+        None => s,
+    };
+    vec![
+        with(Sample::new(
+            scenario,
+            "cycles/s",
+            "1/s",
+            Better::Higher,
+            cycles as f64 / elapsed.as_secs_f64(),
+        )),
+        with(Sample::new(
+            scenario,
+            "handoff p50",
+            "µs",
+            Better::Lower,
+            p50,
+        )),
+        with(Sample::new(
+            scenario,
+            "handoff p99",
+            "µs",
+            Better::Lower,
+            p99,
+        )),
+        Sample::new(
+            scenario,
+            "holder switches",
+            "% of cycles",
+            Better::Neither,
+            100.0 * switches as f64 / cycles.max(1) as f64,
+        ),
+        Sample::new(
+            scenario,
+            "longest wait",
+            "ms",
+            Better::Lower,
+            max_wait as f64 / 1e6,
+        ),
+        Sample::new(
+            scenario,
+            "lost updates",
+            "count",
+            Better::Neither,
+            cycles as f64 - counter as f64,
+        ),
+    ]
+}
+
+/// K contenders on one name as tasks in this process (and, for memory, the tokio Mutex
+/// baseline).
+pub(crate) async fn contended_tasks(
+    env: &Env,
+    k: usize,
+    memory_baseline: bool,
+) -> Res<Vec<Sample>> {
+    let mut out = Vec::new();
+    let scenario = format!("contended K={k} tasks");
+    let base = format!("raw tokio Mutex: contended K={k} tasks");
+    let lockers: Vec<(String, Locker)> = {
+        let mut v = Vec::new();
+        if memory_baseline {
+            v.push((base.clone(), Locker::Tokio(Arc::default())));
+        }
+        v.push((
+            scenario.clone(),
+            Locker::Lm(env.lm.clone(), format!("c{}-{k}", env.run)),
+        ));
+        v
+    };
+    for (label, locker) in lockers {
+        let shared: Arc<MemShared> = Arc::default();
+        let start = Instant::now();
+        let until = mono_ns() + env.budget.as_nanos() as u64;
+        let mut tasks = Vec::new();
+        for me in 1..=k as u64 {
+            let (locker, shared) = (locker.clone(), shared.clone() as Arc<dyn Shared>);
+            tasks.push(tokio::spawn(contend(locker, shared, me, until)));
+        }
+        let mut parts = Vec::new();
+        for t in tasks {
+            parts.push(t.await??);
+        }
+        let elapsed = start.elapsed();
+        let counter = shared.read().0;
+        let b = (label != base && memory_baseline).then_some(base.as_str());
+        out.extend(contended_samples(&label, parts, counter, elapsed, b));
+    }
+    Ok(out)
+}
+
+/// K contenders on one name as separate processes (this binary, re-executed as workers).
+pub(crate) async fn contended_processes(env: &Env, k: usize) -> Res<Vec<Sample>> {
+    let scenario = format!("contended K={k} processes");
+    let file = env.dir.join(format!("counter-{}-{k}", env.run));
+    std::fs::write(&file, "0 0 0\n")?;
+    let name = format!("cp{}-{k}", env.run);
+    // Workers start together, once every process is up.
+    let start_ns = mono_ns() + 400_000_000;
+    let until_ns = start_ns + env.budget.as_nanos() as u64;
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for me in 1..=k {
+        let child = tokio::process::Command::new(&exe)
+            .args([
+                super::WORKER,
+                &env.url,
+                &name,
+                &file.display().to_string(),
+                &me.to_string(),
+                &start_ns.to_string(),
+                &until_ns.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        children.push(child);
+    }
+    let mut parts = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().await?;
+        if !out.status.success() {
+            return Err(format!("worker failed: {}", out.status).into());
+        }
+        parts.push(serde_json::from_slice::<Contender>(&out.stdout)?);
+    }
+    let elapsed = Duration::from_nanos(mono_ns().saturating_sub(start_ns)).max(env.budget);
+    let counter = FileShared(file).read().0;
+    Ok(contended_samples(&scenario, parts, counter, elapsed, None))
+}
+
+/// The worker process of [`contended_processes`]: args URL NAME FILE ID START_NS UNTIL_NS;
+/// prints its [`Contender`] as JSON.
+pub(crate) fn worker(args: &[String]) -> Res<()> {
+    let [url, name, file, me, start_ns, until_ns] = args else {
+        return Err("worker args: URL NAME FILE ID START_NS UNTIL_NS".into());
+    };
+    let (me, start_ns, until_ns): (u64, u64, u64) =
+        (me.parse()?, start_ns.parse()?, until_ns.parse()?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(async {
+        let lm = Locksmith::connect(url).await?;
+        let wait = start_ns.saturating_sub(mono_ns());
+        tokio::time::sleep(Duration::from_nanos(wait)).await;
+        let shared: Arc<dyn Shared> = Arc::new(FileShared(file.into()));
+        let out = contend(Locker::Lm(lm.clone(), name.clone()), shared, me, until_ns).await?;
+        lm.close().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(out)
+    })?;
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+/// 10,000 (`env.waiters`) tasks wait on one name; 100 releases hand it on. Store calls per
+/// handoff (a counting wrapper around the store) and client heap bytes per waiter.
+pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
+    const HANDOFFS: u64 = 100;
+    let (counting, calls) = Counting::new(env.lm.store());
+    let lm = Locksmith::with_store(
+        Arc::new(counting),
+        Namespace::new(env.lm.namespace())?,
+        &env.url,
+    );
+    let name = format!("w{}", env.run);
+    let holder = lm.lock(&name).acquire().await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let all_done = Arc::new(Notify::new());
+    let queued = Arc::new(AtomicUsize::new(0));
+
+    // The raw reference: as many tasks waiting on a held tokio Mutex.
+    let raw_per_waiter = {
+        let mutex = Arc::new(tokio::sync::Mutex::new(()));
+        let held = mutex.clone().lock_owned().await;
+        let window = Window::start();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..env.waiters)
+            .map(|_| {
+                let (mutex, queued) = (mutex.clone(), queued.clone());
+                tokio::spawn(async move {
+                    queued.fetch_add(1, Ordering::Relaxed);
+                    drop(mutex.lock().await);
+                })
+            })
+            .collect();
+        while queued.load(Ordering::Relaxed) < env.waiters {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let per = window.live() as f64 / env.waiters as f64;
+        drop(window);
+        drop(held);
+        for t in tasks {
+            t.await?;
+        }
+        per
+    };
+
+    let window = Window::start();
+    let mut tasks = Vec::with_capacity(env.waiters);
+    for _ in 0..env.waiters {
+        let (lm, name, done, all_done, queued) = (
+            lm.clone(),
+            name.clone(),
+            done.clone(),
+            all_done.clone(),
+            queued.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            queued.fetch_add(1, Ordering::Relaxed);
+            let guard = lm.lock(&name).acquire().await?;
+            if done.fetch_add(1, Ordering::SeqCst) + 1 == HANDOFFS {
+                all_done.notify_one();
+                // Keep the lock: the 100th holder ends the measurement.
+                std::future::pending::<()>().await;
+            }
+            guard.release().await?;
+            Ok::<_, locksmith::Error>(())
+        }));
+    }
+    while queued.load(Ordering::Relaxed) < env.waiters {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Let every waiter reach its wait.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let per_waiter = window.live() as f64 / env.waiters as f64;
+    drop(window);
+
+    let before = calls.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let finished = all_done.notified();
+    holder.release().await?;
+    finished.await;
+    let elapsed = started.elapsed();
+    let used = calls.load(Ordering::SeqCst) - before;
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let label = format!("waiters {}", env.waiters);
+    let raw_label = format!("raw tokio Mutex: waiters {}", env.waiters);
+    Ok(vec![
+        Sample::new(
+            &raw_label,
+            "client heap/waiter",
+            "bytes",
+            Better::Lower,
+            raw_per_waiter,
+        ),
+        Sample::new(
+            &label,
+            "store calls/handoff",
+            "calls",
+            Better::Lower,
+            used as f64 / HANDOFFS as f64,
+        ),
+        Sample::new(
+            &label,
+            "handoffs/s",
+            "1/s",
+            Better::Higher,
+            HANDOFFS as f64 / elapsed.as_secs_f64(),
+        ),
+        Sample::new(
+            &label,
+            "client heap/waiter",
+            "bytes",
+            Better::Lower,
+            per_waiter,
+        )
+        .against(&raw_label),
+        Sample::new(
+            &label,
+            "locksmith heap/waiter",
+            "bytes",
+            Better::Lower,
+            per_waiter - raw_per_waiter,
+        ),
+    ])
+}
+
+/// `env.many` held locks (created with `set_locks` in batches): `list` streams them page by
+/// page with bounded client memory; then as many expired locks, and `purge_expired`.
+pub(crate) async fn many_locks(env: &Env) -> Res<Vec<Sample>> {
+    const BATCH: usize = 10_000;
+    const PAGE: usize = 1_000;
+    let ns = format!("many-{}-{}", env.run, uuid::Uuid::new_v4().simple());
+    let sep = if env.url.contains('?') { '&' } else { '?' };
+    let lm = Locksmith::connect(&format!("{}{sep}namespace={ns}", env.url)).await?;
+    let label = format!("many locks {}", env.many);
+    let create = |ttl: Duration, prefix: &'static str| {
+        let lm = lm.clone();
+        let n = env.many;
+        async move {
+            let started = Instant::now();
+            let mut i = 0;
+            while i < n {
+                let names: Vec<String> = (i..(i + BATCH).min(n))
+                    .map(|j| format!("{prefix}{j:08}"))
+                    .collect();
+                let mut policy = SetPolicy::default();
+                policy.ttl = Some(ttl);
+                lm.set_locks(names, policy).await?;
+                i += BATCH;
+            }
+            Ok::<_, locksmith::Error>(started.elapsed())
+        }
+    };
+    let created = create(Duration::from_secs(3600), "held-").await?;
+
+    let window = Window::start();
+    let started = Instant::now();
+    let mut seen = 0usize;
+    let mut after = None;
+    loop {
+        let mut query = ListQuery::default();
+        query.limit = PAGE;
+        query.after = after.take();
+        query.expired = Expired::Include;
+        let page = lm.list(query).await?;
+        seen += page.items.len();
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let listed = started.elapsed();
+    let peak = window.peak();
+    drop(window);
+    if seen != env.many {
+        return Err(format!("list saw {seen} locks, not {}", env.many).into());
+    }
+    lm.reset_all().await?;
+
+    let ttl = locksmith::MIN_TTL;
+    create(ttl, "gone-").await?;
+    tokio::time::sleep(ttl + Duration::from_millis(20)).await;
+    let started = Instant::now();
+    let purged = lm.purge_expired().await?;
+    let purge = started.elapsed();
+    lm.reset_all().await?;
+    Ok(vec![
+        Sample::new(
+            &label,
+            "set_locks create",
+            "locks/s",
+            Better::Higher,
+            env.many as f64 / created.as_secs_f64(),
+        ),
+        Sample::new(
+            &label,
+            "list rate",
+            "locks/s",
+            Better::Higher,
+            seen as f64 / listed.as_secs_f64(),
+        ),
+        Sample::new(
+            &label,
+            "list peak client heap",
+            "KiB",
+            Better::Lower,
+            peak as f64 / 1024.0,
+        ),
+        Sample::new(
+            &label,
+            "purge_expired rate",
+            "locks/s",
+            Better::Higher,
+            purged as f64 / purge.as_secs_f64(),
+        ),
+        Sample::new(&label, "purged", "count", Better::Neither, purged as f64),
+    ])
+}
+
+/// `locksmith run NAME -- true` per invocation against `flock FILE true`.
+pub(crate) async fn cli(env: &Env, locksmith_bin: &std::path::Path) -> Res<Vec<Sample>> {
+    let lockfile = env.dir.join("flock.lock");
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..env.cli_runs {
+        let t = Instant::now();
+        let st = tokio::process::Command::new(locksmith_bin)
+            .args([
+                "--url",
+                &env.url,
+                "-q",
+                "run",
+                &format!("cli{}", env.run),
+                "--",
+                "true",
+            ])
+            .status()
+            .await?;
+        if !st.success() {
+            return Err(format!("locksmith run failed: {st}").into());
+        }
+        ours.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let st = tokio::process::Command::new("flock")
+            .arg(&lockfile)
+            .arg("true")
+            .status()
+            .await?;
+        if !st.success() {
+            return Err(format!("flock failed: {st}").into());
+        }
+        theirs.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let base = "flock(1): run true";
+    Ok(vec![
+        Sample::new(
+            base,
+            "wall p50",
+            "ms",
+            Better::Lower,
+            quantile(&mut theirs, 0.5),
+        ),
+        Sample::new(
+            "cli: locksmith run -- true",
+            "wall p50",
+            "ms",
+            Better::Lower,
+            quantile(&mut ours, 0.5),
+        )
+        .against(base),
+    ])
+}

@@ -1,0 +1,65 @@
+//! A smoke run of the benchmark harness on the memory store: it runs, writes its JSON
+//! report, counts no lost update and stays within the store-call budget per handoff. Speed
+//! itself is not asserted here (that is the benchmark's job).
+
+use std::process::Command;
+
+#[test]
+fn quick_memory_run_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_locksmith-bench"))
+        .args([
+            "--quick",
+            "--store",
+            "memory://",
+            "--runs",
+            "1",
+            "--budget",
+            "50ms",
+            "--waiters",
+            "300",
+            "--many",
+            "2000",
+            "--scenarios",
+            "uncontended,parallel,contended,waiters,many",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("| memory"), "no table rows:\n{table}");
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["machine"]["cpus"].as_u64().unwrap() >= 1);
+    assert!(!report["versions"]["sqlite"].as_str().unwrap().is_empty());
+    let figures = report["figures"].as_array().unwrap();
+    let figure = |scenario: &str, metric: &str| {
+        figures
+            .iter()
+            .find(|f| f["scenario"] == scenario && f["metric"] == metric)
+            .unwrap_or_else(|| panic!("no figure {scenario} / {metric}"))
+            .clone()
+    };
+    for k in [2, 8, 32] {
+        let lost = figure(&format!("contended K={k} tasks"), "lost updates");
+        assert_eq!(lost["median"].as_f64(), Some(0.0), "K={k}: {lost}");
+        let cycles = figure(&format!("contended K={k} tasks"), "cycles/s");
+        assert!(cycles["median"].as_f64().unwrap() > 0.0);
+    }
+    let calls = figure("waiters 300", "store calls/handoff");
+    assert!(calls["median"].as_f64().unwrap() <= 10.0, "{calls}");
+    let ratio = figure("uncontended same-name main-task", "cycles/s");
+    assert!(
+        ratio["ratio"].as_f64().is_some(),
+        "no ratio to the raw baseline: {ratio}"
+    );
+    let listed = figure("many locks 2000", "purged");
+    assert_eq!(listed["median"].as_f64(), Some(2000.0));
+}
