@@ -858,7 +858,14 @@ pub(crate) struct Worker {
     conn: Connection,
     hub: Arc<WakeHub>,
     clock: Clock,
+    /// Grants since the last garbage sweep.
+    since_sweep: u32,
 }
+
+/// Grants sweep garbage every this many grants (at most [`SWEEP_LIMIT`] rows each time): far
+/// more than the one row and one reservation a grant can leave behind, so the tables stay
+/// bounded, at a fraction of the cost of sweeping on every grant.
+const SWEEP_EVERY: u32 = 8;
 
 /// One namespace's rows on a connection (inside a transaction for writes).
 struct SqlTable<'c> {
@@ -1008,7 +1015,12 @@ impl Worker {
             )));
         }
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
-        let mut worker = Worker { conn, hub, clock };
+        let mut worker = Worker {
+            conn,
+            hub,
+            clock,
+            since_sweep: 0,
+        };
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -1140,6 +1152,10 @@ impl Worker {
             ns: ns.as_str(),
             now,
         })?;
+        let sweep = sweep && {
+            self.since_sweep = (self.since_sweep + 1) % SWEEP_EVERY;
+            self.since_sweep == 1
+        };
         if sweep {
             // Garbage, bounded per grant (only grants create rows and reservations): rows
             // expired more than `retain` ago, in any namespace (through the expiry index),
@@ -1156,8 +1172,13 @@ impl Worker {
     }
 
     fn try_acquire(&mut self, ns: &Namespace, claim: &Claim) -> Result<Grant, SqlError> {
-        // Read first: a poller that finds the lock held (and need not reserve it) writes
-        // nothing.
+        // A first try goes straight to the write transaction (which decides everything
+        // itself): most first tries find the lock free, and a read first would cost a second
+        // transaction. Later tries read first: a poller that finds the lock held (and need
+        // not reserve it) writes nothing.
+        if claim.waited.is_zero() {
+            return self.grant(ns, |t| rows::try_acquire(t, claim));
+        }
         let name = claim.name.as_str();
         let seen = self.read(ns, |t| {
             let row = t.get(name)?.filter(|r| r.live(t.now));
