@@ -89,7 +89,8 @@
 //! | `memory://NAME` | shared by everything in this process that connects to `NAME` | in-process notification |
 //!
 //! Every URL takes `?namespace=NAME` to isolate tenants or test runs on a shared store, and
-//! `?timeout=DURATION` (default 5 s) to bound each store call.
+//! `?timeout=DURATION` (default 5 s) to bound each store call; `?retain=DURATION` (default
+//! 1 h) says how long expired rows stay visible before the store removes them.
 //! [`Locksmith::from_env`] reads `LOCKSMITH_URL` and falls back to the SQLite default; see
 //! [`store::sqlite`] for where that file lives and how to share one between users.
 //! Synchronous code uses [`blocking`], the same surface without `async`.
@@ -259,7 +260,10 @@ impl Locksmith {
     /// and `?timeout=DURATION` (humantime, e.g. `500ms`, `5s`; default
     /// [`DEFAULT_TIMEOUT`], 5 s): how long any one store call may take before it counts as
     /// failed ([`Error::Store`], retryable). Waits retry such failures until their deadline;
-    /// `Wait::For(d)` returns within `d` plus one call timeout.
+    /// `Wait::For(d)` returns within `d` plus one call timeout. `memory://` and `sqlite://`
+    /// also take `?retain=DURATION` (default 1 h): rows that expired longer ago than that
+    /// are removed as the store writes, so per-period names never grow the store without
+    /// bound.
     ///
     /// A password in the URL never appears in errors, `Debug` or logs: they show the URL
     /// with it masked (`postgres://u:***@host/db`, see [`redact_url`]).

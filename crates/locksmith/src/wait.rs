@@ -47,7 +47,7 @@ const REPOLL: Duration = Duration::from_secs(1);
 /// [`run`](LockBuilder::run) or [`once`](LockBuilder::once).
 ///
 /// Options are checked when the lock is acquired; a bad one is [`Error::InvalidOption`].
-/// The rules: the TTL is positive (default 60 s); `.ttl(…)` and `.no_expiry()` exclude each
+/// The rules: the TTL is at least [`MIN_TTL`](crate::MIN_TTL) (default 60 s); `.ttl(…)` and `.no_expiry()` exclude each
 /// other, and so do `Renew::Auto` and `.no_expiry()`; `min_hold` may exceed the TTL only with
 /// renewal on (the default); `max_hold` needs renewal and is at least the TTL; no duration
 /// exceeds [`MAX_DURATION`](crate::MAX_DURATION). A store that cannot keep a lock forever
