@@ -31,7 +31,7 @@ use raw::{Raw, RawMemory, RawSqlite, RawSqliteThread};
 use scenarios::Env;
 use stats::{Figure, Figures, Sample};
 
-/// argv[1] of a contended worker process (this binary re-executed).
+/// `argv[1]` of a contended worker process (this binary re-executed).
 const WORKER: &str = "__bench-worker";
 
 /// Every scenario, in the order each run does them.
