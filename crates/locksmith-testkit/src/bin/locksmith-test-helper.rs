@@ -165,24 +165,7 @@ async fn run(args: &[&str]) -> Result<ExitCode, String> {
                     .acquire()
                     .await
                     .map_err(|e| failed("acquire", &e))?;
-                let text = std::fs::read_to_string(counter_file)
-                    .map_err(|e| format!("read {counter_file}: {e}"))?;
-                let value = match text.trim() {
-                    "" => 0,
-                    t => number("counter", t)?,
-                };
-                // Widen the window in which a second holder would lose an increment.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                std::fs::write(counter_file, format!("{}\n", value + 1))
-                    .map_err(|e| format!("write {counter_file}: {e}"))?;
-                let mut fences = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(fence_file)
-                    .map_err(|e| format!("open {fence_file}: {e}"))?;
-                writeln!(fences, "{}", guard.fence())
-                    .map_err(|e| format!("append to {fence_file}: {e}"))?;
-                drop(fences);
+                critical_section(counter_file, fence_file, guard.fence()).await?;
                 guard.release().await.map_err(|e| failed("release", &e))?;
             }
             say("done");
