@@ -50,6 +50,7 @@ use locksmith::{Capabilities, Locksmith};
 pub mod cases;
 pub mod faults;
 pub mod process;
+pub mod servers;
 pub mod targets;
 pub mod teeth;
 

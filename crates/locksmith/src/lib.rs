@@ -233,18 +233,37 @@ async fn open_store(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
         "memory" => Err(Error::config(
             "the memory store is not built in — enable locksmith's `memory` cargo feature",
         )),
-        "postgres" | "postgresql" | "mysql" | "mariadb" | "redis" | "rediss" => {
-            Err(Error::config(format!(
-                "the {} store ({:?}) is not available in this version of locksmith yet — use {SCHEMES}",
-                url.scheme,
-                url.redacted()
-            )))
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => store::postgres::open(url).await,
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => store::mysql::open(url).await,
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster" => {
+            store::redis::open(url).await
+        }
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(not_built_in(url, "postgres")),
+        #[cfg(not(feature = "mysql"))]
+        "mysql" | "mariadb" => Err(not_built_in(url, "mysql")),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster" => {
+            Err(not_built_in(url, "redis"))
         }
         other => Err(Error::config(format!(
             "unknown store scheme {other:?} in {:?} — use one of {SCHEMES}",
             url.redacted()
         ))),
     }
+}
+
+/// The error for a store whose cargo feature is off.
+#[allow(dead_code)]
+fn not_built_in(url: &StoreUrl, feature: &str) -> Error {
+    Error::config(format!(
+        "the {} store ({:?}) is not built in — enable locksmith's `{feature}` cargo feature (the CLI: `cargo install locksmith-cli --features {feature}`), or use {SCHEMES}",
+        url.scheme,
+        url.redacted()
+    ))
 }
 
 impl Locksmith {

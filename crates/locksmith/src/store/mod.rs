@@ -46,6 +46,12 @@ use crate::options::{ListQuery, Page, SetOutcome, SetPolicy};
 
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(any(feature = "memory", feature = "sqlite"))]
 mod rows;
 #[cfg(feature = "sqlite")]
