@@ -80,8 +80,9 @@ async fn lm_cycles(
     fresh: bool,
     tag: String,
     budget: Duration,
-) -> Res<(Vec<f64>, Duration)> {
+) -> Res<(Vec<f64>, Duration, Usage)> {
     let mut lat = Vec::new();
+    let switched = usage();
     let start = Instant::now();
     let mut i = 0u64;
     let same = format!("{tag}-same");
@@ -97,11 +98,49 @@ async fn lm_cycles(
         lat.push(us(t.elapsed()));
         i += 1;
     }
-    Ok((lat, start.elapsed()))
+    let elapsed = start.elapsed();
+    Ok((lat, elapsed, usage() - switched))
 }
 
-async fn raw_cycles(raw: Raw, fresh: bool, tag: String, budget: Duration) -> (Vec<f64>, Duration) {
+/// What this whole process (every thread: the runtime's workers, a store's worker thread)
+/// has used so far (`getrusage(RUSAGE_SELF)`): context switches, voluntary and involuntary,
+/// and CPU time (user + system) in µs.
+fn usage() -> Usage {
+    let Ok(u) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) else {
+        return Usage::default();
+    };
+    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e6 + t.tv_usec() as f64;
+    Usage {
+        switches: u.voluntary_usage() + u.involuntary_usage(),
+        cpu_us: micros(u.user_time()) + micros(u.system_time()),
+    }
+}
+
+/// Process resource usage, see [`usage`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    switches: i64,
+    cpu_us: f64,
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+    fn sub(self, earlier: Usage) -> Usage {
+        Usage {
+            switches: self.switches - earlier.switches,
+            cpu_us: self.cpu_us - earlier.cpu_us,
+        }
+    }
+}
+
+async fn raw_cycles(
+    raw: Raw,
+    fresh: bool,
+    tag: String,
+    budget: Duration,
+) -> (Vec<f64>, Duration, Usage) {
     let mut lat = Vec::new();
+    let switched = usage();
     let start = Instant::now();
     let mut i = 0u64;
     let same = format!("{tag}-same");
@@ -124,7 +163,8 @@ async fn raw_cycles(raw: Raw, fresh: bool, tag: String, budget: Duration) -> (Ve
         lat.push(us(t.elapsed()));
         i += 1;
     }
-    (lat, start.elapsed())
+    let elapsed = start.elapsed();
+    (lat, elapsed, usage() - switched)
 }
 
 /// Uncontended: same name / new name each cycle, from the main task and a spawned task;
@@ -144,7 +184,7 @@ pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
             let raw_name = format!("{raw_label}: {what}");
             let raw_run = raw_cycles(raw.clone(), fresh, format!("{tag}-raw"), budget);
             let lm_run = lm_cycles(env.lm.clone(), fresh, tag.clone(), budget);
-            let ((rl, re), (ll, le)) = if spawned {
+            let ((rl, re, rs), (ll, le, ls)) = if spawned {
                 let r = tokio::spawn(raw_run).await?;
                 let l = tokio::spawn(lm_run).await??;
                 (r, l)
@@ -153,8 +193,34 @@ pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
             };
             let raw_mean = us(re) / rl.len() as f64;
             let lm_mean = us(le) / ll.len() as f64;
+            let (raw_cycles_n, lm_cycles_n) = (rl.len() as f64, ll.len() as f64);
             out.extend(rate_samples(&raw_name, rl, re, None));
             out.extend(rate_samples(&what, ll, le, Some(&raw_name)));
+            for (metric, unit, raw_value, lm_value) in [
+                (
+                    "switches/cycle",
+                    "1",
+                    rs.switches as f64 / raw_cycles_n,
+                    ls.switches as f64 / lm_cycles_n,
+                ),
+                (
+                    "cpu/cycle",
+                    "µs",
+                    rs.cpu_us / raw_cycles_n,
+                    ls.cpu_us / lm_cycles_n,
+                ),
+            ] {
+                out.push(Sample::new(
+                    &raw_name,
+                    metric,
+                    unit,
+                    Better::Lower,
+                    raw_value,
+                ));
+                out.push(
+                    Sample::new(&what, metric, unit, Better::Lower, lm_value).against(&raw_name),
+                );
+            }
             out.push(Sample::new(
                 &what,
                 "overhead/cycle",
@@ -165,7 +231,7 @@ pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
             if let Some((label, direct)) = &env.raw_direct
                 && !spawned
             {
-                let (dl, de) =
+                let (dl, de, _) =
                     raw_cycles(direct.clone(), fresh, format!("{tag}-direct"), budget).await;
                 out.extend(rate_samples(&format!("{label}: {what}"), dl, de, None));
             }
