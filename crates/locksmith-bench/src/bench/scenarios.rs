@@ -111,7 +111,7 @@ fn usage() -> Usage {
     };
     let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e6 + t.tv_usec() as f64;
     Usage {
-        switches: u.voluntary_usage() + u.involuntary_usage(),
+        switches: u.voluntary_context_switches() + u.involuntary_context_switches(),
         cpu_us: micros(u.user_time()) + micros(u.system_time()),
     }
 }
