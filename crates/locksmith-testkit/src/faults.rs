@@ -19,16 +19,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use locksmith::store::{
-    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, Wakeups,
-};
-use locksmith::{Error, ListQuery, LockInfo, LockName, Namespace, Page, Result, SetOutcome};
-use locksmith::{SetPolicy, Token};
+use locksmith::store::{BoxFuture, Call, Capabilities, Claim, Layer, Layered, Store};
+use locksmith::{Error, Result};
 
 /// A group of store operations a fault applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -162,11 +157,11 @@ impl Faults {
     }
 }
 
-/// A store wrapper that injects the faults its [`Faults`] switchboard says. It reports the
-/// wrapped store's kind, capabilities and identity, so its clients share this process's
-/// waiting queue with plain clients of the same store.
+/// A store [`Layer`] that injects the faults its [`Faults`] switchboard says. The wrapped
+/// store keeps its kind and identity, so its clients share this process's waiting queue
+/// with plain clients of the same store.
 pub struct Faulty {
-    inner: Arc<dyn Store>,
+    kind: &'static str,
     faults: Faults,
     /// Delayed detached releases still under way, finished by `close`.
     detached: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -175,7 +170,7 @@ pub struct Faulty {
 impl fmt::Debug for Faulty {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Faulty")
-            .field("inner", &self.inner)
+            .field("kind", &self.kind)
             .field("faults", &self.faults)
             .finish()
     }
@@ -186,109 +181,106 @@ impl Faulty {
     /// otherwise.
     pub fn wrap(inner: Arc<dyn Store>) -> (Arc<dyn Store>, Faults) {
         let faults = Faults::default();
-        let store = Faulty {
-            inner,
+        let layer = Faulty {
+            kind: inner.kind(),
             faults: faults.clone(),
             detached: Mutex::default(),
         };
-        (Arc::new(store), faults)
+        (Layered::new(inner, layer), faults)
     }
 
     fn injected(&self, op: Op, what: &str) -> Error {
-        Error::store(
-            self.inner.kind(),
-            true,
-            format!("injected fault: {op:?} {what}"),
-        )
-    }
-
-    async fn call<T, F>(&self, op: Op, f: F) -> Result<T>
-    where
-        F: Future<Output = Result<T>> + Send,
-    {
-        match self.faults.enter(op) {
-            FaultMode::Pass => f.await,
-            FaultMode::FailBefore => Err(self.injected(op, "failed before applying")),
-            FaultMode::ApplyThenFail => {
-                let _applied = f.await;
-                Err(self.injected(op, "applied, then the answer was lost"))
-            }
-            FaultMode::Hang(d) => {
-                tokio::time::sleep(d).await;
-                Err(self.injected(op, "hung"))
-            }
-            FaultMode::Delay(d) => {
-                tokio::time::sleep(d).await;
-                f.await
-            }
-            FaultMode::ApplyThenDelay(d) => {
-                let answer = f.await;
-                tokio::time::sleep(d).await;
-                answer
-            }
-        }
+        Error::store(self.kind, true, format!("injected fault: {op:?} {what}"))
     }
 }
 
-#[async_trait]
-impl Store for Faulty {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
+/// The operation group of a call.
+fn op_of(call: &Call<'_>) -> Option<Op> {
+    Some(match call {
+        Call::TryAcquire { .. } | Call::TryAcquireAll { .. } => Op::TryAcquire,
+        Call::Release { .. } => Op::Release,
+        Call::Extend { .. } => Op::Extend,
+        Call::HeldBy { .. } => Op::HeldBy,
+        Call::Inspect { .. } | Call::List { .. } => Op::Inspect,
+        Call::ForceRelease { .. }
+        | Call::ResetAll { .. }
+        | Call::PurgeExpired { .. }
+        | Call::SetLocks { .. } => Op::Admin,
+        Call::Subscribe { .. } => Op::Subscribe,
+        _ => return None,
+    })
+}
+
+impl Layer for Faulty {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: Call<'a>,
+        answer: BoxFuture<'a, Result<T>>,
+    ) -> BoxFuture<'a, Result<T>> {
+        match call {
+            Call::TryAcquire { claim, .. } => self.faults.saw(std::slice::from_ref(claim)),
+            Call::TryAcquireAll { claims, .. } => self.faults.saw(claims),
+            Call::Close => {
+                return Box::pin(async move {
+                    let tasks = std::mem::take(
+                        &mut *self.detached.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                    answer.await
+                });
+            }
+            _ => {}
+        }
+        let Some(op) = op_of(&call) else {
+            return answer;
+        };
+        let mode = self.faults.enter(op);
+        Box::pin(async move {
+            match mode {
+                FaultMode::Pass => answer.await,
+                FaultMode::FailBefore => Err(self.injected(op, "failed before applying")),
+                FaultMode::ApplyThenFail => {
+                    let _applied = answer.await;
+                    Err(self.injected(op, "applied, then the answer was lost"))
+                }
+                FaultMode::Hang(d) => {
+                    tokio::time::sleep(d).await;
+                    Err(self.injected(op, "hung"))
+                }
+                FaultMode::Delay(d) => {
+                    tokio::time::sleep(d).await;
+                    answer.await
+                }
+                FaultMode::ApplyThenDelay(d) => {
+                    let answer = answer.await;
+                    tokio::time::sleep(d).await;
+                    answer
+                }
+            }
+        })
     }
 
-    fn capabilities(&self) -> Capabilities {
-        let declared = self
-            .faults
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .declared;
-        declared.unwrap_or_else(|| self.inner.capabilities())
-    }
-
-    fn identity(&self) -> String {
-        self.inner.identity()
-    }
-
-    async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
-        self.faults.saw(std::slice::from_ref(claim));
-        self.call(Op::TryAcquire, self.inner.try_acquire(ns, claim))
-            .await
-    }
-
-    async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
-        self.faults.saw(claims);
-        self.call(Op::TryAcquire, self.inner.try_acquire_all(ns, claims))
-            .await
-    }
-
-    async fn release(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-        min_hold: Option<Duration>,
-    ) -> Result<Released> {
-        self.call(Op::Release, self.inner.release(ns, name, token, min_hold))
-            .await
-    }
-
-    fn release_detached(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-        min_hold: Option<Duration>,
-    ) {
+    fn release_detached(&self, inner: &Arc<dyn Store>, call: Call<'_>) {
+        let Call::Release {
+            ns,
+            name,
+            token,
+            min_hold,
+        } = call
+        else {
+            return;
+        };
         match self.faults.enter(Op::Release) {
             FaultMode::Pass | FaultMode::ApplyThenFail | FaultMode::ApplyThenDelay(_) => {
-                self.inner.release_detached(ns, name, token, min_hold)
+                inner.release_detached(ns, name, token, min_hold)
             }
             FaultMode::FailBefore | FaultMode::Hang(_) => {}
             FaultMode::Delay(d) => match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     let (inner, ns, name, token) =
-                        (self.inner.clone(), ns.clone(), name.clone(), token.clone());
+                        (inner.clone(), ns.clone(), name.clone(), token.clone());
                     let task = rt.spawn(async move {
                         tokio::time::sleep(d).await;
                         inner.release_detached(&ns, &name, &token, min_hold);
@@ -297,73 +289,18 @@ impl Store for Faulty {
                     detached.retain(|t| !t.is_finished());
                     detached.push(task);
                 }
-                Err(_) => self.inner.release_detached(ns, name, token, min_hold),
+                Err(_) => inner.release_detached(ns, name, token, min_hold),
             },
         }
     }
 
-    async fn extend(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-        mode: ExtendMode,
-    ) -> Result<Extended> {
-        self.call(Op::Extend, self.inner.extend(ns, name, token, mode))
-            .await
-    }
-
-    async fn held_by(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-    ) -> Result<Option<LockInfo>> {
-        self.call(Op::HeldBy, self.inner.held_by(ns, name, token))
-            .await
-    }
-
-    async fn inspect(&self, ns: &Namespace, name: &LockName) -> Result<Option<LockInfo>> {
-        self.call(Op::Inspect, self.inner.inspect(ns, name)).await
-    }
-
-    async fn list(&self, ns: &Namespace, query: &ListQuery) -> Result<Page> {
-        self.call(Op::Inspect, self.inner.list(ns, query)).await
-    }
-
-    async fn force_release(&self, ns: &Namespace, names: &[LockName]) -> Result<Vec<bool>> {
-        self.call(Op::Admin, self.inner.force_release(ns, names))
-            .await
-    }
-
-    async fn reset_all(&self, ns: &Namespace) -> Result<u64> {
-        self.call(Op::Admin, self.inner.reset_all(ns)).await
-    }
-
-    async fn purge_expired(&self, ns: &Namespace) -> Result<u64> {
-        self.call(Op::Admin, self.inner.purge_expired(ns)).await
-    }
-
-    async fn set_locks(
-        &self,
-        ns: &Namespace,
-        claims: &[Claim],
-        policy: &SetPolicy,
-    ) -> Result<SetOutcome> {
-        self.call(Op::Admin, self.inner.set_locks(ns, claims, policy))
-            .await
-    }
-
-    async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
-        self.call(Op::Subscribe, self.inner.subscribe(ns, name))
-            .await
-    }
-
-    async fn close(&self) -> Result<()> {
-        let tasks = std::mem::take(&mut *self.detached.lock().unwrap_or_else(|e| e.into_inner()));
-        for task in tasks {
-            let _ = task.await;
-        }
-        self.inner.close().await
+    fn capabilities(&self, inner: Capabilities) -> Capabilities {
+        let declared = self
+            .faults
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .declared;
+        declared.unwrap_or(inner)
     }
 }

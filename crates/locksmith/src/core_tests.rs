@@ -5,15 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-
 use crate::store::memory::{MemoryStore, set_offline};
-use crate::store::{
-    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, Wakeups,
-};
-use crate::{
-    Error, LockInfo, LockName, Locksmith, LossReason, Namespace, Renew, Result, Token, Wait,
-};
+use crate::store::{BoxFuture, Call, Capabilities, Layer, Layered, Store};
+use crate::{Error, Locksmith, LossReason, Namespace, Renew, Result, Token, Wait};
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -29,23 +23,22 @@ enum Fault {
     Late(Duration),
 }
 
+/// The fault layer: which [`Call::method`]s fail how, and what the wrapper reports.
 #[derive(Debug)]
 struct Faulty {
-    inner: Arc<dyn Store>,
     faults: Mutex<HashMap<&'static str, Fault>>,
     caps: Option<Capabilities>,
-    /// min_hold per name as claimed, reported by held_by (a store that records it).
-    min_holds: Mutex<HashMap<String, Duration>>,
 }
 
 impl Faulty {
-    fn with_caps(inner: Arc<dyn Store>, caps: Option<Capabilities>) -> Arc<Faulty> {
-        Arc::new(Faulty {
+    fn with_caps(inner: Arc<dyn Store>, caps: Option<Capabilities>) -> Arc<Layered<Faulty>> {
+        Layered::new(
             inner,
-            faults: Mutex::default(),
-            caps,
-            min_holds: Mutex::default(),
-        })
+            Faulty {
+                faults: Mutex::default(),
+                caps,
+            },
+        )
     }
 
     fn set(&self, op: &'static str, fault: Option<Fault>) {
@@ -55,124 +48,60 @@ impl Faulty {
             None => f.remove(op),
         };
     }
+}
 
-    async fn gate<T>(&self, op: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+impl Layer for Faulty {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: Call<'a>,
+        answer: BoxFuture<'a, Result<T>>,
+    ) -> BoxFuture<'a, Result<T>> {
+        // try_acquire_all shares try_acquire's switch.
+        let op = match call {
+            Call::TryAcquireAll { .. } => "try_acquire",
+            other => other.method(),
+        };
         let fault = self.faults.lock().unwrap().get(op).copied();
-        let failed = || {
+        let failed = move || {
             Err(Error::store(
                 "faulty",
                 true,
                 format!("injected {op} failure"),
             ))
         };
-        match fault {
-            None => call.await,
-            Some(Fault::FailBefore) => failed(),
-            Some(Fault::ApplyThenFail) => {
-                let _ = call.await;
-                failed()
+        Box::pin(async move {
+            match fault {
+                None => answer.await,
+                Some(Fault::FailBefore) => failed(),
+                Some(Fault::ApplyThenFail) => {
+                    let _ = answer.await;
+                    failed()
+                }
+                Some(Fault::ApplyThenHang) => {
+                    let _ = answer.await;
+                    std::future::pending().await
+                }
+                Some(Fault::Hang) => std::future::pending().await,
+                Some(Fault::Late(d)) => {
+                    let answer = answer.await;
+                    tokio::time::sleep(d).await;
+                    answer
+                }
             }
-            Some(Fault::ApplyThenHang) => {
-                let _ = call.await;
-                std::future::pending().await
-            }
-            Some(Fault::Hang) => std::future::pending().await,
-            Some(Fault::Late(d)) => {
-                let answer = call.await;
-                tokio::time::sleep(d).await;
-                answer
-            }
-        }
+        })
     }
-}
 
-#[async_trait]
-impl Store for Faulty {
-    fn kind(&self) -> &'static str {
-        "faulty"
+    fn capabilities(&self, inner: Capabilities) -> Capabilities {
+        self.caps.unwrap_or(inner)
     }
-    fn capabilities(&self) -> Capabilities {
-        self.caps.unwrap_or_else(|| self.inner.capabilities())
-    }
-    fn identity(&self) -> String {
-        format!("faulty:{}", self.inner.identity())
-    }
-    async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
-        if let Some(m) = claim.min_hold {
-            self.min_holds
-                .lock()
-                .unwrap()
-                .insert(claim.name.to_string(), m);
-        }
-        self.gate("try_acquire", self.inner.try_acquire(ns, claim))
-            .await
-    }
-    async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
-        self.gate("try_acquire", self.inner.try_acquire_all(ns, claims))
-            .await
-    }
-    async fn release(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-        min_hold: Option<Duration>,
-    ) -> Result<Released> {
-        self.gate("release", self.inner.release(ns, name, token, min_hold))
-            .await
-    }
-    fn release_detached(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-        min_hold: Option<Duration>,
-    ) {
-        self.inner.release_detached(ns, name, token, min_hold)
-    }
-    async fn extend(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-        mode: ExtendMode,
-    ) -> Result<Extended> {
-        self.gate("extend", self.inner.extend(ns, name, token, mode))
-            .await
-    }
-    async fn held_by(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-    ) -> Result<Option<LockInfo>> {
-        let info = self
-            .gate("held_by", self.inner.held_by(ns, name, token))
-            .await?;
-        Ok(info.map(|mut i| {
-            if i.min_hold.is_none() {
-                i.min_hold = self.min_holds.lock().unwrap().get(name.as_str()).copied();
-            }
-            i
-        }))
-    }
-    async fn inspect(&self, ns: &Namespace, name: &LockName) -> Result<Option<LockInfo>> {
-        self.gate("inspect", self.inner.inspect(ns, name)).await
-    }
-    async fn force_release(&self, ns: &Namespace, names: &[LockName]) -> Result<Vec<bool>> {
-        self.gate("force_release", self.inner.force_release(ns, names))
-            .await
-    }
-    async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
-        self.gate("subscribe", self.inner.subscribe(ns, name)).await
-    }
-    async fn close(&self) -> Result<()> {
-        self.gate("close", self.inner.close()).await
+
+    fn identity(&self, inner: String) -> String {
+        format!("faulty:{inner}")
     }
 }
 
 /// A plain handle on `inner` and a faulty one on top of it, with a short call timeout.
-fn pair(caps: Option<Capabilities>) -> (Locksmith, Locksmith, Arc<Faulty>) {
+fn pair(caps: Option<Capabilities>) -> (Locksmith, Locksmith, Arc<Layered<Faulty>>) {
     let inner: Arc<dyn Store> = MemoryStore::new();
     let plain = Locksmith::with_store(inner.clone(), Namespace::default(), "memory://");
     let faulty = Faulty::with_caps(inner, caps);
@@ -207,7 +136,9 @@ fn ms(n: u64) -> Duration {
 #[tokio::test]
 async fn wait_no_apply_then_fail_leaves_no_lock() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("try_acquire", Some(Fault::ApplyThenFail));
+    faulty
+        .layer()
+        .set("try_acquire", Some(Fault::ApplyThenFail));
     let err = lm
         .lock("a")
         .no_expiry()
@@ -246,13 +177,15 @@ async fn wait_no_apply_then_fail_leaves_no_lock() {
 #[tokio::test]
 async fn retries_after_apply_then_fail_leave_only_the_winner() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("try_acquire", Some(Fault::ApplyThenFail));
+    faulty
+        .layer()
+        .set("try_acquire", Some(Fault::ApplyThenFail));
     let waiter = tokio::spawn({
         let lm = lm.clone();
         async move { lm.lock("r").no_expiry().acquire().await }
     });
     tokio::time::sleep(ms(100)).await;
-    faulty.set("try_acquire", None);
+    faulty.layer().set("try_acquire", None);
     let guard = tokio::time::timeout(SOON, waiter)
         .await
         .unwrap()
@@ -271,7 +204,9 @@ async fn retries_after_apply_then_fail_leave_only_the_winner() {
 #[tokio::test]
 async fn wait_for_gives_up_on_a_hung_store_within_deadline_plus_timeout() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("try_acquire", Some(Fault::ApplyThenHang));
+    faulty
+        .layer()
+        .set("try_acquire", Some(Fault::ApplyThenHang));
     let started = Instant::now();
     let err = lm
         .lock("h")
@@ -289,7 +224,7 @@ async fn wait_for_gives_up_on_a_hung_store_within_deadline_plus_timeout() {
     assert!(free_within(&plain, "h", SOON).await);
 
     // Wait::No and try_acquire return within about one call timeout too
-    faulty.set("try_acquire", Some(Fault::Hang));
+    faulty.layer().set("try_acquire", Some(Fault::Hang));
     let started = Instant::now();
     assert!(lm.lock("h").try_acquire().await.unwrap_err().is_retryable());
     assert!(started.elapsed() >= ms(300));
@@ -299,7 +234,9 @@ async fn wait_for_gives_up_on_a_hung_store_within_deadline_plus_timeout() {
 #[tokio::test]
 async fn wait_for_longer_than_the_call_timeout_on_a_hung_store() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("try_acquire", Some(Fault::ApplyThenHang));
+    faulty
+        .layer()
+        .set("try_acquire", Some(Fault::ApplyThenHang));
     let started = Instant::now();
     let err = lm
         .lock("hl")
@@ -319,7 +256,7 @@ async fn wait_for_longer_than_the_call_timeout_on_a_hung_store() {
 #[tokio::test]
 async fn wait_for_against_a_holder_and_failing_store_ends_at_the_deadline() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("try_acquire", Some(Fault::FailBefore));
+    faulty.layer().set("try_acquire", Some(Fault::FailBefore));
     let started = Instant::now();
     let err = lm
         .lock("f")
@@ -340,7 +277,9 @@ async fn wait_for_against_a_holder_and_failing_store_ends_at_the_deadline() {
 #[tokio::test]
 async fn cancel_during_error_backoff_releases() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("try_acquire", Some(Fault::ApplyThenFail));
+    faulty
+        .layer()
+        .set("try_acquire", Some(Fault::ApplyThenFail));
     // a caller's token: the claim stays unsettled across tries and is released on cancel
     let token = Token::new();
     let acquiring = lm.lock("cb").token(token.clone()).no_expiry().acquire();
@@ -355,7 +294,9 @@ async fn cancel_during_error_backoff_releases() {
 #[tokio::test]
 async fn cancel_mid_flight_releases_a_late_grant() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("try_acquire", Some(Fault::Late(ms(200))));
+    faulty
+        .layer()
+        .set("try_acquire", Some(Fault::Late(ms(200))));
     let acquiring = lm.lock("mf").no_expiry().acquire();
     assert!(tokio::time::timeout(ms(50), acquiring).await.is_err());
     // applied at once, answered after 200 ms to nobody: released then
@@ -365,14 +306,16 @@ async fn cancel_mid_flight_releases_a_late_grant() {
 #[tokio::test]
 async fn caller_token_adopts_its_own_grant_after_an_unknown_outcome() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("try_acquire", Some(Fault::ApplyThenFail));
+    faulty
+        .layer()
+        .set("try_acquire", Some(Fault::ApplyThenFail));
     let token = Token::new();
     let waiter = tokio::spawn({
         let (lm, token) = (lm.clone(), token.clone());
         async move { lm.lock("ad").token(token).acquire().await }
     });
     tokio::time::sleep(ms(60)).await;
-    faulty.set("try_acquire", None);
+    faulty.layer().set("try_acquire", None);
     let guard = tokio::time::timeout(SOON, waiter)
         .await
         .unwrap()
@@ -424,7 +367,7 @@ async fn a_late_extend_answer_never_revives_a_guard() {
         .acquire()
         .await
         .unwrap();
-    faulty.set("extend", Some(Fault::Late(ms(500))));
+    faulty.layer().set("extend", Some(Fault::Late(ms(500))));
     let err = guard.extend(Duration::from_secs(10)).await.unwrap_err();
     assert!(err.is_not_held(), "{err}");
     assert!(!guard.is_held());
@@ -438,7 +381,7 @@ async fn a_late_extend_answer_never_revives_a_guard() {
 #[tokio::test]
 async fn a_failed_subscribe_makes_the_waiter_poll() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("subscribe", Some(Fault::FailBefore));
+    faulty.layer().set("subscribe", Some(Fault::FailBefore));
     let held = plain.lock("s").acquire().await.unwrap();
     let waiter = tokio::spawn({
         let lm = lm.clone();
@@ -588,7 +531,7 @@ async fn store_limits_are_enforced_by_the_core() {
         matches!(
             err,
             Error::Unsupported {
-                store: "faulty",
+                store: "memory",
                 operation: "no_expiry"
             }
         ),
@@ -676,8 +619,8 @@ async fn passwords_never_show() {
 #[tokio::test]
 async fn call_timeout_applies_to_admin_calls() {
     let (plain, lm, faulty) = pair(None);
-    faulty.set("inspect", Some(Fault::Hang));
-    faulty.set("force_release", Some(Fault::Hang));
+    faulty.layer().set("inspect", Some(Fault::Hang));
+    faulty.layer().set("force_release", Some(Fault::Hang));
     let started = Instant::now();
     let err = lm.inspect("x").await.unwrap_err();
     assert!(
@@ -687,13 +630,13 @@ async fn call_timeout_applies_to_admin_calls() {
     assert!(lm.clear(["x"]).await.unwrap_err().is_retryable());
     assert!(started.elapsed() < SOON);
     // a hung release returns within the timeout and is retried in the background
-    faulty.set("release", Some(Fault::Hang));
+    faulty.layer().set("release", Some(Fault::Hang));
     let g = lm.lock("y").no_expiry().acquire().await.unwrap();
     let started = Instant::now();
     assert!(g.release().await.unwrap_err().is_retryable());
     assert!(started.elapsed() < SOON);
     assert_eq!(lm.inner.calls.pending(), 1);
-    faulty.set("release", None);
+    faulty.layer().set("release", None);
     let end = Instant::now() + SOON;
     while lm.inner.calls.pending() > 0 && Instant::now() < end {
         tokio::time::sleep(ms(20)).await;

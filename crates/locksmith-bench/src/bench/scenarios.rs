@@ -573,11 +573,7 @@ pub(crate) fn worker(args: &[String]) -> Res<()> {
 pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
     const HANDOFFS: u64 = 100;
     let (counting, calls) = Counting::new(env.lm.store());
-    let lm = Locksmith::with_store(
-        Arc::new(counting),
-        Namespace::new(env.lm.namespace())?,
-        &env.url,
-    );
+    let lm = Locksmith::with_store(counting, Namespace::new(env.lm.namespace())?, &env.url);
     let name = format!("w{}", env.run);
     let holder = lm.lock(&name).acquire().await?;
     let done = Arc::new(AtomicU64::new(0));

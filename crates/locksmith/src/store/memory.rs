@@ -34,7 +34,8 @@ use async_trait::async_trait;
 pub(crate) use super::rows::StoreOptions;
 use super::rows::{self, DEFAULT_RETAIN, Row, Table, micros};
 use super::{
-    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, WakeHub, Wakeups,
+    BoxFuture, Call, Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Layer, Layered,
+    Released, Store, WakeHub, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
@@ -469,14 +470,14 @@ impl Store for MemoryStore {
     }
 }
 
-/// Wraps a store so every call takes `latency` longer on average — a random delay of up to
-/// `latency` before the store acts and another after — like a store across a network, where
-/// answers may overtake each other. `memory://NAME?latency=5ms` builds one, to test
-/// how code behaves against a slow store. Detached releases are delayed too when a tokio
-/// runtime is at hand.
+/// A [`Layer`] that makes every call take `latency` longer on average — a random delay of
+/// up to `latency` before the store acts and another after — like a store across a
+/// network, where answers may overtake each other. `memory://NAME?latency=5ms` wraps the
+/// store in one (as [`Layered<Delayed>`]), to test how code behaves against a slow store.
+/// Detached releases are delayed too when a tokio runtime is at hand; `close` waits for
+/// them.
 #[derive(Debug)]
 pub struct Delayed {
-    inner: Arc<dyn Store>,
     latency: Duration,
     /// Detached releases still on their way, so `close` can wait for them.
     in_flight: Arc<InFlight>,
@@ -490,12 +491,14 @@ struct InFlight {
 
 impl Delayed {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Store>, latency: Duration) -> Arc<Delayed> {
-        Arc::new(Delayed {
+    pub fn new(inner: Arc<dyn Store>, latency: Duration) -> Arc<Layered<Delayed>> {
+        Layered::new(
             inner,
-            latency,
-            in_flight: Arc::default(),
-        })
+            Delayed {
+                latency,
+                in_flight: Arc::default(),
+            },
+        )
     }
 
     /// One leg of the round trip: uniformly random up to `latency`, so answers can overtake
@@ -505,57 +508,44 @@ impl Delayed {
     }
 }
 
-macro_rules! delayed {
-    ($self:ident . $call:ident ( $($arg:expr),* )) => {{
-        $self.half().await;
-        let answer = $self.inner.$call($($arg),*).await;
-        $self.half().await;
-        answer
-    }};
-}
-
-#[async_trait]
-impl Store for Delayed {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
+impl Layer for Delayed {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: Call<'a>,
+        answer: BoxFuture<'a, Result<T>>,
+    ) -> BoxFuture<'a, Result<T>> {
+        Box::pin(async move {
+            if let Call::Close = call {
+                // Wait for the detached releases still on their way, then close.
+                loop {
+                    let done = self.in_flight.done.notified();
+                    if self.in_flight.count.load(Ordering::SeqCst) == 0 {
+                        break;
+                    }
+                    done.await;
+                }
+                return answer.await;
+            }
+            self.half().await;
+            let answer = answer.await;
+            self.half().await;
+            answer
+        })
     }
 
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn identity(&self) -> String {
-        self.inner.identity()
-    }
-
-    async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
-        delayed!(self.try_acquire(ns, claim))
-    }
-
-    async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
-        delayed!(self.try_acquire_all(ns, claims))
-    }
-
-    async fn release(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-        min_hold: Option<Duration>,
-    ) -> Result<Released> {
-        delayed!(self.release(ns, name, token, min_hold))
-    }
-
-    fn release_detached(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-        min_hold: Option<Duration>,
-    ) {
+    fn release_detached(&self, inner: &Arc<dyn Store>, call: Call<'_>) {
+        let Call::Release {
+            ns,
+            name,
+            token,
+            min_hold,
+        } = call
+        else {
+            return;
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                let (inner, delay) = (self.inner.clone(), self.latency / 2);
+                let (inner, delay) = (inner.clone(), self.latency / 2);
                 let (ns, name, token) = (ns.clone(), name.clone(), token.clone());
                 let in_flight = self.in_flight.clone();
                 in_flight.count.fetch_add(1, Ordering::SeqCst);
@@ -567,71 +557,7 @@ impl Store for Delayed {
                     }
                 });
             }
-            Err(_) => self.inner.release_detached(ns, name, token, min_hold),
+            Err(_) => inner.release_detached(ns, name, token, min_hold),
         }
-    }
-
-    async fn extend(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-        mode: ExtendMode,
-    ) -> Result<Extended> {
-        delayed!(self.extend(ns, name, token, mode))
-    }
-
-    async fn held_by(
-        &self,
-        ns: &Namespace,
-        name: &LockName,
-        token: &Token,
-    ) -> Result<Option<LockInfo>> {
-        delayed!(self.held_by(ns, name, token))
-    }
-
-    async fn inspect(&self, ns: &Namespace, name: &LockName) -> Result<Option<LockInfo>> {
-        delayed!(self.inspect(ns, name))
-    }
-
-    async fn list(&self, ns: &Namespace, query: &ListQuery) -> Result<Page> {
-        delayed!(self.list(ns, query))
-    }
-
-    async fn force_release(&self, ns: &Namespace, names: &[LockName]) -> Result<Vec<bool>> {
-        delayed!(self.force_release(ns, names))
-    }
-
-    async fn reset_all(&self, ns: &Namespace) -> Result<u64> {
-        delayed!(self.reset_all(ns))
-    }
-
-    async fn purge_expired(&self, ns: &Namespace) -> Result<u64> {
-        delayed!(self.purge_expired(ns))
-    }
-
-    async fn set_locks(
-        &self,
-        ns: &Namespace,
-        claims: &[Claim],
-        policy: &SetPolicy,
-    ) -> Result<SetOutcome> {
-        delayed!(self.set_locks(ns, claims, policy))
-    }
-
-    async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
-        delayed!(self.subscribe(ns, name))
-    }
-
-    /// Waits for the detached releases still on their way, then closes the wrapped store.
-    async fn close(&self) -> Result<()> {
-        loop {
-            let done = self.in_flight.done.notified();
-            if self.in_flight.count.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            done.await;
-        }
-        self.inner.close().await
     }
 }

@@ -44,6 +44,7 @@ use crate::lease::Token;
 use crate::name::{LockName, Namespace};
 use crate::options::{ListQuery, Page, SetOutcome, SetPolicy};
 
+mod layer;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "mysql")]
@@ -56,6 +57,8 @@ pub mod redis;
 mod rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+pub use layer::{BoxFuture, Call, Layer, Layered};
 
 /// A request for one lock, as the core hands it to a store.
 #[derive(Clone, Debug)]
