@@ -43,7 +43,7 @@ use crate::{
 const RUNTIME_THREAD: &str = "locksmith-blocking";
 
 /// The background runtime every blocking call runs on.
-fn runtime() -> &'static tokio::runtime::Handle {
+pub(crate) fn runtime() -> &'static tokio::runtime::Handle {
     static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -64,7 +64,7 @@ fn runtime() -> &'static tokio::runtime::Handle {
 }
 
 /// Runs `fut` on the background runtime and waits for it; a panic inside resumes here.
-fn block<F>(fut: F) -> F::Output
+pub(crate) fn block<F>(fut: F) -> F::Output
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -92,6 +92,23 @@ where
 #[derive(Clone, Debug)]
 pub struct Locksmith {
     inner: crate::Locksmith,
+}
+
+/// The blocking handle over an async one: same store, namespace and owner (e.g. one taken
+/// from [`stores`](crate::stores) for synchronous code).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> locksmith::Result<()> {
+/// let lm = locksmith::Locksmith::connect("memory://").await?;
+/// let sync = locksmith::blocking::Locksmith::from(lm.clone());
+/// assert_eq!(sync.store_kind(), "memory");
+/// # Ok(()) }
+/// ```
+impl From<crate::Locksmith> for Locksmith {
+    fn from(inner: crate::Locksmith) -> Locksmith {
+        Locksmith { inner }
+    }
 }
 
 impl Locksmith {
