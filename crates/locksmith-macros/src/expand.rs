@@ -112,15 +112,15 @@ fn name_code(
                     Part::Hole { alts } if alts.len() == 1 => {
                         let a = &alts[0];
                         stmts.push(quote_spanned! {lit.span()=>
-                            __ls_name.push_str(&(&&#private::Arg(&(#a))).text_of());
+                            __ls_name.push_str(&(&&&#private::Arg(&(#a))).text_of());
                         });
                     }
                     Part::Hole { alts } => {
                         let first = &alts[0];
                         let rest = &alts[1..];
                         stmts.push(quote_spanned! {lit.span()=>
-                            let __ls_segment = (&&#private::Arg(&(#first))).segment_of()
-                                #( .or_else(|| (&&#private::Arg(&(#rest))).segment_of()) )*;
+                            let __ls_segment = (&&&#private::Arg(&(#first))).segment_of()
+                                #( .or_else(|| (&&&#private::Arg(&(#rest))).segment_of()) )*;
                             #private::push_segment(&mut __ls_name, __ls_segment, true);
                         });
                     }
@@ -129,7 +129,7 @@ fn name_code(
             Ok(quote! {
                 let __ls_name: ::std::string::String = {
                     #[allow(unused_imports)]
-                    use #private::{DisplaySegment as _, KnownSegment as _};
+                    use #private::{DisplaySegment as _, KnownSegment as _, OptionSegment as _};
                     let mut __ls_name = ::std::string::String::new();
                     #(#stmts)*
                     __ls_name

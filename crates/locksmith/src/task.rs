@@ -183,9 +183,13 @@ impl Segment for char {
     }
 }
 
-impl<T: Display> Segment for Option<T> {
+impl<T: Segment> Segment for Option<T> {
     fn segment(&self) -> Option<String> {
-        self.as_ref().and_then(|v| non_empty(v.to_string()))
+        self.as_ref().and_then(Segment::segment)
+    }
+
+    fn text(&self) -> String {
+        self.as_ref().map(Segment::text).unwrap_or_default()
     }
 }
 
@@ -229,8 +233,10 @@ impl<T: Segment + ?Sized> Segment for std::sync::Arc<T> {
     }
 }
 
-/// Looks a placeholder's value up: [`Segment`] types first (called as
-/// `(&&Arg(&v)).segment_of()`), then anything `Display` through [`DisplaySegment`].
+/// Looks a placeholder's value up, most specific first — called as
+/// `(&&&Arg(&v)).segment_of()`: [`Segment`] types (numbers, `bool`, strings, `Option`s of
+/// them), then `Option`s of other `Display` types ([`OptionSegment`]), then anything
+/// `Display` ([`DisplaySegment`]).
 pub trait KnownSegment {
     /// The text, or `None` when empty.
     fn segment_of(&self) -> Option<String>;
@@ -238,7 +244,7 @@ pub trait KnownSegment {
     fn text_of(&self) -> String;
 }
 
-impl<T: Segment + ?Sized> KnownSegment for &Arg<'_, T> {
+impl<T: Segment + ?Sized> KnownSegment for &&Arg<'_, T> {
     fn segment_of(&self) -> Option<String> {
         self.0.segment()
     }
@@ -248,8 +254,27 @@ impl<T: Segment + ?Sized> KnownSegment for &Arg<'_, T> {
     }
 }
 
-/// The fallback of [`KnownSegment`]: any `Display` value, empty when it displays as nothing.
-/// A placeholder whose value is neither fails to compile, pointing at the template.
+/// The second choice of [`KnownSegment`]: an `Option` of any `Display` type; `None` is empty.
+pub trait OptionSegment {
+    /// The text, or `None` when empty.
+    fn segment_of(&self) -> Option<String>;
+    /// The text of a plain placeholder (nothing for `None`).
+    fn text_of(&self) -> String;
+}
+
+impl<T: Display> OptionSegment for &Arg<'_, Option<T>> {
+    fn segment_of(&self) -> Option<String> {
+        self.0.as_ref().and_then(|v| non_empty(v.to_string()))
+    }
+
+    fn text_of(&self) -> String {
+        self.0.as_ref().map(ToString::to_string).unwrap_or_default()
+    }
+}
+
+/// The last choice of [`KnownSegment`]: any `Display` value, empty when it displays as
+/// nothing. A placeholder whose value is none of these fails to compile, pointing at the
+/// template.
 pub trait DisplaySegment {
     /// The text, or `None` when empty.
     fn segment_of(&self) -> Option<String>;
@@ -309,17 +334,21 @@ mod tests {
 
     #[test]
     fn emptiness() {
-        assert_eq!((&&Arg(&0u32)).segment_of(), None);
-        assert_eq!((&&Arg(&7i64)).segment_of().as_deref(), Some("7"));
-        assert_eq!((&&Arg(&false)).segment_of(), None);
-        assert_eq!((&&Arg(&"")).segment_of(), None);
-        assert_eq!((&&Arg(&None::<u8>)).segment_of(), None);
-        assert_eq!((&&Arg(&Some("fr"))).segment_of().as_deref(), Some("fr"));
-        assert_eq!((&&Arg(&Shown(0))).segment_of().as_deref(), Some("shown-0"));
-        assert_eq!((&&Arg(&0u32)).text_of(), "0");
-        assert_eq!((&&Arg(&false)).text_of(), "false");
-        assert_eq!((&&Arg(&None::<u8>)).text_of(), "");
-        assert_eq!((&&Arg(&Some(3))).text_of(), "3");
+        assert_eq!((&&&Arg(&0u32)).segment_of(), None);
+        assert_eq!((&&&Arg(&7i64)).segment_of().as_deref(), Some("7"));
+        assert_eq!((&&&Arg(&false)).segment_of(), None);
+        assert_eq!((&&&Arg(&"")).segment_of(), None);
+        assert_eq!((&&&Arg(&None::<u8>)).segment_of(), None);
+        assert_eq!((&&&Arg(&Some("fr"))).segment_of().as_deref(), Some("fr"));
+        assert_eq!((&&&Arg(&Shown(0))).segment_of().as_deref(), Some("shown-0"));
+        assert_eq!((&&&Arg(&0u32)).text_of(), "0");
+        assert_eq!((&&&Arg(&false)).text_of(), "false");
+        assert_eq!((&&&Arg(&None::<u8>)).text_of(), "");
+        assert_eq!((&&&Arg(&Some(3))).text_of(), "3");
+        assert_eq!((&&&Arg(&Some(0))).segment_of(), None);
+        assert_eq!((&&&Arg(&Some(Shown(0)))).segment_of().as_deref(), Some("shown-0"));
+        assert_eq!((&&&Arg(&None::<Shown>)).segment_of(), None);
+        assert_eq!((&&&Arg(&None::<Shown>)).text_of(), "");
         let mut name = String::from("a:");
         push_segment(&mut name, None, true);
         assert_eq!(name, "a");
