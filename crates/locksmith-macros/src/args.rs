@@ -125,7 +125,17 @@ fn wait(expr: Expr) -> syn::Result<WaitOpt> {
         }
     }
     match lit_of(&expr) {
-        Some(Lit::Str(_)) | None => Ok(WaitOpt::Dur(duration("wait", expr)?)),
+        Some(Lit::Str(s)) => match duration("wait", expr.clone()) {
+            Ok(d) => Ok(WaitOpt::Dur(d)),
+            Err(_) => Err(syn::Error::new(
+                s.span(),
+                format!(
+                    "`wait`: {:?} is not a duration — write one like \"500ms\", \"10s\" or \"5m\", or `no` / `forever` without quotes",
+                    s.value()
+                ),
+            )),
+        },
+        None => Ok(WaitOpt::Dur(duration("wait", expr)?)),
         Some(lit) => Err(syn::Error::new(
             lit.span(),
             "`wait` takes `no` (the default: skip when busy), `forever`, a duration such as \"5s\", or an expression of type Duration or locksmith::Wait",

@@ -1,7 +1,7 @@
 //! The expansion of `#[locked]`.
 
-use proc_macro2::{Span, TokenStream, TokenTree};
-use quote::{format_ident, quote, quote_spanned};
+use proc_macro2::{TokenStream, TokenTree};
+use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemFn, Pat, ReturnType, Type};
 
@@ -65,14 +65,13 @@ impl Ret {
     }
 }
 
-fn duration(krate: &TokenStream, d: &DurOpt) -> TokenStream {
+fn duration(d: &DurOpt) -> TokenStream {
     match d {
         DurOpt::Lit(d) => {
             let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
             quote!(::core::time::Duration::new(#secs, #nanos))
         }
         DurOpt::Expr(e) => {
-            let _ = krate;
             quote_spanned!(e.span()=> {
                 let __ls_duration: ::core::time::Duration = #e;
                 __ls_duration
@@ -81,10 +80,10 @@ fn duration(krate: &TokenStream, d: &DurOpt) -> TokenStream {
     }
 }
 
-fn opt_duration(krate: &TokenStream, d: Option<&DurOpt>) -> TokenStream {
+fn opt_duration(d: Option<&DurOpt>) -> TokenStream {
     match d {
         Some(d) => {
-            let d = duration(krate, d);
+            let d = duration(d);
             quote!(::core::option::Option::Some(#d))
         }
         None => quote!(::core::option::Option::None),
@@ -248,13 +247,13 @@ pub(crate) fn expand(args: Args, mut func: ItemFn) -> syn::Result<TokenStream> {
         Some(s) => quote!(#s),
         None => quote!("default"),
     };
-    let ttl = opt_duration(&krate, args.ttl.as_ref());
-    let min_hold = opt_duration(&krate, args.min_hold.as_ref());
+    let ttl = opt_duration(args.ttl.as_ref());
+    let min_hold = opt_duration(args.min_hold.as_ref());
     let wait = match &args.wait {
         None | Some(WaitOpt::No) => quote!(#krate::Wait::No),
         Some(WaitOpt::Forever) => quote!(#krate::Wait::Forever),
         Some(WaitOpt::Dur(DurOpt::Lit(d))) => {
-            let d = duration(&krate, &DurOpt::Lit(*d));
+            let d = duration(&DurOpt::Lit(*d));
             quote!(#krate::Wait::For(#d))
         }
         Some(WaitOpt::Dur(DurOpt::Expr(e))) => {
@@ -324,11 +323,10 @@ pub(crate) fn expand(args: Args, mut func: ItemFn) -> syn::Result<TokenStream> {
         }
     };
 
-    let spec_ident = format_ident!("__ls_spec");
     let body = quote! {
         {
             #name
-            let #spec_ident = #private::Spec {
+            let __ls_spec = #private::Spec {
                 store: #store,
                 ttl: #ttl,
                 wait: #wait,
@@ -346,6 +344,5 @@ pub(crate) fn expand(args: Args, mut func: ItemFn) -> syn::Result<TokenStream> {
         }
     };
     func.block = Box::new(syn::parse2(body)?);
-    let _ = Span::call_site();
     Ok(quote!(#func))
 }

@@ -135,8 +135,9 @@ pub fn locked(attr: TokenStream, item: TokenStream) -> TokenStream {
     let func: syn::ItemFn = match syn::parse(item.clone()) {
         Ok(f) => f,
         Err(_) => {
+            let span = first_token_after_attributes(item.clone().into());
             let e = syn::Error::new(
-                proc_macro2::Span::call_site(),
+                span,
                 "#[locked] goes on a function (`fn` or `async fn`, free or a method with a body)",
             );
             return with_item(e, item);
@@ -146,6 +147,25 @@ pub fn locked(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(tokens) => tokens.into(),
         Err(e) => with_item(e, item),
     }
+}
+
+/// Where an item starts, past its outer attributes (`#[...]`), for errors about the item.
+fn first_token_after_attributes(item: proc_macro2::TokenStream) -> proc_macro2::Span {
+    use proc_macro2::{Delimiter, TokenTree};
+    let mut tokens = item.into_iter().peekable();
+    while let Some(tt) = tokens.next() {
+        match &tt {
+            TokenTree::Punct(p) if p.as_char() == '#' => {
+                if let Some(TokenTree::Group(g)) = tokens.peek()
+                    && g.delimiter() == Delimiter::Bracket
+                {
+                    tokens.next();
+                }
+            }
+            _ => return tt.span(),
+        }
+    }
+    proc_macro2::Span::call_site()
 }
 
 /// The error, plus the item unchanged, so one mistake in the attribute does not bury the

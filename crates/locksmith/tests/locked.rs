@@ -149,6 +149,15 @@ async fn generic<T: fmt::Display + Send, U: Send>(shown: T, hidden: U) -> Result
     Ok(held().await)
 }
 
+mod reexports {
+    pub(crate) use locksmith as ls;
+}
+
+#[locked(crate = crate::reexports::ls, name = "via-reexport:{n}")]
+async fn via_reexport(n: u8) -> Result<Vec<String>, Error> {
+    Ok(held().await)
+}
+
 #[locked]
 async fn r#type(r#in: u8) -> Result<Vec<String>, Error> {
     let _ = r#in;
@@ -174,6 +183,7 @@ async fn default_names_take_display_arguments_in_order() {
             "{kind}"
         );
         assert_eq!(r#type(1).await.unwrap(), [m("type:1")], "{kind}");
+        assert_eq!(via_reexport(4).await.unwrap(), ["via-reexport:4"], "{kind}");
         assert!(held().await.is_empty(), "{kind}: every lock released");
     }
 }
