@@ -101,6 +101,7 @@ fn name_code(
     let private = quote!(#krate::__private);
     match &args.name {
         Some(NameOpt::Expr(e)) => Ok(quote_spanned! {e.span()=>
+            #[allow(clippy::needless_borrow, clippy::useless_conversion)]
             let __ls_name: ::std::string::String = ::std::string::ToString::to_string(&(#e));
         }),
         Some(NameOpt::Template(lit)) => {
@@ -126,6 +127,7 @@ fn name_code(
                 }
             }
             Ok(quote! {
+                #[allow(clippy::needless_borrow)]
                 let __ls_name: ::std::string::String = {
                     #[allow(unused_imports)]
                     use #private::{DisplaySegment as _, KnownSegment as _, OptionSegment as _};
@@ -157,6 +159,7 @@ fn name_code(
                 quote!((&&#private::Arg(&#p)).push_to(&mut __ls_name);)
             });
             Ok(quote! {
+                #[allow(clippy::needless_borrow)]
                 let __ls_name: ::std::string::String = {
                     #[allow(unused_imports)]
                     use #private::{PushDisplay as _, SkipArg as _};
@@ -334,15 +337,19 @@ pub(crate) fn expand(args: Args, mut func: ItemFn) -> syn::Result<TokenStream> {
                 renew: #renew,
             };
             #keep_label
-            match #run {
+            // The user's tokens (on_locked, the return type) appear in here, so lints about
+            // the generated shape would land on their code.
+            #[allow(clippy::unused_unit, clippy::useless_conversion, clippy::needless_return)]
+            let __ls_result = match #run {
                 ::core::result::Result::Ok(__ls_value) => __ls_value,
                 ::core::result::Result::Err(__ls_error) => {
                     #contention
                     #other_error
                 }
-            }
+            };
+            __ls_result
         }
     };
-    func.block = Box::new(syn::parse2(body)?);
+    *func.block = syn::parse2(body)?;
     Ok(quote!(#func))
 }

@@ -147,7 +147,7 @@ fn hole(lit: &LitStr, inner: &str, params: &[Ident], has_self: bool) -> syn::Res
                     ),
                 ));
             }
-        } else if !params.iter().any(|p| *p == root) {
+        } else if !params.contains(&root) {
             let list = if params.is_empty() {
                 "it has none".to_string()
             } else {

@@ -298,16 +298,15 @@ impl<T: Display + ?Sized> DisplaySegment for Arg<'_, T> {
 pub fn push_segment(name: &mut String, value: Option<String>, priority: bool) {
     match value {
         Some(v) => name.push_str(&v),
-        None if priority => {
-            if name.ends_with(':') {
-                name.pop();
-            }
+        None if priority && name.ends_with(':') => {
+            name.pop();
         }
         None => {}
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_borrow)] // the borrows choose the impl, as in generated code
 mod tests {
     use super::*;
 
