@@ -125,8 +125,8 @@ fn wait(expr: Expr) -> syn::Result<WaitOpt> {
         }
     }
     match lit_of(&expr) {
-        Some(Lit::Str(s)) => match duration("wait", expr.clone()) {
-            Ok(d) => Ok(WaitOpt::Dur(d)),
+        Some(Lit::Str(s)) => match humantime::parse_duration(s.value().trim()) {
+            Ok(_) => Ok(WaitOpt::Dur(duration("wait", expr.clone())?)),
             Err(_) => Err(syn::Error::new(
                 s.span(),
                 format!(

@@ -95,6 +95,15 @@
 //! [`store::sqlite`] for where that file lives and how to share one between users.
 //! Synchronous code uses [`blocking`], the same surface without `async`.
 //!
+//! # Task locks, named stores, cache stampedes
+//!
+//! `#[locked]` (the `macros` feature, on by default) runs a function under a lock named from
+//! its module path and arguments, or from a template such as `"tenant:{self.id}:sync"`, so
+//! duplicate runs across processes are skipped, waited for or refused; see `locked`'s
+//! options. It finds its store in [`stores`], a registry of handles under aliases whose
+//! `default` comes from `LOCKSMITH_URL`. [`Locksmith::get_or_compute`] guards your own cache
+//! against stampedes: on a miss, one caller computes while the others wait and then read.
+//!
 //! # Drop, exit and crashes
 //!
 //! Dropping a [`LockGuard`] releases the lock without blocking. A process that exits or

@@ -1,6 +1,6 @@
 //! Named stores: a process-wide registry of [`Locksmith`] handles under short aliases, for
-//! code that cannot pass a handle around — above all the [`#[locked]`](crate::locked)
-//! attribute, whose `store = "alias"` option picks one.
+//! code that cannot pass a handle around — above all the `#[locked]` attribute
+//! (`locksmith::locked`), whose `store = "alias"` option picks one.
 //!
 //! Install handles once at startup with [`install`]. The alias [`DEFAULT`] (`"default"`) is
 //! special: if nothing is installed under it when it is first needed, it is connected from
