@@ -623,6 +623,13 @@ async fn unknown_store() -> Result<(), Error> {
     Ok(())
 }
 
+// No `Result` to report the failure in: it is logged, and the body does not run.
+#[locked(store = "nowhere", on_locked = 7)]
+fn unknown_store_without_result() -> u32 {
+    RUNS.fetch_add(1, Ordering::SeqCst);
+    1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_hold_renew_and_store_aliases() {
     for kind in STORES {
@@ -644,6 +651,9 @@ async fn min_hold_renew_and_store_aliases() {
         let err = unknown_store().await.unwrap_err();
         assert!(err.is_invalid_input(), "{kind}: {err}");
         assert!(err.to_string().contains("nowhere"), "{err}");
+        let before = RUNS.load(Ordering::SeqCst);
+        assert_eq!(tokio::task::block_in_place(unknown_store_without_result), 7);
+        assert_eq!(RUNS.load(Ordering::SeqCst), before, "{kind}: the body never ran");
     }
 }
 
