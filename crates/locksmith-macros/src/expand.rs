@@ -155,9 +155,10 @@ fn name_code(
                 }
             }
             let base = format!("::{}", func.sig.ident.unraw());
-            let pushes = params.iter().filter(|p| !args.skip.contains(p)).map(|p| {
-                quote!((&&#private::Arg(&#p)).push_to(&mut __ls_name);)
-            });
+            let pushes = params
+                .iter()
+                .filter(|p| !args.skip.contains(p))
+                .map(|p| quote!((&&#private::Arg(&#p)).push_to(&mut __ls_name);));
             Ok(quote! {
                 #[allow(clippy::needless_borrow)]
                 let __ls_name: ::std::string::String = {

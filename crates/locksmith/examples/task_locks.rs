@@ -36,7 +36,9 @@ impl Tenant {
     #[locked(name = "tenant:{self.id}:sync", wait = "10s")]
     fn sync(&self, full: bool) -> Result<u64, JobError> {
         if full {
-            return Err(JobError::Export("full sync needs a maintenance window".into()));
+            return Err(JobError::Export(
+                "full sync needs a maintenance window".into(),
+            ));
         }
         Ok(self.id)
     }

@@ -194,7 +194,10 @@ mod tests {
         let err = get("never-installed").await.unwrap_err();
         let msg = err.to_string();
         assert!(err.is_invalid_input(), "{msg}");
-        assert!(msg.contains("never-installed") && msg.contains("stores::install"), "{msg}");
+        assert!(
+            msg.contains("never-installed") && msg.contains("stores::install"),
+            "{msg}"
+        );
         assert!(get("").await.unwrap_err().is_invalid_input());
     }
 

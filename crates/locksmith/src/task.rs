@@ -345,7 +345,10 @@ mod tests {
         assert_eq!((&&&Arg(&None::<u8>)).text_of(), "");
         assert_eq!((&&&Arg(&Some(3))).text_of(), "3");
         assert_eq!((&&&Arg(&Some(0))).segment_of(), None);
-        assert_eq!((&&&Arg(&Some(Shown(0)))).segment_of().as_deref(), Some("shown-0"));
+        assert_eq!(
+            (&&&Arg(&Some(Shown(0)))).segment_of().as_deref(),
+            Some("shown-0")
+        );
         assert_eq!((&&&Arg(&None::<Shown>)).segment_of(), None);
         assert_eq!((&&&Arg(&None::<Shown>)).text_of(), "");
         let mut name = String::from("a:");

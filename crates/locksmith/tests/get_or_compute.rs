@@ -78,11 +78,25 @@ async fn fifty_tasks_on_a_cold_key_compute_once() {
             }));
         }
         for t in tasks {
-            assert_eq!(t.await.unwrap().unwrap(), format!("value of {key}"), "{kind}");
+            assert_eq!(
+                t.await.unwrap().unwrap(),
+                format!("value of {key}"),
+                "{kind}"
+            );
         }
-        assert_eq!(missed_first.load(Ordering::SeqCst), 50, "{kind}: a cold start");
+        assert_eq!(
+            missed_first.load(Ordering::SeqCst),
+            50,
+            "{kind}: a cold start"
+        );
         assert_eq!(computed.load(Ordering::SeqCst), 1, "{kind}: one compute");
-        assert!(handles[0].inspect(&key).await.unwrap().is_none_or(|i| i.expired));
+        assert!(
+            handles[0]
+                .inspect(&key)
+                .await
+                .unwrap()
+                .is_none_or(|i| i.expired)
+        );
     }
 }
 

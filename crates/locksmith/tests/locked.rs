@@ -144,7 +144,10 @@ async fn skipped(user: u32, secret: &str) -> Result<Vec<String>, Error> {
 }
 
 #[locked]
-async fn generic<T: fmt::Display + Send, U: Send>(shown: T, hidden: U) -> Result<Vec<String>, Error> {
+async fn generic<T: fmt::Display + Send, U: Send>(
+    shown: T,
+    hidden: U,
+) -> Result<Vec<String>, Error> {
     let _ = (shown, hidden);
     Ok(held().await)
 }
@@ -168,7 +171,11 @@ async fn r#type(r#in: u8) -> Result<Vec<String>, Error> {
 async fn default_names_take_display_arguments_in_order() {
     for kind in STORES {
         let _s = setup(kind).await;
-        assert_eq!(foo(1, "temp", 4, 3).await.unwrap(), [m("foo:1:temp:4:3")], "{kind}");
+        assert_eq!(
+            foo(1, "temp", 4, 3).await.unwrap(),
+            [m("foo:1:temp:4:3")],
+            "{kind}"
+        );
         assert_eq!(
             with_opaque(7, Opaque, vec![1], "s".into()).await.unwrap(),
             [m("with_opaque:7:s")],
@@ -382,7 +389,12 @@ async fn django_priority_lists() {
         assert_eq!(seen[0].0, "combination:second:false", "{kind}");
         // `store = "other"`: the default store never saw these locks.
         assert!(held().await.is_empty(), "{kind}");
-        assert!(s.lm.inspect("combination:second:false").await.unwrap().is_none());
+        assert!(
+            s.lm.inspect("combination:second:false")
+                .await
+                .unwrap()
+                .is_none()
+        );
 
         // `blocking=True` → `wait = forever`: a second call waits for the first.
         let busy = s
@@ -398,7 +410,10 @@ async fn django_priority_lists() {
             mailer.combination(None, "en", false, false).await
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiting.is_finished(), "{kind}: waits while the lock is held");
+        assert!(
+            !waiting.is_finished(),
+            "{kind}: waits while the lock is held"
+        );
         busy.release().await.unwrap();
         let seen = waiting.await.unwrap().unwrap();
         assert_eq!(seen[0].0, "combination:second:false:en", "{kind}");
@@ -514,7 +529,11 @@ async fn busy_calls_with_and_without_on_locked() {
         assert!(err.is_timeout(), "{kind}: {err}");
         assert!(started.elapsed() >= Duration::from_millis(150), "{kind}");
         tokio::task::block_in_place(busy_job_sync);
-        assert_eq!(RUNS.load(Ordering::SeqCst), 0, "{kind}: no body ran while busy");
+        assert_eq!(
+            RUNS.load(Ordering::SeqCst),
+            0,
+            "{kind}: no body ran while busy"
+        );
 
         // Freed within the wait: the waiting call runs.
         let release = tokio::spawn(async move {
@@ -653,7 +672,11 @@ async fn min_hold_renew_and_store_aliases() {
         assert!(err.to_string().contains("nowhere"), "{err}");
         let before = RUNS.load(Ordering::SeqCst);
         assert_eq!(tokio::task::block_in_place(unknown_store_without_result), 7);
-        assert_eq!(RUNS.load(Ordering::SeqCst), before, "{kind}: the body never ran");
+        assert_eq!(
+            RUNS.load(Ordering::SeqCst),
+            before,
+            "{kind}: the body never ran"
+        );
     }
 }
 
@@ -742,8 +765,8 @@ fn cross_process_min_hold_skips_inside_the_period() {
 
     assert_eq!(run_child("short", &db), "ran");
     // Past the 1 s period the job runs again (waits on the store's verdict, not a clock).
-    let lm = locksmith::blocking::Locksmith::connect(&format!("sqlite://{}", db.display()))
-        .unwrap();
+    let lm =
+        locksmith::blocking::Locksmith::connect(&format!("sqlite://{}", db.display())).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while lm
         .inspect("cron:short")
@@ -763,8 +786,8 @@ fn cross_process_default_store_comes_from_locksmith_url() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("env.db");
     assert_eq!(run_child("from-env", &db), "ran");
-    let lm = locksmith::blocking::Locksmith::connect(&format!("sqlite://{}", db.display()))
-        .unwrap();
+    let lm =
+        locksmith::blocking::Locksmith::connect(&format!("sqlite://{}", db.display())).unwrap();
     let info = lm
         .inspect(&m("from_env_job:x"))
         .unwrap()
