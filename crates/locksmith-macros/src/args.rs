@@ -34,8 +34,8 @@ pub(crate) enum NameOpt {
 
 /// A duration option.
 pub(crate) enum DurOpt {
-    /// A literal such as `"30s"`, parsed here.
-    Lit(Duration),
+    /// A literal such as `"30s"`, parsed here, and where it was written.
+    Lit(Duration, Span),
     /// A Rust expression of type `Duration`.
     Expr(Expr),
 }
@@ -100,7 +100,7 @@ fn duration(option: &str, expr: Expr) -> syn::Result<DurOpt> {
                     ),
                 ));
             }
-            Ok(DurOpt::Lit(d))
+            Ok(DurOpt::Lit(d, s.span()))
         }
         Some(lit) => Err(syn::Error::new(
             lit.span(),

@@ -67,7 +67,7 @@ impl Ret {
 
 fn duration(d: &DurOpt) -> TokenStream {
     match d {
-        DurOpt::Lit(d) => {
+        DurOpt::Lit(d, _) => {
             let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
             quote!(::core::time::Duration::new(#secs, #nanos))
         }
@@ -256,8 +256,8 @@ pub(crate) fn expand(args: Args, mut func: ItemFn) -> syn::Result<TokenStream> {
     let wait = match &args.wait {
         None | Some(WaitOpt::No) => quote!(#krate::Wait::No),
         Some(WaitOpt::Forever) => quote!(#krate::Wait::Forever),
-        Some(WaitOpt::Dur(DurOpt::Lit(d))) => {
-            let d = duration(&DurOpt::Lit(*d));
+        Some(WaitOpt::Dur(d @ DurOpt::Lit(..))) => {
+            let d = duration(d);
             quote!(#krate::Wait::For(#d))
         }
         Some(WaitOpt::Dur(DurOpt::Expr(e))) => {
@@ -265,6 +265,24 @@ pub(crate) fn expand(args: Args, mut func: ItemFn) -> syn::Result<TokenStream> {
         }
     };
     let renew = args.renew.as_ref().is_none_or(|b| b.value);
+    // locksmith refuses this at run time (InvalidOption); with literals it is known now.
+    if !renew && let Some(DurOpt::Lit(min_hold, span)) = &args.min_hold {
+        let ttl = match &args.ttl {
+            Some(DurOpt::Lit(ttl, _)) => Some(*ttl),
+            Some(DurOpt::Expr(_)) => None,
+            None => Some(std::time::Duration::from_secs(60)),
+        };
+        if let Some(ttl) = ttl
+            && *min_hold > ttl
+        {
+            return Err(syn::Error::new(
+                *span,
+                format!(
+                    "`min_hold` ({min_hold:?}) is longer than the TTL ({ttl:?}) with `renew = false`: the bare lease would end first — raise `ttl`, or drop `renew = false`"
+                ),
+            ));
+        }
+    }
 
     // The value of a busy call, checked against the return type where it can be named.
     let on_locked = args.on_locked.as_ref().map(|e| match ret.ty() {
