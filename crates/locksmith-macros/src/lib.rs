@@ -15,8 +15,10 @@ use proc_macro::TokenStream;
 ///
 /// Put it on an `async fn` (the body runs under [`LockBuilder::run`]: the lease is renewed
 /// while it runs, and a lost lease stops it at its next `.await`) or on a plain `fn` (through
-/// the blocking facade; the body runs on the calling thread). Free functions, methods
-/// (`&self`, `&mut self`, `self`) and generic functions are all fine.
+/// the blocking facade; the body runs on the calling thread, which blocks while it waits for
+/// the store — so call a plain `#[locked]` fn from async code only inside
+/// `spawn_blocking`). Free functions, methods (`&self`, `&mut self`, `self`) and generic
+/// functions are all fine.
 ///
 /// ```
 /// use locksmith::{Locksmith, locked, stores};
@@ -57,7 +59,8 @@ use proc_macro::TokenStream;
 ///   `name = format!("tenant/{}/sync", t.id)`, `name = JOB_NAME`.
 ///
 /// Names are 1 to 255 bytes; a longer one (a long argument) fails the call with
-/// `Error::InvalidName`.
+/// `Error::InvalidName`. Names are not secret — anyone who can read the store sees them in
+/// `list` and `inspect` — so `skip` arguments such as passwords or tokens, or give a `name`.
 ///
 /// # Options
 ///
