@@ -239,6 +239,19 @@ impl ClassExample {
     }
 }
 
+// Generic impls and `self` by value.
+struct Queue<T> {
+    name: String,
+    items: Vec<T>,
+}
+
+impl<T: Send + 'static> Queue<T> {
+    #[locked(name = "queue:{self.name}:{extra}")]
+    async fn drain<E: fmt::Display + Send>(self, extra: E) -> Result<(usize, Vec<String>), Error> {
+        Ok((self.items.len(), held().await))
+    }
+}
+
 // The README says `lock_name="hard_code_name"` gives hard_name:hard_code_name; the code
 // always used the string as the whole key (SEEDS §3.2). A template is the whole name, so
 // both spellings are a literal away.
@@ -287,6 +300,15 @@ async fn django_lock_name_lists() {
             "{kind}"
         );
         assert_eq!(c.runs, 2);
+        let q = Queue {
+            name: "mail".into(),
+            items: vec![Opaque, Opaque],
+        };
+        assert_eq!(
+            q.drain('x').await.unwrap(),
+            (2, vec!["queue:mail:x".to_string()]),
+            "{kind}"
+        );
         assert_eq!(hard_name(1, 2).await.unwrap(), ["hard_code_name"], "{kind}");
         assert_eq!(
             hard_name_readme(1).await.unwrap(),
