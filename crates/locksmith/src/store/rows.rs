@@ -51,6 +51,7 @@ pub(crate) const DEFAULT_RETAIN: Duration = Duration::from_secs(3600);
 
 /// At most this many garbage rows are removed per write (SQLite), so a write's extra work
 /// is bounded while garbage still goes faster than one write can make it.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) const SWEEP_LIMIT: i64 = 64;
 
 /// Store options parsed from the URL, for the stores that keep rows themselves.

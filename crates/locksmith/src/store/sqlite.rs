@@ -166,15 +166,13 @@ CREATE INDEX IF NOT EXISTS locksmith_locks_expires_at ON locksmith_locks (expire
     WHERE expires_at IS NOT NULL;
 ";
 
-/// A grant's garbage sweep: rows expired before `?1`, at most [`SWEEP_LIMIT`] of them.
+/// A grant's garbage sweep: rows expired before `?1`, at most `?2` ([`SWEEP_LIMIT`]) of them.
 const SWEEP_LOCKS: &str = "DELETE FROM locksmith_locks WHERE (namespace, name) IN (
      SELECT namespace, name FROM locksmith_locks
-     WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT 64)";
-/// A grant's sweep of lapsed reservations (before `?1`), at most [`SWEEP_LIMIT`].
+     WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
+/// A grant's sweep of lapsed reservations (before `?1`), at most `?2` ([`SWEEP_LIMIT`]).
 const SWEEP_RESERVATIONS: &str = "DELETE FROM locksmith_reservations WHERE (namespace, name) IN (
-     SELECT namespace, name FROM locksmith_reservations WHERE until <= ?1 LIMIT 64)";
-// The two statements above spell SWEEP_LIMIT out.
-const _: () = assert!(SWEEP_LIMIT == 64);
+     SELECT namespace, name FROM locksmith_reservations WHERE until <= ?1 LIMIT ?2)";
 
 /// Upgrades a version-1 file (before `min_hold` was recorded).
 const MIGRATE_V1: &str = "ALTER TABLE locksmith_locks ADD COLUMN min_hold INTEGER;";
@@ -1164,8 +1162,10 @@ impl Worker {
             // bind of a LIMIT parameter (it may change the plan), which cost more than the
             // rest of the grant.
             let cutoff = now.saturating_sub(self.clock.retain.load(Ordering::SeqCst));
-            tx.prepare_cached(SWEEP_LOCKS)?.execute([cutoff])?;
-            tx.prepare_cached(SWEEP_RESERVATIONS)?.execute([now])?;
+            tx.prepare_cached(SWEEP_LOCKS)?
+                .execute([cutoff, SWEEP_LIMIT])?;
+            tx.prepare_cached(SWEEP_RESERVATIONS)?
+                .execute([now, SWEEP_LIMIT])?;
         }
         tx.commit()?;
         Ok(out)
