@@ -254,3 +254,5 @@ pub async fn port_open(port: u16) -> bool {
         .await
         .is_ok()
 }
+
+pub mod redis;

@@ -574,6 +574,16 @@ impl WakeHub {
         self.subscribe_first(ns, name).0
     }
 
+    /// Whether `name` has subscribers in this hub now (a networked store checks it before
+    /// unsubscribing on the server, since a new waiter may have come after the idle hook ran).
+    pub fn has_subscribers(&self, ns: &Namespace, name: &LockName) -> bool {
+        self.senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .contains_key(&(ns.clone(), name.clone()))
+    }
+
     /// How many names have subscribers.
     pub fn names(&self) -> usize {
         self.senders

@@ -1,0 +1,202 @@
+//! The Lua scripts of the Redis store. Each one runs atomically on the server, is sent by
+//! `EVALSHA` (redis-rs loads it again on `NOSCRIPT`) and costs one round trip.
+//!
+//! Layout of one lock (see the [module docs](super)): a hash at the lock key with the fields
+//! `tok` (absent once released under `min_hold`), `owner`, `host`, `pid`, `fence`, `at`
+//! (grant time, µs since the Unix epoch on the server's clock) and `mh` (`min_hold` in µs,
+//! empty when none); its lease is the key's own TTL (`PEXPIRE`), so Redis drops the key
+//! when the lease ends. The fence key (`…}f`) keeps the name's last fence for a while after
+//! the lock is gone, so fences keep increasing when the server's clock steps back.
+//!
+//! Numbers cross the Lua boundary as strings formatted with `%.0f` (Lua 5.1 numbers are
+//! doubles; `tostring` would print a fence in exponent form).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Shared helpers prepended to every script.
+const PRELUDE: &str = r#"
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function num(x) return string.format('%.0f', x) end
+local function info(key, now)
+  local v = redis.call('HMGET', key, 'owner', 'host', 'pid', 'fence', 'at', 'mh', 'tok')
+  if not v[4] then return nil end
+  local released = '0'
+  if not v[7] then released = '1' end
+  local pttl = redis.call('PTTL', key)
+  return {v[1] or '', v[2] or '', v[3] or '0', v[4], v[5] or num(now), v[6] or '', released,
+          tostring(pttl), num(now)}
+end
+local function wake(channel, sharded)
+  if sharded == '1' then redis.call('SPUBLISH', channel, '') else redis.call('PUBLISH', channel, '') end
+end
+"#;
+
+/// Grants every claim or none. KEYS: lock and fence key of each claim, in pairs. ARGV:
+/// fence-key lifetime (ms), then per claim: token, owner, host, pid, ttl (ms, empty: never
+/// expires), min_hold (µs or empty). Returns `{'ok', fence…}`, `{'mine', i}` or
+/// `{'held', i, info…}` (1-based claim index).
+const ACQUIRE: &str = r#"
+local now = now_us()
+local n = #KEYS / 2
+for i = 1, n do
+  local key = KEYS[2 * i - 1]
+  if redis.call('EXISTS', key) == 1 then
+    local base = 1 + (i - 1) * 6
+    if redis.call('HGET', key, 'tok') == ARGV[base + 1] then return {'mine', tostring(i)} end
+    local r = info(key, now)
+    if r then
+      table.insert(r, 1, tostring(i))
+      table.insert(r, 1, 'held')
+      return r
+    end
+    -- A key without a lock hash in it is not ours to keep: take it over.
+  end
+end
+local fences = {'ok'}
+for i = 1, n do
+  local key, fkey = KEYS[2 * i - 1], KEYS[2 * i]
+  local base = 1 + (i - 1) * 6
+  local last = tonumber(redis.call('GET', fkey) or '0') or 0
+  -- `now + i - 1`: the locks of one call get distinct fences too.
+  local fence = math.max(last + 1, now + i - 1)
+  local f = num(fence)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'tok', ARGV[base + 1], 'owner', ARGV[base + 2], 'host', ARGV[base + 3],
+             'pid', ARGV[base + 4], 'fence', f, 'at', num(now), 'mh', ARGV[base + 6])
+  if ARGV[base + 5] ~= '' then redis.call('PEXPIRE', key, ARGV[base + 5]) end
+  redis.call('SET', fkey, f, 'PX', ARGV[1])
+  table.insert(fences, f)
+end
+return fences
+"#;
+
+/// Releases, or keeps until `at + min_hold`. KEYS: lock key. ARGV: token, min_hold (µs or
+/// empty), wake channel, sharded ('1'/'0'). Returns 'released', 'kept' or 'nothere'.
+const RELEASE: &str = r#"
+if redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1] then return 'nothere' end
+if ARGV[2] ~= '' then
+  local now = now_us()
+  local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0') or 0
+  local keep = at + tonumber(ARGV[2])
+  if keep > now then
+    redis.call('HDEL', KEYS[1], 'tok')
+    redis.call('PEXPIRE', KEYS[1], num(math.ceil((keep - now) / 1000)))
+    wake(ARGV[3], ARGV[4])
+    return 'kept'
+  end
+end
+redis.call('DEL', KEYS[1])
+wake(ARGV[3], ARGV[4])
+return 'released'
+"#;
+
+/// Moves the lease. KEYS: lock key. ARGV: token, mode ('set', 'add', 'atleast'), duration
+/// (ms), wake channel, sharded. Returns `{'ok', ttl_ms}`, `{'nothere'}` or `{'forever'}`.
+const EXTEND: &str = r#"
+if redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1] then return {'nothere'} end
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl == -1 then return {'forever'} end
+if pttl < 0 then return {'nothere'} end
+local d = tonumber(ARGV[3])
+local new
+if ARGV[2] == 'set' then new = d
+elseif ARGV[2] == 'add' then new = pttl + d
+else new = math.max(pttl, d) end
+redis.call('PEXPIRE', KEYS[1], num(new))
+if new < pttl then wake(ARGV[4], ARGV[5]) end
+return {'ok', num(new)}
+"#;
+
+/// What anyone may see of locks. KEYS: lock keys. ARGV: a token (empty: anyone's). Returns,
+/// per key, `{info…}` or `{}` (no lock, or not held by the token).
+const INFO: &str = r#"
+local now = now_us()
+local out = {}
+for i = 1, #KEYS do
+  local r = nil
+  if ARGV[1] == '' or redis.call('HGET', KEYS[i], 'tok') == ARGV[1] then r = info(KEYS[i], now) end
+  out[i] = r or {}
+end
+return out
+"#;
+
+/// Removes locks whoever holds them and wakes their waiters. KEYS: lock keys. ARGV: sharded,
+/// then the wake channel of each key. Returns, per key, 1 if a lock was there.
+const CLEAR: &str = r#"
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('DEL', KEYS[i])
+  if out[i] == 1 then wake(ARGV[i + 1], ARGV[1]) end
+end
+return out
+"#;
+
+/// django-lockmgr's set/renew. KEYS: lock and fence key of each claim, in pairs. ARGV:
+/// create, renew, fail ('1'/'0'), ttl (ms, empty: never expires), fence-key lifetime (ms),
+/// then per claim: token, owner, host, pid, min_hold. Returns `{'locked', i, info…}` when
+/// `fail` and claim i is held (nothing changed), else per claim
+/// `{action, info…}` flattened with a leading count of info fields: for each claim
+/// `action` ('created', 'renewed', 'skip_renew', 'skip_create') then 9 info fields (empty
+/// strings when there is no lock).
+const SET_LOCKS: &str = r#"
+local now = now_us()
+local n = #KEYS / 2
+local create, renew, fail, ttl = ARGV[1] == '1', ARGV[2] == '1', ARGV[3] == '1', ARGV[4]
+local held = {}
+for i = 1, n do
+  held[i] = redis.call('EXISTS', KEYS[2 * i - 1]) == 1
+  if held[i] and fail then
+    local r = info(KEYS[2 * i - 1], now) or {'', '', '0', '0', num(now), '', '0', '-1', num(now)}
+    table.insert(r, 1, tostring(i))
+    table.insert(r, 1, 'locked')
+    return r
+  end
+end
+local out = {'done'}
+for i = 1, n do
+  local key, fkey = KEYS[2 * i - 1], KEYS[2 * i]
+  local base = 5 + (i - 1) * 5
+  local action
+  if held[i] and renew then
+    action = 'renewed'
+    if ttl == '' then
+      redis.call('PERSIST', key)
+    else
+      local pttl = redis.call('PTTL', key)
+      if pttl >= 0 and pttl < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
+    end
+  elseif held[i] then
+    action = 'skip_renew'
+  elseif create then
+    action = 'created'
+    local last = tonumber(redis.call('GET', fkey) or '0') or 0
+    local f = num(math.max(last + 1, now))
+    redis.call('HSET', key, 'tok', ARGV[base + 1], 'owner', ARGV[base + 2], 'host', ARGV[base + 3],
+               'pid', ARGV[base + 4], 'fence', f, 'at', num(now), 'mh', ARGV[base + 5])
+    if ttl ~= '' then redis.call('PEXPIRE', key, ttl) end
+    redis.call('SET', fkey, f, 'PX', ARGV[5])
+  else
+    action = 'skip_create'
+  end
+  table.insert(out, action)
+  local r = info(key, now) or {'', '', '', '', '', '', '', '', ''}
+  for j = 1, 9 do table.insert(out, r[j]) end
+end
+return out
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
+pub(super) static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACQUIRE));
+pub(super) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
+pub(super) static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EXTEND));
+pub(super) static INFO_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(INFO));
+pub(super) static CLEAR_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CLEAR));
+pub(super) static SET_LOCKS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SET_LOCKS));

@@ -1,0 +1,334 @@
+//! Wake-ups by pub/sub: one subscription connection per store multiplexes every waiter of
+//! this process.
+//!
+//! A release (or clear, or a lease that was shortened) publishes on the name's channel from
+//! inside its script. An actor task owns the subscription connection: the first waiter of a
+//! name subscribes its channel (and [`Store::subscribe`](crate::store::Store::subscribe)
+//! returns once the server confirmed), the last one leaving unsubscribes it (the
+//! [`WakeHub`]'s idle hook), and a message wakes that name's waiters only. When the
+//! connection drops, the actor reconnects with backoff, subscribes every channel that still
+//! has waiters, and wakes every waiter, because messages sent while it was away are lost.
+//!
+//! A single node uses plain `SUBSCRIBE`/`PUBLISH` on a RESP2 pub/sub connection (redis-rs
+//! offers `SSUBSCRIBE` only on cluster connections; on one node both cost the same); a
+//! cluster uses sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) over a RESP3 cluster connection,
+//! so a message travels only within the shard that owns the lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::{PushInfo, PushKind, RedisResult};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::name::{LockName, Namespace};
+use crate::store::{WakeHub, Wakeups};
+
+use super::keys::Keys;
+
+/// How the actor reaches the server.
+#[derive(Clone)]
+pub(super) enum Source {
+    /// A single node: a dedicated RESP2 pub/sub connection.
+    Single(redis::Client),
+    /// A cluster: builds a RESP3 cluster connection whose pushes come to the given sender.
+    Cluster(Arc<dyn Fn(PushSink) -> RedisResult<redis::cluster::ClusterClient> + Send + Sync>),
+}
+
+/// Where a cluster connection's pushes go.
+pub(super) type PushSink = Arc<dyn Fn(PushInfo) -> std::result::Result<(), ()> + Send + Sync>;
+
+enum Command {
+    Subscribe {
+        channel: String,
+        ns: Namespace,
+        name: LockName,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Unsubscribe {
+        channel: String,
+        ns: Namespace,
+        name: LockName,
+    },
+}
+
+enum Event {
+    Message(String),
+    Disconnected,
+}
+
+/// The store's side of the actor.
+pub(super) struct Subscriptions {
+    commands: mpsc::UnboundedSender<Command>,
+    hub: Arc<WakeHub>,
+    prefix: String,
+    /// How many subscription connections the actor has opened (for tests and metrics).
+    pub(super) connections: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriptions")
+            .field("names", &self.hub.names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscriptions {
+    /// Starts the actor on the current runtime.
+    pub(super) fn start(source: Source, prefix: String, timeout: Duration) -> Subscriptions {
+        let (tx, rx) = mpsc::unbounded_channel::<Command>();
+        let idle_tx = tx.clone();
+        let idle_prefix = prefix.clone();
+        let hub = Arc::new(WakeHub::on_idle(Arc::new(move |ns, name| {
+            let channel = Keys::new(&idle_prefix, ns.as_str()).channel(name.as_str());
+            let _ = idle_tx.send(Command::Unsubscribe {
+                channel,
+                ns: ns.clone(),
+                name: name.clone(),
+            });
+        })));
+        let connections = Arc::new(AtomicU64::new(0));
+        let actor = Actor {
+            source,
+            hub: Arc::downgrade(&hub),
+            timeout,
+            connections: connections.clone(),
+        };
+        tokio::spawn(actor.run(rx));
+        Subscriptions {
+            commands: tx,
+            hub,
+            prefix,
+            connections,
+        }
+    }
+
+    /// Subscribes to `name`'s wake-ups; returns once the server confirmed the subscription.
+    pub(super) async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
+        let (wakeups, _first) = self.hub.subscribe_first(ns, name);
+        let channel = Keys::new(&self.prefix, ns.as_str()).channel(name.as_str());
+        let (done, confirmed) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe {
+                channel,
+                ns: ns.clone(),
+                name: name.clone(),
+                done,
+            })
+            .map_err(|_| closed())?;
+        confirmed.await.map_err(|_| closed())??;
+        Ok(wakeups)
+    }
+
+    /// Wakes this process's waiters of `name` (after a change this process made).
+    pub(super) fn notify(&self, ns: &Namespace, name: &LockName) {
+        self.hub.notify(ns, name);
+    }
+
+    /// Wakes this process's waiters in `ns`.
+    pub(super) fn notify_namespace(&self, ns: &Namespace) {
+        self.hub.notify_namespace(ns);
+    }
+}
+
+fn closed() -> Error {
+    Error::store(
+        "redis",
+        true,
+        "the Redis store's subscription task has stopped (the store was closed)",
+    )
+}
+
+struct Actor {
+    source: Source,
+    hub: std::sync::Weak<WakeHub>,
+    timeout: Duration,
+    connections: Arc<AtomicU64>,
+}
+
+enum Conn {
+    Single(redis::aio::PubSubSink),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Conn::Single(sink) => sink.subscribe(channels).await,
+            Conn::Cluster(conn) => {
+                // One channel per call: a cluster routes each command to one slot.
+                for channel in channels {
+                    conn.ssubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Conn::Single(sink) => sink.unsubscribe(channel).await,
+            Conn::Cluster(conn) => conn.sunsubscribe(channel).await,
+        }
+    }
+}
+
+impl Actor {
+    async fn connect(&self) -> RedisResult<(Conn, mpsc::UnboundedReceiver<Event>)> {
+        let (events, rx) = mpsc::unbounded_channel();
+        match &self.source {
+            Source::Single(client) => {
+                let pubsub = tokio::time::timeout(self.timeout, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| io_timeout())??;
+                let (sink, mut stream) = pubsub.split();
+                tokio::spawn(async move {
+                    while let Some(msg) = stream.next().await {
+                        let channel = msg.get_channel_name().to_string();
+                        if events.send(Event::Message(channel)).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = events.send(Event::Disconnected);
+                });
+                Ok((Conn::Single(sink), rx))
+            }
+            Source::Cluster(build) => {
+                let sink: PushSink = Arc::new(move |push: PushInfo| {
+                    let event = match push.kind {
+                        PushKind::SMessage | PushKind::Message => {
+                            let Some(channel) = push.data.first() else {
+                                return Ok(());
+                            };
+                            match redis::from_redis_value_ref::<String>(channel) {
+                                Ok(channel) => Event::Message(channel),
+                                Err(_) => return Ok(()),
+                            }
+                        }
+                        PushKind::Disconnection => Event::Disconnected,
+                        _ => return Ok(()),
+                    };
+                    events.send(event).map_err(|_| ())
+                });
+                let client = build(sink)?;
+                let conn = tokio::time::timeout(self.timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| io_timeout())??;
+                Ok((Conn::Cluster(conn), rx))
+            }
+        }
+    }
+
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        // Channel → the name it wakes, for every channel subscribed on the server.
+        let mut subscribed: HashMap<String, (Namespace, LockName)> = HashMap::new();
+        let mut backoff = Duration::from_millis(10);
+        let mut reconnect = false;
+        loop {
+            let (mut conn, mut events) = match self.connect().await {
+                Ok(c) => c,
+                Err(err) => {
+                    tracing::debug!(%err, "redis subscription connection failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    if self.hub.strong_count() == 0 {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            self.connections.fetch_add(1, Ordering::Relaxed);
+            let Some(hub) = self.hub.upgrade() else {
+                return;
+            };
+            // Subscribe again what still has waiters.
+            subscribed.retain(|_, (ns, name)| hub.has_subscribers(ns, name));
+            let channels: Vec<String> = subscribed.keys().cloned().collect();
+            if !channels.is_empty() {
+                let again = tokio::time::timeout(self.timeout, conn.subscribe(&channels)).await;
+                if !matches!(again, Ok(Ok(()))) {
+                    drop(hub);
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
+            backoff = Duration::from_millis(10);
+            if reconnect {
+                // Wake-ups sent while the connection was down are lost: everyone re-tries.
+                hub.notify_all();
+            }
+            drop(hub);
+            reconnect = true;
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Some(Event::Message(channel)) => {
+                            if let (Some((ns, name)), Some(hub)) =
+                                (subscribed.get(&channel), self.hub.upgrade())
+                            {
+                                hub.notify(ns, name);
+                            }
+                        }
+                        Some(Event::Disconnected) | None => {
+                            if let Some(hub) = self.hub.upgrade() {
+                                hub.notify_all();
+                            }
+                            if matches!(conn, Conn::Cluster(_)) {
+                                // redis-rs reconnects cluster nodes and subscribes again
+                                // itself; only the waiters need to re-try.
+                                if events.is_closed() { break; }
+                                continue;
+                            }
+                            break;
+                        }
+                    },
+                    command = commands.recv() => match command {
+                        None => return,
+                        Some(Command::Subscribe { channel, ns, name, done }) => {
+                            if subscribed.contains_key(&channel) {
+                                let _ = done.send(Ok(()));
+                                continue;
+                            }
+                            let channels = [channel];
+                            match tokio::time::timeout(self.timeout, conn.subscribe(&channels)).await {
+                                Ok(Ok(())) => {
+                                    let [channel] = channels;
+                                    subscribed.insert(channel, (ns, name));
+                                    let _ = done.send(Ok(()));
+                                }
+                                Ok(Err(err)) => {
+                                    let _ = done.send(Err(super::store_error(err)));
+                                    break;
+                                }
+                                Err(_) => {
+                                    let _ = done.send(Err(super::store_error(io_timeout())));
+                                    break;
+                                }
+                            }
+                        }
+                        Some(Command::Unsubscribe { channel, ns, name }) => {
+                            let wanted = self.hub.upgrade().is_some_and(|h| h.has_subscribers(&ns, &name));
+                            if !wanted && subscribed.remove(&channel).is_some() {
+                                let gone = tokio::time::timeout(self.timeout, conn.unsubscribe(&channel)).await;
+                                if !matches!(gone, Ok(Ok(()))) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn io_timeout() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the Redis server did not answer the subscription in time",
+    ))
+}
