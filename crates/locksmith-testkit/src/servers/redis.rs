@@ -356,7 +356,12 @@ fn node_args(config: &RedisConfig, dir: &Path, port: u16) -> Vec<String> {
     if let Some((user, pass)) = &config.acl_user {
         args.extend([
             "--user".into(),
-            format!("{user} on >{pass} ~* &* +@all"),
+            user.clone(),
+            "on".into(),
+            format!(">{pass}"),
+            "~*".into(),
+            "&*".into(),
+            "+@all".into(),
         ]);
     }
     args.extend(config.extra.iter().cloned());

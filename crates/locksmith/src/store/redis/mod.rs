@@ -134,6 +134,7 @@ pub(super) fn store_error(err: RedisError) -> Error {
     use redis::{ErrorKind, RetryMethod, ServerErrorKind};
     let retryable = match err.kind() {
         ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => false,
+        _ if is_auth_error(&err) => false,
         _ => err.is_timeout() || !matches!(err.retry_method(), RetryMethod::NoRetry),
     };
     Error::store(KIND, retryable, err)
@@ -349,8 +350,14 @@ fn with_cluster_ca(
     Ok(b)
 }
 
+/// A refused login or a missing permission: retrying cannot help.
+fn is_auth_error(err: &RedisError) -> bool {
+    matches!(err.kind(), redis::ErrorKind::AuthenticationFailed)
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
 fn unreachable(shown: &str, err: RedisError) -> Error {
-    let retryable = !matches!(err.kind(), redis::ErrorKind::AuthenticationFailed);
+    let retryable = !is_auth_error(&err);
     let hint = if retryable {
         "check that the server runs and that the URL's host and port are right"
     } else {
@@ -412,6 +419,10 @@ impl RedisStore {
             .await
             .map_err(|e| unreachable(shown, e))?;
         let conn = Conn::Single(manager);
+        // Fail now, with a clear message, when the server refuses us (no or wrong password).
+        conn.query::<String>(&redis::cmd("PING"))
+            .await
+            .map_err(|e| unreachable(shown, e))?;
         let caps = capabilities(fsyncs_every_write(&conn).await);
         Ok(RedisStore::build(
             conn,

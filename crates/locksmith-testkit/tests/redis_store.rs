@@ -1,0 +1,376 @@
+//! Redis-specific behaviour on real `redis-server`s started by the test kit: key layout,
+//! listing names with glob characters, one subscription connection for many waiters,
+//! dropped connections, restarts, credentials.
+
+#![cfg(feature = "redis")]
+
+use std::time::{Duration, Instant};
+
+use locksmith::{ListQuery, Locksmith, Wait};
+use locksmith_testkit::servers::redis::{RedisConfig, RedisServer, Reply};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+async fn server(config: RedisConfig) -> Option<RedisServer> {
+    RedisServer::start(config).await
+}
+
+/// Every key the server holds, by SCAN.
+async fn all_keys(server: &RedisServer) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let Reply::Array(parts) = server.command(&["SCAN", &cursor, "COUNT", "1000"]).await else {
+            panic!("SCAN answered oddly");
+        };
+        cursor = parts[0].text();
+        if let Reply::Array(found) = &parts[1] {
+            keys.extend(found.iter().map(Reply::text));
+        }
+        if cursor == "0" {
+            return keys;
+        }
+    }
+}
+
+/// The `sub=` counts of every pub/sub connection in `CLIENT LIST`.
+async fn subscription_connections(server: &RedisServer) -> Vec<u64> {
+    let list = server.command(&["CLIENT", "LIST"]).await.text();
+    list.lines()
+        .filter(|l| l.contains("cmd=subscribe") || l.contains("cmd=unsubscribe") || l.contains(" sub=") && !l.contains(" sub=0 "))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("sub="))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
+async fn connections(server: &RedisServer) -> usize {
+    server.command(&["CLIENT", "LIST"]).await.text().lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_share_an_escaped_hash_tag_and_stay_under_the_prefix() {
+    let Some(server) = server(RedisConfig::default()).await else {
+        return;
+    };
+    let lm = Locksmith::connect(&format!("{}?prefix=app:&namespace=ns", server.url()))
+        .await
+        .unwrap();
+    let g = lm.lock("x}y{z:w").acquire().await.unwrap();
+    let mut keys = all_keys(&server).await;
+    keys.sort();
+    assert_eq!(keys, ["app:{ns:x%7Dy%7Bz%3Aw}", "app:{ns:x%7Dy%7Bz%3Aw}f"]);
+    // Both keys hash to the slot of the escaped tag alone.
+    let slot = |k: &str| {
+        let k = k.to_string();
+        let s = &server;
+        async move { s.command(&["CLUSTER", "KEYSLOT", &k]).await }
+    };
+    let tag = slot("ns:x%7Dy%7Bz%3Aw").await;
+    if !matches!(tag, Reply::Error(_)) {
+        assert_eq!(slot(&keys[0]).await, tag);
+        assert_eq!(slot(&keys[1]).await, tag);
+    }
+    let fields = server.command(&["HGETALL", &keys[0]]).await;
+    let Reply::Array(fields) = fields else { panic!("{fields:?}") };
+    let names: Vec<String> = fields.iter().step_by(2).map(Reply::text).collect();
+    for f in ["tok", "owner", "host", "pid", "fence", "at", "mh"] {
+        assert!(names.contains(&f.to_string()), "{f} missing from {names:?}");
+    }
+    // The lease is the key's TTL on the server's clock.
+    let pttl = server.command(&["PTTL", &keys[0]]).await;
+    assert!(matches!(pttl, Reply::Int(t) if t > 0 && t <= 60_000), "{pttl:?}");
+    g.release().await.unwrap();
+    assert_eq!(all_keys(&server).await, ["app:{ns:x%7Dy%7Bz%3Aw}f"]);
+    let bad = Locksmith::connect(&format!("{}?prefix=a{{b}}", server.url())).await;
+    let err = bad.unwrap_err();
+    assert!(err.to_string().contains("prefix"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_names_with_glob_characters() {
+    let Some(server) = server(RedisConfig::default()).await else {
+        return;
+    };
+    let lm = Locksmith::connect(&format!("{}?namespace=n1", server.url())).await.unwrap();
+    let other = Locksmith::connect(&format!("{}?namespace=n1:x", server.url())).await.unwrap();
+    // Keys outside the prefix, looking like ours, must never be listed or reset.
+    server.command(&["SET", "other:{n1:a*b}", "x"]).await;
+    server.command(&["SET", "locksmithX{n1:a*b}", "x"]).await;
+    let names = ["a*b", "a?c", "a[1]", "a\\d", "x{y}z", "p:q", "a", "a*", "b%7D"];
+    let mut guards = Vec::new();
+    for n in names {
+        guards.push(lm.lock(n).acquire().await.unwrap().leak());
+    }
+    let _o = other.lock("a*b").acquire().await.unwrap();
+    let list = |prefix: &'static str| {
+        let lm = lm.clone();
+        async move {
+            lm.list(ListQuery::prefix(prefix))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|i| i.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut sorted: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    sorted.sort();
+    assert_eq!(list("").await, sorted);
+    assert_eq!(list("a*").await, ["a*", "a*b"]);
+    assert_eq!(list("a?").await, ["a?c"]);
+    assert_eq!(list("a[").await, ["a[1]"]);
+    assert_eq!(list("a\\").await, ["a\\d"]);
+    assert_eq!(list("x{").await, ["x{y}z"]);
+    assert_eq!(list("p:").await, ["p:q"]);
+    assert_eq!(list("b%").await, ["b%7D"]);
+    // Paging follows byte order.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let mut q = ListQuery::all().limit(2);
+        q.after = after;
+        let page = lm.list(q).await.unwrap();
+        seen.extend(page.items.into_iter().map(|i| i.name));
+        match page.next {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, sorted);
+    assert_eq!(lm.reset_all().await.unwrap(), names.len() as u64);
+    assert_eq!(server.command(&["EXISTS", "other:{n1:a*b}"]).await, Reply::Int(1));
+    assert_eq!(server.command(&["EXISTS", "locksmithX{n1:a*b}"]).await, Reply::Int(1));
+    assert!(other.inspect("a*b").await.unwrap().is_some());
+    drop(guards);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscription_connection_for_many_waiters() {
+    let Some(server) = server(RedisConfig::default()).await else {
+        return;
+    };
+    const N: usize = 1200;
+    let holder = Locksmith::connect(&server.url()).await.unwrap();
+    let lm = Locksmith::connect(&server.url()).await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..N {
+        held.push(holder.lock(format!("w{i}")).acquire().await.unwrap());
+    }
+    // One more name with many waiters of its own.
+    let hot = holder.lock("hot").acquire().await.unwrap();
+    let before = connections(&server).await;
+    let mut waiters = Vec::new();
+    for i in 0..N {
+        let lm = lm.clone();
+        waiters.push(tokio::spawn(async move {
+            lm.lock(format!("w{i}")).wait(Wait::For(Duration::from_secs(30))).acquire().await
+        }));
+    }
+    let mut hot_waiters = Vec::new();
+    for _ in 0..50 {
+        let lm = lm.clone();
+        hot_waiters.push(tokio::spawn(async move {
+            let g = lm.lock("hot").wait(Wait::For(Duration::from_secs(30))).acquire().await?;
+            g.release().await
+        }));
+    }
+    // Wait until every name is subscribed. The holder's guards listen for clears of
+    // their names on its one pub/sub connection; the waiters add exactly one more: two
+    // connections, each multiplexing N + 1 channels.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let subs = subscription_connections(&server).await;
+        if subs == [N as u64 + 1, N as u64 + 1] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "subscriptions: {subs:?}");
+        tokio::time::sleep(ms(100)).await;
+    }
+    // The waiters opened no connection beyond the store's subscription connection.
+    assert!(connections(&server).await <= before + 1, "connections grew");
+    // A release wakes that name's waiters only: the others keep waiting.
+    let first = held.remove(0);
+    first.release().await.unwrap();
+    let w0 = waiters.remove(0);
+    let g0 = tokio::time::timeout(Duration::from_secs(5), w0).await.unwrap().unwrap().unwrap();
+    assert!(waiters.iter().take(N - 1).all(|w| !w.is_finished()));
+    drop(g0);
+    hot.release().await.unwrap();
+    for g in held {
+        g.release().await.unwrap();
+    }
+    for w in waiters {
+        let g = tokio::time::timeout(Duration::from_secs(30), w).await.unwrap().unwrap();
+        g.unwrap().release().await.unwrap();
+    }
+    for w in hot_waiters {
+        tokio::time::timeout(Duration::from_secs(30), w).await.unwrap().unwrap().unwrap();
+    }
+    // The last waiter leaving a name unsubscribed it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let subs = subscription_connections(&server).await;
+        if subs.iter().all(|s| *s == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still subscribed: {subs:?}");
+        tokio::time::sleep(ms(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_mid_run_carries_on() {
+    let Some(server) = server(RedisConfig::default()).await else {
+        return;
+    };
+    let lm = Locksmith::connect(&format!("{}?timeout=1s", server.url())).await.unwrap();
+    let other = Locksmith::connect(&format!("{}?timeout=1s", server.url())).await.unwrap();
+    let held = lm.lock("k").ttl(ms(900)).acquire().await.unwrap();
+    let waiter = {
+        let other = other.clone();
+        tokio::spawn(async move { other.lock("k").wait(Wait::For(Duration::from_secs(20))).acquire().await })
+    };
+    tokio::time::sleep(ms(300)).await;
+    // Drop every connection of both stores: commands and subscriptions.
+    for kind in ["normal", "pubsub"] {
+        let r = server.command(&["CLIENT", "KILL", "TYPE", kind]).await;
+        assert!(matches!(r, Reply::Int(_)), "{r:?}");
+    }
+    // The holder's watchdog renews through the reconnect (ttl 900 ms, renewals every 300 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(held.is_held(), "the holder lost its lock after CLIENT KILL");
+    assert!(!waiter.is_finished());
+    // The waiter resubscribed: a release wakes it.
+    let released_at = Instant::now();
+    held.release().await.unwrap();
+    let g = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
+    assert!(released_at.elapsed() < Duration::from_secs(2), "woken late: {:?}", released_at.elapsed());
+    g.release().await.unwrap();
+    // And new calls work on both.
+    lm.lock("k2").acquire().await.unwrap().release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_without_persistence_loses_the_guard() {
+    let Some(mut server) = server(RedisConfig::default()).await else {
+        return;
+    };
+    let lm = Locksmith::connect(&format!("{}?timeout=1s", server.url())).await.unwrap();
+    assert!(!lm.capabilities().persistent, "no AOF: not persistent");
+    let g = lm.lock("r").ttl(Duration::from_secs(3)).acquire().await.unwrap();
+    let fence = g.fence();
+    let lost = g.lost();
+    server.restart().await;
+    let reason = tokio::time::timeout(Duration::from_secs(10), lost)
+        .await
+        .expect("the watchdog reports the guard lost when its key is gone");
+    assert!(!g.is_held(), "lost: {reason:?}");
+    // Fences keep increasing although the server forgot the counter.
+    let g2 = lm.lock("r").acquire().await.unwrap();
+    assert!(g2.fence() > fence);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_appendfsync_always_keeps_locks() {
+    let Some(mut server) = server(RedisConfig { persistent: true, ..RedisConfig::default() }).await else {
+        return;
+    };
+    let lm = Locksmith::connect(&format!("{}?timeout=1s", server.url())).await.unwrap();
+    assert!(lm.capabilities().persistent);
+    let g = lm.lock("p").ttl(Duration::from_secs(3)).acquire().await.unwrap();
+    server.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(g.is_held(), "the lock survived the restart and kept being renewed");
+    let other = Locksmith::connect(&server.url()).await.unwrap();
+    assert!(other.lock("p").try_acquire().await.unwrap().is_none());
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_shown_and_acl_users_work() {
+    let secret = "pw-Secret-4242";
+    let Some(server) = server(RedisConfig {
+        password: Some(secret.into()),
+        acl_user: Some(("app".into(), "app-Secret-77".into())),
+        ..RedisConfig::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let port = server.port();
+    // Wrong password: a clear, non-retryable error without the password.
+    let err = Locksmith::connect(&format!("redis://:wrong-Secret-1@127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("wrong-Secret-1"), "{text}");
+    assert!(!err.is_retryable(), "{text}");
+    assert!(text.contains(":***@"), "{text}");
+    // No password: refused as well.
+    assert!(Locksmith::connect(&format!("redis://127.0.0.1:{port}")).await.is_err());
+    // Right password: Debug, identity and errors do not show it.
+    let lm = Locksmith::connect(&format!("{}?timeout=300ms", server.url())).await.unwrap();
+    let g = lm.lock("a").acquire().await.unwrap();
+    let mut text = format!("{lm:?} {} {:?}", lm.store().identity(), lm.store());
+    server.set_frozen(true);
+    let err = lm.inspect("a").await.unwrap_err();
+    server.set_frozen(false);
+    assert!(err.is_retryable(), "{err}");
+    text.push_str(&format!("{err} {err:?}"));
+    assert!(!text.contains(secret), "{text}");
+    g.release().await.unwrap();
+    // An ACL user.
+    let acl = Locksmith::connect(&format!("redis://app:app-Secret-77@127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let g = acl.lock("b").acquire().await.unwrap();
+    assert!(!format!("{acl:?}").contains("app-Secret-77"));
+    g.release().await.unwrap();
+    let err = Locksmith::connect(&format!("redis://app:nope-Secret@127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("nope-Secret"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_urls_name_the_fix() {
+    for (url, says) in [
+        ("redis://127.0.0.1:1?prefix=a{b", "prefix"),
+        ("redis://127.0.0.1:1?bogus=1", "bogus"),
+        ("redis://127.0.0.1:1?db=2", "db"),
+        ("redis+cluster://", "host"),
+    ] {
+        let err = Locksmith::connect(url).await.unwrap_err();
+        assert!(err.to_string().contains(says), "{url}: {err}");
+    }
+    // Nothing listens on port 1: retryable, naming the URL.
+    let err = Locksmith::connect("redis://:pw-Hidden@127.0.0.1:1?timeout=500ms").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(!err.to_string().contains("pw-Hidden"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_over_an_existing_client() {
+    let Some(server) = server(RedisConfig::default()).await else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let store = locksmith::store::redis::RedisStore::from_client(
+        client,
+        locksmith::store::redis::RedisOptions::default(),
+    )
+    .await
+    .unwrap();
+    let lm = Locksmith::with_store(store, locksmith::Namespace::default(), &server.url());
+    let g = lm.lock("h").acquire().await.unwrap();
+    let other = Locksmith::connect(&server.url()).await.unwrap();
+    assert!(other.lock("h").try_acquire().await.unwrap().is_none(), "same layout, same lock");
+    g.release().await.unwrap();
+}
