@@ -374,3 +374,66 @@ async fn hand_over_an_existing_client() {
     assert!(other.lock("h").try_acquire().await.unwrap().is_none(), "same layout, same lock");
     g.release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_wakes_by_sharded_pubsub_and_lists_every_master() {
+    use locksmith_testkit::servers::redis::RedisCluster;
+    let Some(cluster) = RedisCluster::start().await else {
+        return;
+    };
+    let url = cluster.url();
+    let a = Locksmith::connect(&url).await.unwrap();
+    let b = Locksmith::connect(&url).await.unwrap();
+    assert!(!a.capabilities().atomic_multi);
+    // Names spread over every master.
+    let names: Vec<String> = (0..60).map(|i| format!("n{i:02}")).collect();
+    let mut guards = Vec::new();
+    for n in &names {
+        guards.push(a.lock(n.as_str()).acquire().await.unwrap());
+    }
+    let mut per_master = Vec::new();
+    for node in cluster.nodes() {
+        per_master.push(node.command(&["DBSIZE"]).await);
+    }
+    assert!(per_master.iter().all(|r| matches!(r, Reply::Int(n) if *n > 0)), "{per_master:?}");
+    let listed: Vec<String> = b
+        .list(ListQuery::all())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(listed, names);
+    // A release in one store wakes a waiter of another at once (not at its 1 s re-poll).
+    for round in 0..5 {
+        let name = names[round * 7].clone();
+        let g = guards.remove(round * 7 - round);
+        let b2 = b.clone();
+        let waiter = tokio::spawn(async move {
+            let g = b2.lock(name).wait(Wait::For(Duration::from_secs(10))).acquire().await;
+            (Instant::now(), g)
+        });
+        tokio::time::sleep(ms(300)).await;
+        let at = Instant::now();
+        g.release().await.unwrap();
+        let (woke, got) = waiter.await.unwrap();
+        got.unwrap().release().await.unwrap();
+        assert!(woke - at < ms(500), "round {round}: woken after {:?}", woke - at);
+    }
+    // Sharded channels are used (SSUBSCRIBE shows up as `ssub=` on the nodes).
+    let mut sharded = 0;
+    for node in cluster.nodes() {
+        let list = node.command(&["CLIENT", "LIST"]).await.text();
+        sharded += list
+            .split_whitespace()
+            .filter_map(|f| f.strip_prefix("ssub="))
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    assert!(sharded > 0, "no sharded subscriptions");
+    assert_eq!(a.reset_all().await.unwrap(), 55);
+    for g in guards {
+        assert!(g.release().await.is_err());
+    }
+}
