@@ -81,3 +81,18 @@ fn torture_disk_full() {
 fn torture_clock_step() {
     scenario("clock-step");
 }
+
+#[test]
+fn torture_redis_restart() {
+    scenario("redis-restart");
+}
+
+#[test]
+fn torture_redis_client_kill() {
+    scenario("redis-client-kill");
+}
+
+#[test]
+fn torture_redis_freeze() {
+    scenario("redis-freeze");
+}

@@ -27,7 +27,7 @@ use clap::Parser;
 use locksmith::Locksmith;
 use serde::Serialize;
 
-use raw::{Raw, RawMemory, RawSqlite, RawSqliteThread};
+use raw::{Raw, RawMemory, RawRedis, RawSqlite, RawSqliteThread};
 use scenarios::Env;
 use stats::{Figure, Figures, Sample};
 
@@ -50,6 +50,7 @@ const SCENARIOS: &[&str] = &[
 #[command(name = "locksmith-bench", version)]
 struct Args {
     /// A store to measure (repeat for several) [default: memory:// and a temporary SQLite file].
+    /// `redis` (no URL) starts a `redis-server` of its own through the test kit.
     #[arg(long = "store", value_name = "URL")]
     stores: Vec<String>,
 
@@ -205,6 +206,13 @@ async fn open_store(
                 )),
             )
         }
+        "redis" => (
+            (
+                "raw redis-rs (SET NX PX + compare-and-delete)".to_string(),
+                Raw::Redis(RawRedis::open(url).await?),
+            ),
+            None,
+        ),
         other => return Err(format!("no raw baseline for the {other} store yet").into()),
     };
     let budget = args.budget.unwrap_or(if args.quick {
@@ -297,6 +305,20 @@ async fn bench(
             return Err(format!("unknown scenario {s:?}; known: {}", SCENARIOS.join(", ")).into());
         }
     }
+    // Servers the bench starts itself (`--store redis`), alive until the end.
+    let mut servers = Vec::new();
+    let mut urls = urls;
+    for url in &mut urls {
+        if url == "redis" {
+            let server = locksmith_testkit::servers::redis::RedisServer::start(
+                locksmith_testkit::servers::redis::RedisConfig::default(),
+            )
+            .await
+            .ok_or("redis-server is not installed (apt-get install redis-server)")?;
+            *url = server.url();
+            servers.push(server);
+        }
+    }
     let mut stores = Vec::new();
     for url in &urls {
         stores.push(open_store(url, &args, dir.path()).await?);
@@ -373,6 +395,7 @@ async fn bench(
     for s in &stores {
         s.env.lm.close().await?;
     }
+    drop(servers);
     let figures = figures.finish();
     let report = Report {
         command,

@@ -7,7 +7,10 @@
 //!   counter's `INSERT … ON CONFLICT … RETURNING`, the row's `INSERT OR REPLACE`, `COMMIT`;
 //!   a release is `BEGIN IMMEDIATE`, `SELECT`, `DELETE`, `COMMIT`. Run directly on the
 //!   caller's thread, and on a dedicated thread answering through a oneshot channel — what
-//!   an async caller has to do, so that is the comparison for locksmith.
+//!   an async caller has to do, so that is the comparison for locksmith;
+//! - Redis: redis-rs's `ConnectionManager` (the store's driver and connection), a grant is
+//!   `SET key token NX PX 60000`, a release the usual compare-and-delete script by
+//!   `EVALSHA` — one round trip each, no fence, no holder metadata, no wake-ups.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -189,6 +192,8 @@ pub(crate) enum Raw {
     SqliteDirect(Arc<Mutex<RawSqlite>>),
     /// On a dedicated thread.
     SqliteThread(RawSqliteThread),
+    /// Redis, same driver as the store.
+    Redis(RawRedis),
 }
 
 impl Raw {
@@ -205,6 +210,7 @@ impl Raw {
                 t.call(move |s| s.acquire(&name, token).expect("raw acquire"))
                     .await
             }
+            Raw::Redis(r) => r.acquire(name, token).await,
         }
     }
 
@@ -221,6 +227,77 @@ impl Raw {
                 t.call(move |s| s.release(&name, token).expect("raw release"))
                     .await
             }
+            Raw::Redis(r) => r.release(name, token).await,
         }
+    }
+}
+
+/// The Redis baseline.
+#[derive(Clone)]
+pub(crate) struct RawRedis {
+    conn: redis::aio::ConnectionManager,
+    release: Arc<redis::Script>,
+}
+
+impl RawRedis {
+    /// Connects to the server of a locksmith `redis://` URL (its query is locksmith's).
+    pub(crate) async fn open(url: &str) -> redis::RedisResult<RawRedis> {
+        let base = url.split_once('?').map_or(url, |(b, _)| b);
+        let client = redis::Client::open(base)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+        let release = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        );
+        Ok(RawRedis {
+            conn,
+            release: Arc::new(release),
+        })
+    }
+
+    async fn acquire(&self, name: &str, token: u128) -> bool {
+        let got: Option<String> = redis::cmd("SET")
+            .arg(format!("rawbench:{name}"))
+            .arg(format!("{token:032x}"))
+            .arg("NX")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("raw SET NX PX");
+        got.is_some()
+    }
+
+    async fn release(&self, name: &str, token: u128) -> bool {
+        let n: i64 = self
+            .release
+            .key(format!("rawbench:{name}"))
+            .arg(format!("{token:032x}"))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .expect("raw compare-and-delete");
+        n == 1
+    }
+
+    /// One `PING`: a bare round trip on the same connection.
+    pub(crate) async fn ping(&self) {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("raw PING");
+    }
+
+    /// A server figure from `INFO` (e.g. `total_commands_processed`, `used_memory`).
+    pub(crate) async fn info_field(&self, field: &str) -> f64 {
+        let text: String = redis::cmd("INFO")
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("raw INFO");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 }

@@ -171,6 +171,22 @@ async fn raw_cycles(
 /// the raw baseline(s) the same way; and locksmith's overhead per cycle in µs.
 pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
     let mut out = Vec::new();
+    if let Raw::Redis(raw) = &env.raw.1 {
+        // One bare round trip on the raw connection: what a handoff is compared with.
+        let mut lat = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < env.budget / 2 {
+            let t = Instant::now();
+            raw.ping().await;
+            lat.push(us(t.elapsed()));
+        }
+        out.extend(rate_samples(
+            "raw redis-rs: round trip (PING)",
+            lat,
+            start.elapsed(),
+            None,
+        ));
+    }
     for fresh in [false, true] {
         for spawned in [false, true] {
             let what = format!(
@@ -607,6 +623,10 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
         per
     };
 
+    let mem_before = match &env.raw.1 {
+        Raw::Redis(r) => Some(r.info_field("used_memory").await),
+        _ => None,
+    };
     let window = Window::start();
     let mut tasks = Vec::with_capacity(env.waiters);
     for _ in 0..env.waiters {
@@ -636,7 +656,24 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per_waiter = window.live() as f64 / env.waiters as f64;
     drop(window);
+    let server_mem_per_waiter = match (&env.raw.1, mem_before) {
+        (Raw::Redis(r), Some(before)) => {
+            Some((r.info_field("used_memory").await - before) / env.waiters as f64)
+        }
+        _ => None,
+    };
 
+    let redis = match &env.raw.1 {
+        Raw::Redis(r) => Some(r.clone()),
+        _ => None,
+    };
+    let server_before = match &redis {
+        Some(r) => Some((
+            r.info_field("total_commands_processed").await,
+            r.info_field("used_memory").await,
+        )),
+        None => None,
+    };
     let before = calls.load(Ordering::SeqCst);
     let started = Instant::now();
     let finished = all_done.notified();
@@ -644,6 +681,18 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
     finished.await;
     let elapsed = started.elapsed();
     let used = calls.load(Ordering::SeqCst) - before;
+    let mut server = Vec::new();
+    if let (Some(r), Some((cmds, _))) = (&redis, server_before) {
+        // Minus the two INFO calls of this measurement.
+        let after = r.info_field("total_commands_processed").await;
+        server.push(Sample::new(
+            &format!("waiters {}", env.waiters),
+            "server commands/handoff",
+            "commands",
+            Better::Lower,
+            (after - cmds - 1.0) / HANDOFFS as f64,
+        ));
+    }
     for t in &tasks {
         t.abort();
     }
@@ -652,7 +701,17 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
     }
     let label = format!("waiters {}", env.waiters);
     let raw_label = format!("raw tokio Mutex: waiters {}", env.waiters);
-    Ok(vec![
+    if let (Some(r), Some(mem)) = (&redis, server_mem_per_waiter) {
+        let _ = r;
+        server.push(Sample::new(
+            &label,
+            "server memory/waiter",
+            "bytes",
+            Better::Lower,
+            mem,
+        ));
+    }
+    Ok(server.into_iter().chain(vec![
         Sample::new(
             &raw_label,
             "client heap/waiter",
@@ -689,7 +748,7 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
             Better::Lower,
             per_waiter - raw_per_waiter,
         ),
-    ])
+    ]).collect())
 }
 
 /// `env.many` held locks (created with `set_locks` in batches): `list` streams them page by

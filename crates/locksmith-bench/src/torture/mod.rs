@@ -373,6 +373,31 @@ fn describe(s: Scenario) -> &'static str {
              (1000 pages, about 4 MiB) stays full once space returns, because the WAL grows back to fill it \
              before a checkpoint can reset it (seen with a 3 MiB tmpfs); the tmpfs is larger than that here."
         }
+        Scenario::RedisRestart => {
+            "A `redis-server` of the harness's own with `appendonly yes` and `appendfsync always` is \
+             SIGKILLed and started again on its data dir every 2×TTL. Checked: every grant was on disk \
+             before it was answered, so no lock is forgotten (no double holder), fences never repeat, and \
+             workers reconnect and carry on."
+        }
+        Scenario::RedisClientKill => {
+            "Every TTL/2 `CLIENT KILL TYPE normal` and `CLIENT KILL TYPE pubsub` drop every connection of \
+             every worker (commands and wake-up subscriptions). Checked: retryable errors only, holders keep \
+             renewing through the reconnect or are told they lost the lock, waiters resubscribe, no double \
+             holder."
+        }
+        Scenario::RedisFreeze => {
+            "The `redis-server` is frozen with SIGSTOP for 1.5×TTL every 3×TTL. Its clock runs on, so leases \
+             end while it is frozen. Checked: holders are told the lock is lost before their lease could have \
+             ended (their renewals time out), no double holder, stale writes rejected by the fence, progress \
+             after each thaw."
+        }
+        Scenario::RedisRestartVolatile => {
+            "Documentation, not a promise: the same restarts on a `redis-server` without persistence. The \
+             restarted server has forgotten every lock, so a holder may still be working when another worker \
+             takes its lock (until its next renewal tells it the lock is lost). The checker's findings are \
+             listed as the COST of running Redis without persistence; fences still never repeat (they come \
+             from the server's clock), so a fenced resource rejects the stale holder's writes."
+        }
         Scenario::ClockStep => {
             "Worker 0 steps its process's view of the SQLite lock clock 2×TTL forward and worker 1 2×TTL back \
              (`locksmith::store::sqlite::step_clock`, process-local: it models that one client's clock — \

@@ -37,6 +37,16 @@ pub(crate) enum Scenario {
     DiskFull,
     /// A wall-clock step in one worker's view of the lock clock (forward, and back in another).
     ClockStep,
+    /// Redis (a server of the harness's own, `appendonly yes` + `appendfsync always`):
+    /// SIGKILL and restart of the server.
+    RedisRestart,
+    /// Redis: every client connection dropped (`CLIENT KILL TYPE normal` and `pubsub`).
+    RedisClientKill,
+    /// Redis: the server frozen (SIGSTOP) past the TTL, then thawed.
+    RedisFreeze,
+    /// Redis without persistence, restarted: what a restart costs (locks forgotten). Its
+    /// double holders are reported as the cost, not as violations.
+    RedisRestartVolatile,
 }
 
 impl Scenario {
@@ -255,7 +265,34 @@ pub(crate) fn run(
     let started = Instant::now();
     let mut skipped = None;
     let mut mount = None;
+    // The Redis scenarios start a server of their own (they restart, freeze or kill it).
+    let redis = matches!(
+        scenario,
+        Scenario::RedisRestart
+            | Scenario::RedisClientKill
+            | Scenario::RedisFreeze
+            | Scenario::RedisRestartVolatile
+    );
+    let mut redis_server = None;
+    if redis {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let config = locksmith_testkit::servers::redis::RedisConfig {
+            persistent: scenario != Scenario::RedisRestartVolatile,
+            ..Default::default()
+        };
+        match rt.block_on(locksmith_testkit::servers::redis::RedisServer::start(config)) {
+            Some(server) => redis_server = Some((rt, server)),
+            None => skipped = Some("SKIPPED: redis-server is not installed".to_string()),
+        }
+    }
     let url = match (scenario, store) {
+        _ if redis => match &redis_server {
+            Some((_, server)) => format!("{}?timeout=1s", server.url()),
+            None => String::new(),
+        },
         (Scenario::DiskFull, _) => {
             let mnt = dir.join("tmpfs");
             std::fs::create_dir_all(&mnt).expect("a mount point");
@@ -370,6 +407,18 @@ pub(crate) fn run(
         Scenario::SqliteTxKill => tx_kill(&mut ctx),
         Scenario::SqliteBusy => busy(&mut ctx),
         Scenario::DiskFull => extra = disk_full(&mut ctx, mount.as_deref().expect("mounted")),
+        Scenario::RedisRestart | Scenario::RedisRestartVolatile => {
+            let (rt, server) = redis_server.as_mut().expect("started");
+            redis_restarts(&mut ctx, rt, server)
+        }
+        Scenario::RedisClientKill => {
+            let (rt, server) = redis_server.as_ref().expect("started");
+            redis_client_kills(&mut ctx, rt, server)
+        }
+        Scenario::RedisFreeze => {
+            let (_, server) = redis_server.as_ref().expect("started");
+            redis_freezes(&mut ctx, server)
+        }
         Scenario::ClockStep => {
             let step = (plan.ttl * 2).as_nanos() as u64;
             ctx.fault(&Fault {
@@ -411,6 +460,14 @@ pub(crate) fn run(
     input.ttl_ns = plan.ttl.as_nanos() as u64;
     let mut report = check::check(&input);
     scenario_checks(scenario, &input, &plan, &mut report);
+    if scenario == Scenario::RedisRestartVolatile {
+        // Documentation, not a failure: a server without persistence forgets locks.
+        for v in std::mem::take(&mut report.violations) {
+            report
+                .notes
+                .push(format!("COST of a restart without persistence: {v}"));
+        }
+    }
     for n in extra {
         match n.strip_prefix("VIOLATION ") {
             Some(v) => report.violations.push(v.to_string()),
@@ -919,4 +976,85 @@ pub(crate) fn sqlite_helper_main(db: &Path, action: &str, hold: Duration) {
     let _ = std::io::stdout().flush();
     std::thread::sleep(hold);
     let _ = conn.execute_batch("COMMIT");
+}
+
+/// Kills (SIGKILL) and restarts the Redis server every 2 × TTL.
+fn redis_restarts(
+    ctx: &mut Ctx,
+    rt: &tokio::runtime::Runtime,
+    server: &mut locksmith_testkit::servers::redis::RedisServer,
+) {
+    while ctx.time_left() > ctx.plan.ttl * 4 {
+        std::thread::sleep(ctx.plan.ttl * 2);
+        let at = mono_ns();
+        rt.block_on(server.restart());
+        ctx.fault(&Fault {
+            kind: "redis_restart".into(),
+            at,
+            until: Some(mono_ns()),
+            name: None,
+            fence: None,
+            expires_in: None,
+            inspected_at: None,
+            pid: None,
+            note: "redis-server SIGKILLed and started again on its data dir".into(),
+        });
+    }
+    ctx.sleep_until_end();
+}
+
+/// Drops every client connection of the Redis server every TTL / 2.
+fn redis_client_kills(
+    ctx: &mut Ctx,
+    rt: &tokio::runtime::Runtime,
+    server: &locksmith_testkit::servers::redis::RedisServer,
+) {
+    while ctx.time_left() > ctx.plan.ttl * 2 {
+        std::thread::sleep(ctx.plan.ttl / 2);
+        let at = mono_ns();
+        let mut killed = 0;
+        for kind in ["normal", "pubsub"] {
+            if let locksmith_testkit::servers::redis::Reply::Int(n) =
+                rt.block_on(server.command(&["CLIENT", "KILL", "TYPE", kind]))
+            {
+                killed += n;
+            }
+        }
+        ctx.fault(&Fault {
+            kind: "redis_client_kill".into(),
+            at,
+            until: Some(mono_ns()),
+            name: None,
+            fence: None,
+            expires_in: None,
+            inspected_at: None,
+            pid: None,
+            note: format!("CLIENT KILL dropped {killed} connections"),
+        });
+    }
+    ctx.sleep_until_end();
+}
+
+/// Freezes the Redis server (SIGSTOP) for 1.5 × TTL every 3 × TTL.
+fn redis_freezes(ctx: &mut Ctx, server: &locksmith_testkit::servers::redis::RedisServer) {
+    let freeze = ctx.plan.ttl * 3 / 2;
+    while ctx.time_left() > freeze + ctx.plan.ttl * 3 {
+        std::thread::sleep(ctx.plan.ttl * 3 / 2);
+        let at = mono_ns();
+        server.set_frozen(true);
+        std::thread::sleep(freeze);
+        server.set_frozen(false);
+        ctx.fault(&Fault {
+            kind: "redis_freeze".into(),
+            at,
+            until: Some(mono_ns()),
+            name: None,
+            fence: None,
+            expires_in: None,
+            inspected_at: None,
+            pid: None,
+            note: format!("redis-server SIGSTOPped for {} ms", freeze.as_millis()),
+        });
+    }
+    ctx.sleep_until_end();
 }
