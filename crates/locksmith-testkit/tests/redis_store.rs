@@ -437,3 +437,39 @@ async fn cluster_wakes_by_sharded_pubsub_and_lists_every_master() {
         assert!(g.release().await.is_err());
     }
 }
+
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_test_ca() {
+    let Some(server) = server(RedisConfig {
+        tls: true,
+        password: Some("tls-Secret-5".into()),
+        ..RedisConfig::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let ca = server.ca_file();
+    let url = format!("{}?tls_ca={}", server.url(), ca.display());
+    assert!(url.starts_with("rediss://"), "{url}");
+    let lm = Locksmith::connect(&url).await.unwrap();
+    let other = Locksmith::connect(&url).await.unwrap();
+    let g = lm.lock("t").acquire().await.unwrap();
+    // Wake-ups travel over TLS too.
+    let waiter = tokio::spawn(async move {
+        let g = other.lock("t").wait(Wait::For(Duration::from_secs(10))).acquire().await;
+        (Instant::now(), g)
+    });
+    tokio::time::sleep(ms(300)).await;
+    let at = Instant::now();
+    g.release().await.unwrap();
+    let (woke, got) = waiter.await.unwrap();
+    got.unwrap().release().await.unwrap();
+    assert!(woke - at < ms(800), "woken after {:?}", woke - at);
+    assert!(!format!("{lm:?}").contains("tls-Secret-5"));
+    // Without the CA the certificate is refused (nothing on this machine trusts it).
+    let plain = server.url();
+    let err = Locksmith::connect(&format!("{plain}?timeout=2s")).await.unwrap_err();
+    assert!(!err.to_string().contains("tls-Secret-5"), "{err}");
+}

@@ -152,20 +152,36 @@ impl std::fmt::Debug for RedisServer {
     }
 }
 
+/// Makes a test CA (`ca.pem`) and a server certificate it signs (`cert.pem`, `key.pem`) for
+/// `localhost` and 127.0.0.1, with the `openssl` CLI.
 fn make_cert(dir: &Path) {
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run openssl (apt-get install openssl)");
-    assert!(status.success(), "openssl could not make a test certificate");
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl (apt-get install openssl)");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    run(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=locksmith-test-ca", "-keyout", "ca.key", "-out", "ca.pem",
+    ]);
+    run(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout",
+        "key.pem", "-out", "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext.cnf");
+    run(&[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-out", "cert.pem", "-extfile", "ext.cnf",
+    ]);
 }
 
 impl RedisServer {
@@ -244,9 +260,9 @@ impl RedisServer {
         }
     }
 
-    /// The self-signed certificate of a TLS node (PEM), to pass as `?tls_ca=`.
+    /// The test CA that signed a TLS node's certificate (PEM), to pass as `?tls_ca=`.
     pub fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("cert.pem")
+        self.dir.path().join("ca.pem")
     }
 
     /// Sends one command to the node (see [`command`]).
