@@ -289,6 +289,41 @@ impl RawRedis {
             .expect("raw PING");
     }
 
+    /// Calls per command from `INFO commandstats`: `(requests, inside scripts)` — what
+    /// clients sent (EVALSHA, SUBSCRIBE, INFO, …) and what the store's scripts ran
+    /// (`redis.call`, which Redis counts as commands too).
+    pub(crate) async fn command_calls(&self) -> (f64, f64) {
+        const IN_SCRIPTS: &[&str] = &[
+            "time", "exists", "hget", "hmget", "pttl", "get", "set", "hset", "pexpire", "del",
+            "hdel", "publish", "spublish", "persist",
+        ];
+        let text: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("raw INFO commandstats");
+        let (mut outside, mut inside) = (0.0, 0.0);
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("cmdstat_") else {
+                continue;
+            };
+            let Some((name, stats)) = rest.split_once(':') else {
+                continue;
+            };
+            let calls: f64 = stats
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0.0);
+            if IN_SCRIPTS.contains(&name) {
+                inside += calls;
+            } else {
+                outside += calls;
+            }
+        }
+        (outside, inside)
+    }
+
     /// A server figure from `INFO` (e.g. `total_commands_processed`, `used_memory`).
     pub(crate) async fn info_field(&self, field: &str) -> f64 {
         let text: String = redis::cmd("INFO")

@@ -668,10 +668,7 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
         _ => None,
     };
     let server_before = match &redis {
-        Some(r) => Some((
-            r.info_field("total_commands_processed").await,
-            r.info_field("used_memory").await,
-        )),
+        Some(r) => Some(r.command_calls().await),
         None => None,
     };
     let before = calls.load(Ordering::SeqCst);
@@ -682,15 +679,23 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
     let elapsed = started.elapsed();
     let used = calls.load(Ordering::SeqCst) - before;
     let mut server = Vec::new();
-    if let (Some(r), Some((cmds, _))) = (&redis, server_before) {
-        // Minus the two INFO calls of this measurement.
-        let after = r.info_field("total_commands_processed").await;
+    if let (Some(r), Some((sent, inner))) = (&redis, server_before) {
+        let (sent_after, inner_after) = r.command_calls().await;
+        let label = format!("waiters {}", env.waiters);
+        // Minus the INFO that read the first figures.
         server.push(Sample::new(
-            &format!("waiters {}", env.waiters),
-            "server commands/handoff",
+            &label,
+            "commands sent/handoff",
             "commands",
             Better::Lower,
-            (after - cmds - 1.0) / HANDOFFS as f64,
+            (sent_after - sent - 1.0) / HANDOFFS as f64,
+        ));
+        server.push(Sample::new(
+            &label,
+            "commands in scripts/handoff",
+            "commands",
+            Better::Lower,
+            (inner_after - inner) / HANDOFFS as f64,
         ));
     }
     for t in &tasks {

@@ -54,7 +54,9 @@ for i = 1, n do
       table.insert(r, 1, 'held')
       return r
     end
-    -- A key without a lock hash in it is not ours to keep: take it over.
+    -- A hash without a fence is no lock of ours (a partial write by someone else): take
+    -- it over.
+    redis.call('DEL', key)
   end
 end
 local fences = {'ok'}
@@ -65,7 +67,6 @@ for i = 1, n do
   -- `now + i - 1`: the locks of one call get distinct fences too.
   local fence = math.max(last + 1, now + i - 1)
   local f = num(fence)
-  redis.call('DEL', key)
   redis.call('HSET', key, 'tok', ARGV[base + 1], 'owner', ARGV[base + 2], 'host', ARGV[base + 3],
              'pid', ARGV[base + 4], 'fence', f, 'at', num(now), 'mh', ARGV[base + 6])
   if ARGV[base + 5] ~= '' then redis.call('PEXPIRE', key, ARGV[base + 5]) end
