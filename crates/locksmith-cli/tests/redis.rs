@@ -37,7 +37,17 @@ fn run_status_list_and_clear_on_redis() {
     let url = format!("{}?namespace=cli", server.url());
 
     // `run` holds the lock while the command runs and hands it its fence.
-    let out = locksmith(&url, &["run", "job", "--", "sh", "-c", "echo fence=$LOCKSMITH_FENCE"]);
+    let out = locksmith(
+        &url,
+        &[
+            "run",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "echo fence=$LOCKSMITH_FENCE",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let fence: u64 = String::from_utf8_lossy(&out.stdout)
         .trim()

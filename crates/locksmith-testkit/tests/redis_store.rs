@@ -39,7 +39,11 @@ async fn all_keys(server: &RedisServer) -> Vec<String> {
 async fn subscription_connections(server: &RedisServer) -> Vec<u64> {
     let list = server.command(&["CLIENT", "LIST"]).await.text();
     list.lines()
-        .filter(|l| l.contains("cmd=subscribe") || l.contains("cmd=unsubscribe") || l.contains(" sub=") && !l.contains(" sub=0 "))
+        .filter(|l| {
+            l.contains("cmd=subscribe")
+                || l.contains("cmd=unsubscribe")
+                || l.contains(" sub=") && !l.contains(" sub=0 ")
+        })
         .filter_map(|l| {
             l.split_whitespace()
                 .find_map(|f| f.strip_prefix("sub="))
@@ -49,7 +53,12 @@ async fn subscription_connections(server: &RedisServer) -> Vec<u64> {
 }
 
 async fn connections(server: &RedisServer) -> usize {
-    server.command(&["CLIENT", "LIST"]).await.text().lines().count()
+    server
+        .command(&["CLIENT", "LIST"])
+        .await
+        .text()
+        .lines()
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,14 +85,19 @@ async fn keys_share_an_escaped_hash_tag_and_stay_under_the_prefix() {
         assert_eq!(slot(&keys[1]).await, tag);
     }
     let fields = server.command(&["HGETALL", &keys[0]]).await;
-    let Reply::Array(fields) = fields else { panic!("{fields:?}") };
+    let Reply::Array(fields) = fields else {
+        panic!("{fields:?}")
+    };
     let names: Vec<String> = fields.iter().step_by(2).map(Reply::text).collect();
     for f in ["tok", "owner", "host", "pid", "fence", "at", "mh"] {
         assert!(names.contains(&f.to_string()), "{f} missing from {names:?}");
     }
     // The lease is the key's TTL on the server's clock.
     let pttl = server.command(&["PTTL", &keys[0]]).await;
-    assert!(matches!(pttl, Reply::Int(t) if t > 0 && t <= 60_000), "{pttl:?}");
+    assert!(
+        matches!(pttl, Reply::Int(t) if t > 0 && t <= 60_000),
+        "{pttl:?}"
+    );
     g.release().await.unwrap();
     assert_eq!(all_keys(&server).await, ["app:{ns:x%7Dy%7Bz%3Aw}f"]);
     let bad = Locksmith::connect(&format!("{}?prefix=a{{b}}", server.url())).await;
@@ -96,12 +110,18 @@ async fn listing_names_with_glob_characters() {
     let Some(server) = server(RedisConfig::default()).await else {
         return;
     };
-    let lm = Locksmith::connect(&format!("{}?namespace=n1", server.url())).await.unwrap();
-    let other = Locksmith::connect(&format!("{}?namespace=n1:x", server.url())).await.unwrap();
+    let lm = Locksmith::connect(&format!("{}?namespace=n1", server.url()))
+        .await
+        .unwrap();
+    let other = Locksmith::connect(&format!("{}?namespace=n1:x", server.url()))
+        .await
+        .unwrap();
     // Keys outside the prefix, looking like ours, must never be listed or reset.
     server.command(&["SET", "other:{n1:a*b}", "x"]).await;
     server.command(&["SET", "locksmithX{n1:a*b}", "x"]).await;
-    let names = ["a*b", "a?c", "a[1]", "a\\d", "x{y}z", "p:q", "a", "a*", "b%7D"];
+    let names = [
+        "a*b", "a?c", "a[1]", "a\\d", "x{y}z", "p:q", "a", "a*", "b%7D",
+    ];
     let mut guards = Vec::new();
     for n in names {
         guards.push(lm.lock(n).acquire().await.unwrap().leak());
@@ -144,8 +164,14 @@ async fn listing_names_with_glob_characters() {
     }
     assert_eq!(seen, sorted);
     assert_eq!(lm.reset_all().await.unwrap(), names.len() as u64);
-    assert_eq!(server.command(&["EXISTS", "other:{n1:a*b}"]).await, Reply::Int(1));
-    assert_eq!(server.command(&["EXISTS", "locksmithX{n1:a*b}"]).await, Reply::Int(1));
+    assert_eq!(
+        server.command(&["EXISTS", "other:{n1:a*b}"]).await,
+        Reply::Int(1)
+    );
+    assert_eq!(
+        server.command(&["EXISTS", "locksmithX{n1:a*b}"]).await,
+        Reply::Int(1)
+    );
     assert!(other.inspect("a*b").await.unwrap().is_some());
     drop(guards);
 }
@@ -169,14 +195,21 @@ async fn one_subscription_connection_for_many_waiters() {
     for i in 0..N {
         let lm = lm.clone();
         waiters.push(tokio::spawn(async move {
-            lm.lock(format!("w{i}")).wait(Wait::For(Duration::from_secs(30))).acquire().await
+            lm.lock(format!("w{i}"))
+                .wait(Wait::For(Duration::from_secs(30)))
+                .acquire()
+                .await
         }));
     }
     let mut hot_waiters = Vec::new();
     for _ in 0..50 {
         let lm = lm.clone();
         hot_waiters.push(tokio::spawn(async move {
-            let g = lm.lock("hot").wait(Wait::For(Duration::from_secs(30))).acquire().await?;
+            let g = lm
+                .lock("hot")
+                .wait(Wait::For(Duration::from_secs(30)))
+                .acquire()
+                .await?;
             g.release().await
         }));
     }
@@ -198,7 +231,11 @@ async fn one_subscription_connection_for_many_waiters() {
     let first = held.remove(0);
     first.release().await.unwrap();
     let w0 = waiters.remove(0);
-    let g0 = tokio::time::timeout(Duration::from_secs(5), w0).await.unwrap().unwrap().unwrap();
+    let g0 = tokio::time::timeout(Duration::from_secs(5), w0)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(waiters.iter().take(N - 1).all(|w| !w.is_finished()));
     drop(g0);
     hot.release().await.unwrap();
@@ -206,11 +243,18 @@ async fn one_subscription_connection_for_many_waiters() {
         g.release().await.unwrap();
     }
     for w in waiters {
-        let g = tokio::time::timeout(Duration::from_secs(30), w).await.unwrap().unwrap();
+        let g = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .unwrap()
+            .unwrap();
         g.unwrap().release().await.unwrap();
     }
     for w in hot_waiters {
-        tokio::time::timeout(Duration::from_secs(30), w).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
     // The last waiter leaving a name unsubscribed it.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -229,12 +273,22 @@ async fn client_kill_mid_run_carries_on() {
     let Some(server) = server(RedisConfig::default()).await else {
         return;
     };
-    let lm = Locksmith::connect(&format!("{}?timeout=1s", server.url())).await.unwrap();
-    let other = Locksmith::connect(&format!("{}?timeout=1s", server.url())).await.unwrap();
+    let lm = Locksmith::connect(&format!("{}?timeout=1s", server.url()))
+        .await
+        .unwrap();
+    let other = Locksmith::connect(&format!("{}?timeout=1s", server.url()))
+        .await
+        .unwrap();
     let held = lm.lock("k").ttl(ms(900)).acquire().await.unwrap();
     let waiter = {
         let other = other.clone();
-        tokio::spawn(async move { other.lock("k").wait(Wait::For(Duration::from_secs(20))).acquire().await })
+        tokio::spawn(async move {
+            other
+                .lock("k")
+                .wait(Wait::For(Duration::from_secs(20)))
+                .acquire()
+                .await
+        })
     };
     tokio::time::sleep(ms(300)).await;
     // Drop every connection of both stores: commands and subscriptions.
@@ -249,11 +303,25 @@ async fn client_kill_mid_run_carries_on() {
     // The waiter resubscribed: a release wakes it.
     let released_at = Instant::now();
     held.release().await.unwrap();
-    let g = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
-    assert!(released_at.elapsed() < Duration::from_secs(2), "woken late: {:?}", released_at.elapsed());
+    let g = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        released_at.elapsed() < Duration::from_secs(2),
+        "woken late: {:?}",
+        released_at.elapsed()
+    );
     g.release().await.unwrap();
     // And new calls work on both.
-    lm.lock("k2").acquire().await.unwrap().release().await.unwrap();
+    lm.lock("k2")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,9 +329,16 @@ async fn restart_without_persistence_loses_the_guard() {
     let Some(mut server) = server(RedisConfig::default()).await else {
         return;
     };
-    let lm = Locksmith::connect(&format!("{}?timeout=1s", server.url())).await.unwrap();
+    let lm = Locksmith::connect(&format!("{}?timeout=1s", server.url()))
+        .await
+        .unwrap();
     assert!(!lm.capabilities().persistent, "no AOF: not persistent");
-    let g = lm.lock("r").ttl(Duration::from_secs(3)).acquire().await.unwrap();
+    let g = lm
+        .lock("r")
+        .ttl(Duration::from_secs(3))
+        .acquire()
+        .await
+        .unwrap();
     let fence = g.fence();
     let lost = g.lost();
     server.restart().await;
@@ -278,15 +353,30 @@ async fn restart_without_persistence_loses_the_guard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_appendfsync_always_keeps_locks() {
-    let Some(mut server) = server(RedisConfig { persistent: true, ..RedisConfig::default() }).await else {
+    let Some(mut server) = server(RedisConfig {
+        persistent: true,
+        ..RedisConfig::default()
+    })
+    .await
+    else {
         return;
     };
-    let lm = Locksmith::connect(&format!("{}?timeout=1s", server.url())).await.unwrap();
+    let lm = Locksmith::connect(&format!("{}?timeout=1s", server.url()))
+        .await
+        .unwrap();
     assert!(lm.capabilities().persistent);
-    let g = lm.lock("p").ttl(Duration::from_secs(3)).acquire().await.unwrap();
+    let g = lm
+        .lock("p")
+        .ttl(Duration::from_secs(3))
+        .acquire()
+        .await
+        .unwrap();
     server.restart().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(g.is_held(), "the lock survived the restart and kept being renewed");
+    assert!(
+        g.is_held(),
+        "the lock survived the restart and kept being renewed"
+    );
     let other = Locksmith::connect(&server.url()).await.unwrap();
     assert!(other.lock("p").try_acquire().await.unwrap().is_none());
     g.release().await.unwrap();
@@ -314,9 +404,15 @@ async fn passwords_never_shown_and_acl_users_work() {
     assert!(!err.is_retryable(), "{text}");
     assert!(text.contains(":***@"), "{text}");
     // No password: refused as well.
-    assert!(Locksmith::connect(&format!("redis://127.0.0.1:{port}")).await.is_err());
+    assert!(
+        Locksmith::connect(&format!("redis://127.0.0.1:{port}"))
+            .await
+            .is_err()
+    );
     // Right password: Debug, identity and errors do not show it.
-    let lm = Locksmith::connect(&format!("{}?timeout=300ms", server.url())).await.unwrap();
+    let lm = Locksmith::connect(&format!("{}?timeout=300ms", server.url()))
+        .await
+        .unwrap();
     let g = lm.lock("a").acquire().await.unwrap();
     let mut text = format!("{lm:?} {} {:?}", lm.store().identity(), lm.store());
     server.set_frozen(true);
@@ -351,7 +447,9 @@ async fn bad_urls_name_the_fix() {
         assert!(err.to_string().contains(says), "{url}: {err}");
     }
     // Nothing listens on port 1: retryable, naming the URL.
-    let err = Locksmith::connect("redis://:pw-Hidden@127.0.0.1:1?timeout=500ms").await.unwrap_err();
+    let err = Locksmith::connect("redis://:pw-Hidden@127.0.0.1:1?timeout=500ms")
+        .await
+        .unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert!(!err.to_string().contains("pw-Hidden"), "{err}");
 }
@@ -371,7 +469,10 @@ async fn hand_over_an_existing_client() {
     let lm = Locksmith::with_store(store, locksmith::Namespace::default(), &server.url());
     let g = lm.lock("h").acquire().await.unwrap();
     let other = Locksmith::connect(&server.url()).await.unwrap();
-    assert!(other.lock("h").try_acquire().await.unwrap().is_none(), "same layout, same lock");
+    assert!(
+        other.lock("h").try_acquire().await.unwrap().is_none(),
+        "same layout, same lock"
+    );
     g.release().await.unwrap();
 }
 
@@ -395,7 +496,12 @@ async fn cluster_wakes_by_sharded_pubsub_and_lists_every_master() {
     for node in cluster.nodes() {
         per_master.push(node.command(&["DBSIZE"]).await);
     }
-    assert!(per_master.iter().all(|r| matches!(r, Reply::Int(n) if *n > 0)), "{per_master:?}");
+    assert!(
+        per_master
+            .iter()
+            .all(|r| matches!(r, Reply::Int(n) if *n > 0)),
+        "{per_master:?}"
+    );
     let listed: Vec<String> = b
         .list(ListQuery::all())
         .await
@@ -411,7 +517,11 @@ async fn cluster_wakes_by_sharded_pubsub_and_lists_every_master() {
         let g = guards.remove(round * 7 - round);
         let b2 = b.clone();
         let waiter = tokio::spawn(async move {
-            let g = b2.lock(name).wait(Wait::For(Duration::from_secs(10))).acquire().await;
+            let g = b2
+                .lock(name)
+                .wait(Wait::For(Duration::from_secs(10)))
+                .acquire()
+                .await;
             (Instant::now(), g)
         });
         tokio::time::sleep(ms(300)).await;
@@ -419,7 +529,11 @@ async fn cluster_wakes_by_sharded_pubsub_and_lists_every_master() {
         g.release().await.unwrap();
         let (woke, got) = waiter.await.unwrap();
         got.unwrap().release().await.unwrap();
-        assert!(woke - at < ms(500), "round {round}: woken after {:?}", woke - at);
+        assert!(
+            woke - at < ms(500),
+            "round {round}: woken after {:?}",
+            woke - at
+        );
     }
     // Sharded channels are used (SSUBSCRIBE shows up as `ssub=` on the nodes).
     let mut sharded = 0;
@@ -458,7 +572,11 @@ async fn tls_with_a_private_test_ca() {
     let g = lm.lock("t").acquire().await.unwrap();
     // Wake-ups travel over TLS too.
     let waiter = tokio::spawn(async move {
-        let g = other.lock("t").wait(Wait::For(Duration::from_secs(10))).acquire().await;
+        let g = other
+            .lock("t")
+            .wait(Wait::For(Duration::from_secs(10)))
+            .acquire()
+            .await;
         (Instant::now(), g)
     });
     tokio::time::sleep(ms(300)).await;
@@ -470,6 +588,8 @@ async fn tls_with_a_private_test_ca() {
     assert!(!format!("{lm:?}").contains("tls-Secret-5"));
     // Without the CA the certificate is refused (nothing on this machine trusts it).
     let plain = server.url();
-    let err = Locksmith::connect(&format!("{plain}?timeout=2s")).await.unwrap_err();
+    let err = Locksmith::connect(&format!("{plain}?timeout=2s"))
+        .await
+        .unwrap_err();
     assert!(!err.to_string().contains("tls-Secret-5"), "{err}");
 }

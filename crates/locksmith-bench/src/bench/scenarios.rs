@@ -716,44 +716,47 @@ pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {
             mem,
         ));
     }
-    Ok(server.into_iter().chain(vec![
-        Sample::new(
-            &raw_label,
-            "client heap/waiter",
-            "bytes",
-            Better::Lower,
-            raw_per_waiter,
-        ),
-        Sample::new(
-            &label,
-            "store calls/handoff",
-            "calls",
-            Better::Lower,
-            used as f64 / HANDOFFS as f64,
-        ),
-        Sample::new(
-            &label,
-            "handoffs/s",
-            "1/s",
-            Better::Higher,
-            HANDOFFS as f64 / elapsed.as_secs_f64(),
-        ),
-        Sample::new(
-            &label,
-            "client heap/waiter",
-            "bytes",
-            Better::Lower,
-            per_waiter,
-        )
-        .against(&raw_label),
-        Sample::new(
-            &label,
-            "locksmith heap/waiter",
-            "bytes",
-            Better::Lower,
-            per_waiter - raw_per_waiter,
-        ),
-    ]).collect())
+    Ok(server
+        .into_iter()
+        .chain(vec![
+            Sample::new(
+                &raw_label,
+                "client heap/waiter",
+                "bytes",
+                Better::Lower,
+                raw_per_waiter,
+            ),
+            Sample::new(
+                &label,
+                "store calls/handoff",
+                "calls",
+                Better::Lower,
+                used as f64 / HANDOFFS as f64,
+            ),
+            Sample::new(
+                &label,
+                "handoffs/s",
+                "1/s",
+                Better::Higher,
+                HANDOFFS as f64 / elapsed.as_secs_f64(),
+            ),
+            Sample::new(
+                &label,
+                "client heap/waiter",
+                "bytes",
+                Better::Lower,
+                per_waiter,
+            )
+            .against(&raw_label),
+            Sample::new(
+                &label,
+                "locksmith heap/waiter",
+                "bytes",
+                Better::Lower,
+                per_waiter - raw_per_waiter,
+            ),
+        ])
+        .collect())
 }
 
 /// `env.many` held locks (created with `set_locks` in batches): `list` streams them page by

@@ -283,7 +283,9 @@ pub(crate) fn run(
             persistent: scenario != Scenario::RedisRestartVolatile,
             ..Default::default()
         };
-        match rt.block_on(locksmith_testkit::servers::redis::RedisServer::start(config)) {
+        match rt.block_on(locksmith_testkit::servers::redis::RedisServer::start(
+            config,
+        )) {
             Some(server) => redis_server = Some((rt, server)),
             None => skipped = Some("SKIPPED: redis-server is not installed".to_string()),
         }

@@ -166,12 +166,31 @@ fn make_cert(dir: &Path) {
         assert!(status.success(), "openssl {args:?} failed");
     };
     run(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-        "/CN=locksmith-test-ca", "-keyout", "ca.key", "-out", "ca.pem",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=locksmith-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
     ]);
     run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout",
-        "key.pem", "-out", "server.csr",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
     ]);
     std::fs::write(
         dir.join("ext.cnf"),
@@ -179,8 +198,21 @@ fn make_cert(dir: &Path) {
     )
     .expect("write ext.cnf");
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-out", "cert.pem", "-extfile", "ext.cnf",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "cert.pem",
+        "-extfile",
+        "ext.cnf",
     ]);
 }
 
@@ -196,12 +228,13 @@ impl RedisServer {
             }
             let args = node_args(&config, dir.path(), port);
             let bin = binary.clone();
-            let process = ServerProcess::start("redis-server", dir.path().join("redis.log"), move || {
-                let mut cmd = Command::new(&bin);
-                cmd.args(&args);
-                cmd
-            })
-            .expect("start redis-server");
+            let process =
+                ServerProcess::start("redis-server", dir.path().join("redis.log"), move || {
+                    let mut cmd = Command::new(&bin);
+                    cmd.args(&args);
+                    cmd
+                })
+                .expect("start redis-server");
             let mut server = RedisServer {
                 process: Arc::new(Mutex::new(process)),
                 port,
@@ -229,7 +262,8 @@ impl RedisServer {
                 if super::port_open(self.port).await {
                     return true;
                 }
-            } else if let Ok(Reply::Status(s)) = command(self.port, self.password.as_deref(), &["PING"]).await
+            } else if let Ok(Reply::Status(s)) =
+                command(self.port, self.password.as_deref(), &["PING"]).await
                 && s == "PONG"
             {
                 return true;
@@ -320,7 +354,10 @@ async fn restart_process(process: &Arc<Mutex<ServerProcess>>, port: u16, passwor
         {
             return;
         }
-        assert!(Instant::now() < deadline, "redis-server did not come back after a restart");
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not come back after a restart"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -402,7 +439,10 @@ impl RedisCluster {
     /// missing (SKIPPED).
     pub async fn start() -> Option<RedisCluster> {
         let Some(cli) = find_binary("redis-cli", &[]) else {
-            crate::skip_store("redis-cluster", "redis-cli is not installed (apt-get install redis-tools)");
+            crate::skip_store(
+                "redis-cluster",
+                "redis-cli is not installed (apt-get install redis-tools)",
+            );
             return None;
         };
         let mut nodes = Vec::new();
@@ -421,7 +461,10 @@ impl RedisCluster {
             };
             nodes.push(RedisServer::start(config).await?);
         }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new(&cli)
             .arg("--cluster")
             .arg("create")
@@ -438,7 +481,10 @@ impl RedisCluster {
         let cluster = RedisCluster { nodes };
         let deadline = Instant::now() + super::READY_TIMEOUT;
         'wait: loop {
-            assert!(Instant::now() < deadline, "the test cluster did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster did not become ready"
+            );
             for node in &cluster.nodes {
                 let info = node.command(&["CLUSTER", "INFO"]).await.text();
                 if !info.contains("cluster_state:ok") {
@@ -463,7 +509,11 @@ impl RedisCluster {
 
     /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self.ports().iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let hosts: Vec<String> = self
+            .ports()
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         format!("redis+cluster://{}", hosts.join(","))
     }
 
@@ -508,7 +558,11 @@ pub async fn target() -> Option<crate::Target> {
             .await
             .unwrap_or_else(|e| panic!("{URL_ENV}: {e}"));
         let persistent = lm.store().capabilities().persistent;
-        return Some(crate::Target::new("redis", url, capabilities(persistent, false)));
+        return Some(crate::Target::new(
+            "redis",
+            url,
+            capabilities(persistent, false),
+        ));
     }
     let server = RedisServer::start(RedisConfig {
         persistent: true,
@@ -526,7 +580,8 @@ pub async fn target() -> Option<crate::Target> {
 pub async fn cluster_target() -> Option<crate::Target> {
     let cluster = RedisCluster::start().await?;
     let mut target = crate::Target::new("redis", cluster.url(), capabilities(false, true));
-    let switch: Vec<crate::FaultSwitch> = cluster.nodes().iter().map(|n| n.fault_switch()).collect();
+    let switch: Vec<crate::FaultSwitch> =
+        cluster.nodes().iter().map(|n| n.fault_switch()).collect();
     target.faults = Some(Arc::new(move |offline| {
         for s in &switch {
             s(offline)

@@ -91,7 +91,10 @@ impl Keys {
     /// The `SCAN` pattern of the lock keys whose names start with `prefix`, and nothing else
     /// (not the fence keys, not other namespaces, not keys outside the store's prefix).
     pub(super) fn pattern(&self, prefix: &str) -> String {
-        format!("{}*}}", glob_escape(&format!("{}{}", self.head, escape(prefix))))
+        format!(
+            "{}*}}",
+            glob_escape(&format!("{}{}", self.head, escape(prefix)))
+        )
     }
 
     /// The name of a lock key, if it is one of this namespace's lock keys.

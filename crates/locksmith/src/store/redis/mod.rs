@@ -70,7 +70,9 @@ use crate::error::{Error, Result};
 use crate::info::LockInfo;
 use crate::lease::Token;
 use crate::name::{LockName, Namespace};
-use crate::options::{Cursor, Expired, ListQuery, Page, SetAction, SetOutcome, SetPolicy, SetStatus};
+use crate::options::{
+    Cursor, Expired, ListQuery, Page, SetAction, SetOutcome, SetPolicy, SetStatus,
+};
 use crate::store::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, Wakeups,
 };
@@ -238,7 +240,10 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
     if url.body.is_empty() {
         return Err(bad("no host given"));
     }
-    let identity = format!("redis:{}|{prefix}", redact_url(&format!("{scheme}://{}", url.body)));
+    let identity = format!(
+        "redis:{}|{prefix}",
+        redact_url(&format!("{scheme}://{}", url.body))
+    );
     match scheme {
         "redis+cluster" | "rediss+cluster" => {
             if db.is_some() {
@@ -300,7 +305,9 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
             let mut target = format!("{scheme}://{}", url.body);
             if let Some(db) = &db {
                 if scheme != "redis+unix" {
-                    return Err(bad("?db= is for redis+unix URLs; write the database as the path, e.g. redis://host/2"));
+                    return Err(bad(
+                        "?db= is for redis+unix URLs; write the database as the path, e.g. redis://host/2",
+                    ));
                 }
                 target.push_str(&format!("?db={db}"));
             }
@@ -430,7 +437,7 @@ impl RedisStore {
             prefix,
             identity,
             caps,
-            subs::Source::Single(client),
+            subs::Source::Single(Box::new(client)),
             timeout,
         ))
     }
@@ -458,7 +465,7 @@ impl RedisStore {
             options.prefix,
             identity,
             caps,
-            subs::Source::Single(client),
+            subs::Source::Single(Box::new(client)),
             options.timeout,
         ))
     }
@@ -470,7 +477,10 @@ impl RedisStore {
     ///
     /// [`Error::Config`] for a bad prefix; [`Error::Store`] when the server cannot be
     /// reached.
-    pub async fn from_client(client: redis::Client, options: RedisOptions) -> Result<Arc<dyn Store>> {
+    pub async fn from_client(
+        client: redis::Client,
+        options: RedisOptions,
+    ) -> Result<Arc<dyn Store>> {
         let shown = redact_url(&client.get_connection_info().addr().to_string());
         check_prefix(&options.prefix, &shown)?;
         let identity = format!("redis:{shown}|{}", options.prefix);
@@ -531,7 +541,11 @@ impl RedisStore {
             a.push(c.host.to_string());
             a.push(c.pid.to_string());
             a.push(c.ttl.map(ttl_ms).unwrap_or_default());
-            a.push(c.min_hold.map(|m| m.as_micros().to_string()).unwrap_or_default());
+            a.push(
+                c.min_hold
+                    .map(|m| m.as_micros().to_string())
+                    .unwrap_or_default(),
+            );
         }
         let out: Vec<String> = self
             .conn
@@ -555,7 +569,10 @@ impl RedisStore {
             )),
             Some("held") => {
                 let i = index(out.get(1))?;
-                Ok(GrantAll::Held(parse_info(claims[i].name.as_str(), &out[2..])?))
+                Ok(GrantAll::Held(parse_info(
+                    claims[i].name.as_str(),
+                    &out[2..],
+                )?))
             }
             _ => Err(bad_reply("acquire")),
         }
@@ -576,7 +593,9 @@ impl RedisStore {
                 &[keys.lock(name.as_str())],
                 &[
                     token.expose().to_string(),
-                    min_hold.map(|m| m.as_micros().to_string()).unwrap_or_default(),
+                    min_hold
+                        .map(|m| m.as_micros().to_string())
+                        .unwrap_or_default(),
                     keys.channel(name.as_str()),
                     self.sharded(),
                 ],
@@ -595,7 +614,12 @@ impl RedisStore {
         Ok(answer)
     }
 
-    async fn infos(&self, ns: &Namespace, names: &[String], token: Option<&Token>) -> Result<Vec<Option<LockInfo>>> {
+    async fn infos(
+        &self,
+        ns: &Namespace,
+        names: &[String],
+        token: Option<&Token>,
+    ) -> Result<Vec<Option<LockInfo>>> {
         let keys = self.keys(ns);
         let arg = [token.map(|t| t.expose().to_string()).unwrap_or_default()];
         let mut out = Vec::with_capacity(names.len());
@@ -644,7 +668,11 @@ impl RedisStore {
                 let mut cursor = 0u64;
                 loop {
                     let mut cmd = redis::cmd("SCAN");
-                    cmd.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(BATCH);
+                    cmd.arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(BATCH);
                     let (next, found): (u64, Vec<String>) =
                         self.conn.query(&cmd).await.map_err(store_error)?;
                     collect(found);
@@ -659,7 +687,11 @@ impl RedisStore {
                     let mut cursor = 0u64;
                     loop {
                         let mut cmd = redis::cmd("SCAN");
-                        cmd.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(BATCH);
+                        cmd.arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(BATCH);
                         let routing = redis::cluster_routing::RoutingInfo::SingleNode(
                             redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
                                 host: host.clone(),
@@ -701,7 +733,10 @@ impl RedisStore {
         let mut out = Vec::new();
         for line in text.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") || fields[2].contains("fail") {
+            if fields.len() < 3
+                || !fields[2].split(',').any(|f| f == "master")
+                || fields[2].contains("fail")
+            {
                 continue;
             }
             let addr = fields[1].split('@').next().unwrap_or_default();
@@ -760,7 +795,11 @@ impl RedisStore {
             a.push(c.owner.to_string());
             a.push(c.host.to_string());
             a.push(c.pid.to_string());
-            a.push(c.min_hold.map(|m| m.as_micros().to_string()).unwrap_or_default());
+            a.push(
+                c.min_hold
+                    .map(|m| m.as_micros().to_string())
+                    .unwrap_or_default(),
+            );
         }
         let out: Vec<String> = self
             .conn
@@ -845,7 +884,9 @@ fn bad_reply(op: &str) -> Error {
     Error::store(
         KIND,
         false,
-        format!("the Redis server gave an unexpected answer to {op} — is another program writing keys under this store's prefix?"),
+        format!(
+            "the Redis server gave an unexpected answer to {op} — is another program writing keys under this store's prefix?"
+        ),
     )
 }
 
@@ -874,7 +915,11 @@ fn parse_info(name: &str, f: &[String]) -> Result<LockInfo> {
     info.fence = f[3].parse().ok();
     info.held_for = Some(us(now - at));
     info.released = f[6] == "1";
-    info.min_hold = if f[5].is_empty() { None } else { Some(us(int(&f[5])?)) };
+    info.min_hold = if f[5].is_empty() {
+        None
+    } else {
+        Some(us(int(&f[5])?))
+    };
     let wall = |t: i64| UNIX_EPOCH + us(t);
     info.acquired_at = Some(wall(at));
     info.expires_at = expires_in.map(|d| wall(now) + d);
@@ -897,13 +942,18 @@ impl Store for RedisStore {
     }
 
     async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
-        Ok(match self.acquire_many(ns, std::slice::from_ref(claim)).await? {
-            GrantAll::Acquired(fences) => Grant::Acquired {
-                fence: fences.first().copied().ok_or_else(|| bad_reply("acquire"))?,
+        Ok(
+            match self.acquire_many(ns, std::slice::from_ref(claim)).await? {
+                GrantAll::Acquired(fences) => Grant::Acquired {
+                    fence: fences
+                        .first()
+                        .copied()
+                        .ok_or_else(|| bad_reply("acquire"))?,
+                },
+                GrantAll::Held(info) => Grant::Held(info),
+                GrantAll::AlreadyHeld(_) => Grant::AlreadyHeld,
             },
-            GrantAll::Held(info) => Grant::Held(info),
-            GrantAll::AlreadyHeld(_) => Grant::AlreadyHeld,
-        })
+        )
     }
 
     async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
@@ -1084,12 +1134,14 @@ impl Store for RedisStore {
         policy: &SetPolicy,
     ) -> Result<SetOutcome> {
         let rows = if !self.cluster {
-            self.set_locks_script(ns, claims, policy, policy.fail).await??
+            self.set_locks_script(ns, claims, policy, policy.fail)
+                .await??
         } else {
             // Cluster: with `fail`, check every name first; then name by name, rolling
             // back what was created if a name was taken meanwhile.
             if policy.fail {
-                let names: Vec<String> = claims.iter().map(|c| c.name.as_str().to_string()).collect();
+                let names: Vec<String> =
+                    claims.iter().map(|c| c.name.as_str().to_string()).collect();
                 for (name, info) in names.iter().zip(self.infos(ns, &names, None).await?) {
                     if let Some(info) = info {
                         return Err(Error::Locked {
@@ -1155,10 +1207,20 @@ mod tests {
 
     #[test]
     fn info_fields_parse() {
-        let f: Vec<String> = ["me", "h", "42", "1700000000000123", "1700000000000000", "", "0", "1500", "1700000000100000"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let f: Vec<String> = [
+            "me",
+            "h",
+            "42",
+            "1700000000000123",
+            "1700000000000000",
+            "",
+            "0",
+            "1500",
+            "1700000000100000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let info = parse_info("n", &f).unwrap();
         assert_eq!(info.fence, Some(1_700_000_000_000_123));
         assert_eq!(info.held_for, Some(Duration::from_millis(100)));

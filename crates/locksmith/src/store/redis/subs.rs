@@ -33,7 +33,7 @@ use super::keys::Keys;
 #[derive(Clone)]
 pub(super) enum Source {
     /// A single node: a dedicated RESP2 pub/sub connection.
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     /// A cluster: builds a RESP3 cluster connection whose pushes come to the given sender.
     Cluster(Arc<dyn Fn(PushSink) -> RedisResult<redis::cluster::ClusterClient> + Send + Sync>),
 }
