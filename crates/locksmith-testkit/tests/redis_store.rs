@@ -593,3 +593,26 @@ async fn tls_with_a_private_test_ca() {
         .unwrap_err();
     assert!(!err.to_string().contains("tls-Secret-5"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_and_database_number() {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("redis.sock");
+    let Some(server) = server(RedisConfig {
+        extra: vec!["--unixsocket".into(), sock.display().to_string()],
+        ..RedisConfig::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let url = format!("redis+unix://{}?db=3&namespace=u", sock.display());
+    let lm = Locksmith::connect(&url).await.unwrap();
+    let g = lm.lock("s").acquire().await.unwrap();
+    // The lock is in database 3, seen over TCP too.
+    let tcp = Locksmith::connect(&format!("{}/3?namespace=u", server.url())).await.unwrap();
+    assert!(tcp.lock("s").try_acquire().await.unwrap().is_none());
+    let db0 = Locksmith::connect(&format!("{}?namespace=u", server.url())).await.unwrap();
+    assert!(db0.inspect("s").await.unwrap().is_none());
+    g.release().await.unwrap();
+}

@@ -593,7 +593,8 @@ async fn resume_keeps_min_hold() {
 async fn passwords_never_show() {
     for url in [
         "postgres://u:secret@h/db",
-        "redis://:secret@h",
+        // (an unknown parameter: a Config error before any connection is tried)
+        "redis://:secret@h?bogus=1",
         "mysql://u:secret@h/db?x=1",
         "postgres://u:secret@h/db?timeout=0s",
         "nope://u:secret@h",

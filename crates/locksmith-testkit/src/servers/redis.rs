@@ -335,6 +335,11 @@ impl RedisServer {
         })
     }
 
+    /// The node's data dir (e.g. for a `--unixsocket` given in [`RedisConfig::extra`]).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The last lines of the node's log.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.dir.path().join("redis.log"), lines)
