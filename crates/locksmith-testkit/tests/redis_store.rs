@@ -610,9 +610,13 @@ async fn unix_socket_and_database_number() {
     let lm = Locksmith::connect(&url).await.unwrap();
     let g = lm.lock("s").acquire().await.unwrap();
     // The lock is in database 3, seen over TCP too.
-    let tcp = Locksmith::connect(&format!("{}/3?namespace=u", server.url())).await.unwrap();
+    let tcp = Locksmith::connect(&format!("{}/3?namespace=u", server.url()))
+        .await
+        .unwrap();
     assert!(tcp.lock("s").try_acquire().await.unwrap().is_none());
-    let db0 = Locksmith::connect(&format!("{}?namespace=u", server.url())).await.unwrap();
+    let db0 = Locksmith::connect(&format!("{}?namespace=u", server.url()))
+        .await
+        .unwrap();
     assert!(db0.inspect("s").await.unwrap().is_none());
     g.release().await.unwrap();
 }
