@@ -255,4 +255,5 @@ pub async fn port_open(port: u16) -> bool {
         .is_ok()
 }
 
+pub mod mariadb;
 pub mod redis;
