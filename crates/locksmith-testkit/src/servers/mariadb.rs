@@ -109,7 +109,7 @@ fn make_root() -> Result<Root, String> {
 fn guardian(dir: &Path) {
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-         for p in $(cat '{d}/pgids' 2>/dev/null); do kill -CONT -- -$p 2>/dev/null; kill -KILL -- -$p 2>/dev/null; done; \
+         for p in $(cat '{d}/pgids' 2>/dev/null); do env kill -CONT -- -$p 2>/dev/null; env kill -KILL -- -$p 2>/dev/null; done; \
          sleep 1; rm -rf '{d}'",
         pid = std::process::id(),
         d = dir.display()

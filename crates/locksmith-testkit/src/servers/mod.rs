@@ -154,21 +154,34 @@ impl ServerProcess {
 
     /// Kills the server (SIGKILL to its process group) and waits for it to exit.
     pub fn kill(&mut self) {
+        // Signal the group while the child (its leader's pid) is still known: a server run
+        // through `runuser` is the leader's child and would outlive `child.kill()`.
+        self.signal("CONT");
+        self.signal("KILL");
+        let group = self.pid();
         if let Some(mut child) = self.child.take() {
-            self.signal("CONT");
-            self.signal("KILL");
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Wait (up to 10 s) until the whole group is gone, so a restart finds the port and
+        // the data dir free.
+        if let Some(pgid) = group.and_then(|p| i32::try_from(p).ok()) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
     /// Stops the server gracefully (SIGTERM, then SIGKILL after `grace`), waiting for it.
     pub fn stop(&mut self, grace: Duration) {
+        self.signal("CONT");
+        self.signal("TERM");
         let Some(mut child) = self.child.take() else {
             return;
         };
-        self.signal("CONT");
-        self.signal("TERM");
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
