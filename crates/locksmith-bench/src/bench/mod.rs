@@ -14,6 +14,7 @@
 mod alloc;
 mod counting;
 mod raw;
+mod raw_mysql;
 mod scenarios;
 mod stats;
 
@@ -213,6 +214,19 @@ async fn open_store(
             ),
             None,
         ),
+        "mysql" => {
+            let table = url
+                .split(['?', '&'])
+                .find_map(|p| p.strip_prefix("table="))
+                .unwrap_or(locksmith::store::mysql::DEFAULT_TABLE);
+            (
+                (
+                    "raw sqlx (same CALLs)".to_string(),
+                    Raw::MySql(raw_mysql::RawMySql::connect(url, table).await?),
+                ),
+                None,
+            )
+        }
         other => return Err(format!("no raw baseline for the {other} store yet").into()),
     };
     let budget = args.budget.unwrap_or(if args.quick {
@@ -291,13 +305,30 @@ async fn bench(
     let dir = tempfile::Builder::new()
         .prefix("locksmith-bench")
         .tempdir()?;
-    let urls = if args.stores.is_empty() {
+    // `--store mysql` (or `mysql://`, `mariadb`): a MariaDB server of the test kit, for
+    // this run only.
+    let mut servers = Vec::new();
+    let mut stores_asked = Vec::new();
+    for s in &args.stores {
+        if ["mysql", "mysql://", "mariadb", "mariadb://"].contains(&s.as_str()) {
+            let server = tokio::task::spawn_blocking(
+                locksmith_testkit::servers::mariadb::MariaDb::start,
+            )
+            .await?
+            .map_err(|e| format!("cannot start a MariaDB server for --store {s}: {e}"))?;
+            stores_asked.push(server.url());
+            servers.push(server);
+        } else {
+            stores_asked.push(s.clone());
+        }
+    }
+    let urls = if stores_asked.is_empty() {
         vec![
             "memory://".to_string(),
             format!("sqlite://{}", dir.path().join("bench.db").display()),
         ]
     } else {
-        args.stores.clone()
+        stores_asked
     };
     let wanted = |s: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|w| w == s);
     for s in &args.scenarios {

@@ -194,6 +194,8 @@ pub(crate) enum Raw {
     SqliteThread(RawSqliteThread),
     /// Redis, same driver as the store.
     Redis(RawRedis),
+    /// sqlx on a MySQL/MariaDB server.
+    MySql(super::raw_mysql::RawMySql),
 }
 
 impl Raw {
@@ -211,6 +213,7 @@ impl Raw {
                     .await
             }
             Raw::Redis(r) => r.acquire(name, token).await,
+            Raw::MySql(m) => m.acquire(name, token).await,
         }
     }
 
@@ -228,6 +231,7 @@ impl Raw {
                     .await
             }
             Raw::Redis(r) => r.release(name, token).await,
+            Raw::MySql(m) => m.release(name, token).await,
         }
     }
 }

@@ -18,6 +18,7 @@ mod check;
 mod record;
 mod resource;
 mod scenario;
+mod server;
 mod worker;
 
 use std::ffi::OsString;
@@ -137,7 +138,14 @@ fn locksmith_bin() -> Result<PathBuf, String> {
     }
 }
 
-fn torture(a: TortureArgs) -> ExitCode {
+fn torture(mut a: TortureArgs) -> ExitCode {
+    a.store = match server::resolve_store(a.store.take()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("torture: cannot start a server for --store: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let locksmith = match a.locksmith.clone().map(Ok).unwrap_or_else(locksmith_bin) {
         Ok(p) => p,
         Err(e) => {
@@ -406,6 +414,21 @@ fn describe(s: Scenario) -> &'static str {
              expired. Leases break by design (counted as step overlaps, not violations; the design says \
              fencing is the answer to clock steps). Checked: fences still increase and never repeat, and the \
              fenced resource rejects every stale holder (no lost update)."
+        }
+        Scenario::ServerRestart => {
+            "The harness's own MariaDB server (`--store mysql`) is SIGKILLed and started again on the same \
+             data every 3 s. Checked: retryable errors while it is down, no double holder, fences increasing \
+             across restarts, locks granted after the last restart."
+        }
+        Scenario::ConnKill => {
+            "Every 700 ms the server kills every connection of the workers' user (`KILL CONNECTION`), \
+             mid-call or idle. Checked: nothing stuck (calls fail retryably and the pool reconnects), no \
+             double holder, no stale write accepted."
+        }
+        Scenario::ServerFreeze => {
+            "The server is frozen with SIGSTOP for TTL + 0.5 s every 3 s, then thawed. Checked: holders whose \
+             renewals cannot get through report the lock lost before the lease could end; no double holder; \
+             their late writes are rejected by the fence; progress after each thaw."
         }
     }
 }

@@ -47,6 +47,12 @@ pub(crate) enum Scenario {
     /// Redis without persistence, restarted: what a restart costs (locks forgotten). Its
     /// double holders are reported as the cost, not as violations.
     RedisRestartVolatile,
+    /// A networked store's server SIGKILLed and started again (needs `--store mysql`).
+    ServerRestart,
+    /// Every client connection killed on the server (`KILL CONNECTION`; needs `--store mysql`).
+    ConnKill,
+    /// The server frozen (SIGSTOP) past the TTL, then thawed (needs `--store mysql`).
+    ServerFreeze,
 }
 
 impl Scenario {
@@ -215,14 +221,14 @@ impl Ctx {
         None
     }
 
-    fn sleep_until_end(&self) {
+    pub(crate) fn sleep_until_end(&self) {
         let now = mono_ns();
         if self.until > now {
             std::thread::sleep(Duration::from_nanos(self.until - now));
         }
     }
 
-    fn time_left(&self) -> Duration {
+    pub(crate) fn time_left(&self) -> Duration {
         Duration::from_nanos(self.until.saturating_sub(mono_ns()))
     }
 }
@@ -334,6 +340,16 @@ pub(crate) fn run(
             scenario.label()
         ));
     }
+    let server_only = matches!(
+        scenario,
+        Scenario::ServerRestart | Scenario::ConnKill | Scenario::ServerFreeze
+    );
+    if skipped.is_none() && server_only && !super::server::have_server() {
+        skipped = Some(format!(
+            "SKIPPED: {} needs a server the harness starts itself (--store mysql)",
+            scenario.label()
+        ));
+    }
     if skipped.is_none()
         && !url.starts_with("sqlite://")
         && !url.starts_with("postgres")
@@ -421,6 +437,9 @@ pub(crate) fn run(
             let (_, server) = redis_server.as_ref().expect("started");
             redis_freezes(&mut ctx, server)
         }
+        Scenario::ServerRestart => super::server::restart(&mut ctx),
+        Scenario::ConnKill => super::server::conn_kill(&mut ctx),
+        Scenario::ServerFreeze => super::server::freeze(&mut ctx),
         Scenario::ClockStep => {
             let step = (plan.ttl * 2).as_nanos() as u64;
             ctx.fault(&Fault {
@@ -616,6 +635,22 @@ fn integrity(path: &Path) -> Result<(), String> {
 fn scenario_checks(scenario: Scenario, input: &Input, plan: &Plan, r: &mut Report) {
     let faults: Vec<&Fault> = input.faults.iter().collect();
     match scenario {
+        Scenario::ServerRestart | Scenario::ConnKill | Scenario::ServerFreeze => {
+            let last = faults.iter().filter_map(|f| f.until).max();
+            r.notes.push(format!("{} server faults injected", faults.len()));
+            if let Some(last) = last {
+                let after = input.grants.iter().filter(|g| g.3 > last).count();
+                r.notes
+                    .push(format!("{after} grants after the last server fault"));
+                if after == 0 {
+                    r.violations
+                        .push("no lock was granted after the last server fault".into());
+                }
+            } else {
+                r.violations.push("no server fault was injected".into());
+            }
+            let _ = plan;
+        }
         Scenario::Sigstop => {
             for f in faults.iter().filter(|f| f.kind == "sigstop") {
                 let (Some(name), Some(fence), Some(until)) = (&f.name, f.fence, f.until) else {

@@ -146,6 +146,64 @@ impl MariaDb {
     /// Starts a fresh server (blocking, up to a minute); `Err` when MariaDB is not
     /// installed here, panics when an installed server fails to start (with its log).
     pub fn start() -> Result<MariaDb, String> {
+        MariaDb::start_with(&[])
+    }
+
+    /// Starts a fresh server that only accepts TLS connections
+    /// (`require_secure_transport`), with a certificate for `127.0.0.1` and `localhost`
+    /// signed by a throwaway CA made with the `openssl` CLI. Returns the server and the CA
+    /// certificate's path (for `?ssl-ca=`).
+    pub fn start_tls() -> Result<(MariaDb, PathBuf), String> {
+        let root = root()?;
+        let certs = root
+            .dir
+            .join(format!("tls-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        std::fs::create_dir_all(&certs).map_err(|e| e.to_string())?;
+        let openssl = find_binary("openssl", &[]).ok_or("the openssl CLI is not installed")?;
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new(&openssl)
+                .args(args)
+                .current_dir(&certs)
+                .output()
+                .map_err(|e| format!("run openssl: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {args:?} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        run(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=locksmith test CA",
+        ])?;
+        run(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1",
+        ])?;
+        std::fs::write(
+            certs.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .map_err(|e| e.to_string())?;
+        run(&[
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf",
+        ])?;
+        chown_to("mysql", &certs);
+        let args = vec![
+            format!("--ssl-ca={}", certs.join("ca.pem").display()),
+            format!("--ssl-cert={}", certs.join("server.pem").display()),
+            format!("--ssl-key={}", certs.join("server.key").display()),
+            "--require-secure-transport=ON".to_string(),
+        ];
+        let server = MariaDb::start_with(&args)?;
+        Ok((server, certs.join("ca.pem")))
+    }
+
+    fn start_with(extra: &[String]) -> Result<MariaDb, String> {
         let root = root()?;
         let dir = root
             .dir
@@ -164,6 +222,7 @@ impl MariaDb {
         let socket = dir.join("mysqld.sock");
         for _attempt in 0..5 {
             let port = free_port();
+            let extra = extra.to_vec();
             let (server, data, sock, pid) = (
                 root.bins.server.clone(),
                 dir.join("data"),
@@ -186,7 +245,8 @@ impl MariaDb {
                         "--skip-log-bin",
                         "--max-connections=400",
                         "--performance-schema=OFF",
-                    ]);
+                    ])
+                    .args(&extra);
                 cmd
             };
             let log = dir.join("server.log");
