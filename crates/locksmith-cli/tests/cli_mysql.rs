@@ -40,13 +40,26 @@ fn the_cli_works_on_mysql() {
         if st.status.code() == Some(0) {
             break;
         }
-        assert!(start.elapsed().as_secs() < 20, "the run never held the lock");
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "the run never held the lock"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let busy = locksmith(&url, &["run", "job", "--", "true"]);
     assert_eq!(busy.status.code(), Some(75), "{busy:?}");
     assert!(holder.wait().unwrap().success());
-    let ran = locksmith(&url, &["run", "job", "--", "sh", "-c", "echo fence=$LOCKSMITH_FENCE"]);
+    let ran = locksmith(
+        &url,
+        &[
+            "run",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "echo fence=$LOCKSMITH_FENCE",
+        ],
+    );
     assert!(ran.status.success(), "{ran:?}");
     assert!(String::from_utf8_lossy(&ran.stdout).starts_with("fence="));
 
@@ -82,6 +95,9 @@ fn the_cli_works_on_mysql() {
         String::from_utf8_lossy(&bad.stdout),
         String::from_utf8_lossy(&bad.stderr)
     );
-    assert!(!all.contains("Not-the-pw-42") && !all.contains(PASSWORD), "{all}");
+    assert!(
+        !all.contains("Not-the-pw-42") && !all.contains(PASSWORD),
+        "{all}"
+    );
     assert!(all.contains("***"), "{all}");
 }

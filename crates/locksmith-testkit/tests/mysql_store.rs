@@ -60,13 +60,26 @@ async fn fence_minted_after_the_row_lock() {
     // transaction 2: the store's grant of "x" starts and waits for that lock
     let lm2 = lm.clone();
     let waiting = tokio::spawn(async move {
-        let g = lm2.lock("x").try_acquire().await.unwrap().expect("x is free");
+        let g = lm2
+            .lock("x")
+            .try_acquire()
+            .await
+            .unwrap()
+            .expect("x is free");
         (g.fence(), Instant::now())
     });
     tokio::time::sleep(ms(300)).await;
-    assert!(!waiting.is_finished(), "the grant did not wait for the row lock");
+    assert!(
+        !waiting.is_finished(),
+        "the grant did not wait for the row lock"
+    );
     // meanwhile another name is granted and committed
-    let y = lm.lock("y").try_acquire().await.unwrap().expect("y is free");
+    let y = lm
+        .lock("y")
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("y is free");
     let released_at = Instant::now();
     sqlx::query("COMMIT").execute(&mut t1).await.unwrap();
     let (x_fence, granted_at) = waiting.await.unwrap();
@@ -108,7 +121,12 @@ async fn racing_takeovers_behind_a_row_lock() {
     for _ in 0..2 {
         let other = Locksmith::connect(&s.url()).await.unwrap();
         racers.push(tokio::spawn(async move {
-            other.lock("r").try_acquire().await.unwrap().map(|g| g.fence())
+            other
+                .lock("r")
+                .try_acquire()
+                .await
+                .unwrap()
+                .map(|g| g.fence())
         }));
     }
     tokio::time::sleep(ms(200)).await;
@@ -187,7 +205,10 @@ async fn credentials_never_shown() {
     let err = Locksmith::connect(&wrong).await.unwrap_err();
     assert!(err.to_string().contains("password"), "{err}");
     let err = Locksmith::connect(&down).await.unwrap_err();
-    assert!(err.is_retryable(), "an unreachable server is retryable: {err}");
+    assert!(
+        err.is_retryable(),
+        "an unreachable server is retryable: {err}"
+    );
     let err = Locksmith::connect(&bad_table).await.unwrap_err();
     assert!(err.to_string().contains("table="), "{err}");
 }
@@ -277,7 +298,9 @@ async fn restart_gives_retryable_errors_and_leases_survive() {
         .unwrap();
     let before = held.fence();
     let s2 = s.clone();
-    tokio::task::spawn_blocking(move || s2.kill()).await.unwrap();
+    tokio::task::spawn_blocking(move || s2.kill())
+        .await
+        .unwrap();
     let start = Instant::now();
     let err = lm.lock("other").try_acquire().await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
@@ -293,7 +316,10 @@ async fn restart_gives_retryable_errors_and_leases_survive() {
             Ok(info) => break info,
             Err(e) => {
                 assert!(e.is_retryable(), "{e}");
-                assert!(start.elapsed() < Duration::from_secs(10), "no reconnect: {e}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no reconnect: {e}"
+                );
                 tokio::time::sleep(ms(100)).await;
             }
         }
@@ -341,8 +367,13 @@ async fn concurrent_first_starts_migrate_once() {
         tables,
         "fresh_locks\nfresh_locks_fence\nfresh_locks_meta\nfresh_locks_reservations\n"
     );
-    let version = s.sql("SELECT version FROM locksmith.fresh_locks_meta").unwrap();
-    assert_eq!(version.trim(), locksmith::store::mysql::SCHEMA_VERSION.to_string());
+    let version = s
+        .sql("SELECT version FROM locksmith.fresh_locks_meta")
+        .unwrap();
+    assert_eq!(
+        version.trim(),
+        locksmith::store::mysql::SCHEMA_VERSION.to_string()
+    );
 }
 
 /// A schema from a newer locksmith is refused with a clear error, and nothing is changed.
@@ -351,7 +382,8 @@ async fn newer_schema_refused() {
     let Some(s) = server().await else { return };
     let url = format!("{}?table=newer_locks", s.url());
     drop(Locksmith::connect(&url).await.unwrap());
-    s.sql("UPDATE locksmith.newer_locks_meta SET version = 99").unwrap();
+    s.sql("UPDATE locksmith.newer_locks_meta SET version = 99")
+        .unwrap();
     let err = Locksmith::connect(&format!("{url}&namespace=again"))
         .await
         .unwrap_err();
@@ -399,9 +431,58 @@ async fn url_errors_are_clear() {
         ("mysql://u:p@127.0.0.1:1/db?pool=0", "pool="),
     ] {
         let err = Locksmith::connect(url).await.unwrap_err();
-        assert!(matches!(err, locksmith::Error::Config { .. }), "{url}: {err}");
+        assert!(
+            matches!(err, locksmith::Error::Config { .. }),
+            "{url}: {err}"
+        );
         assert!(err.to_string().contains(says), "{url}: {err}");
         assert!(!err.to_string().contains("u:p@"), "{err}");
     }
     let _ = mariadb::URL_ENV;
+}
+
+/// An uncontended acquire is one statement (one round trip) and a release is one: the
+/// server's count of client statements grows by about two per cycle (plus the background
+/// garbage sweep's two statements every 8th grant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_trip_per_acquire_and_release() {
+    let Some(s) = server().await else { return };
+    let lm = Locksmith::connect(&s.url()).await.unwrap();
+    // warm up: connections opened, statements prepared
+    for i in 0..20 {
+        let g = lm
+            .lock(format!("w{i}"))
+            .try_acquire()
+            .await
+            .unwrap()
+            .unwrap();
+        g.release().await.unwrap();
+    }
+    tokio::time::sleep(ms(200)).await;
+    let questions = || -> u64 {
+        s.sql("SHOW GLOBAL STATUS LIKE 'Questions'")
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = questions();
+    const N: u64 = 200;
+    for i in 0..N {
+        let g = lm
+            .lock(format!("rt{}", i % 7))
+            .try_acquire()
+            .await
+            .unwrap()
+            .unwrap();
+        g.release().await.unwrap();
+    }
+    tokio::time::sleep(ms(200)).await;
+    let used = questions() - before - 1;
+    assert!(
+        used >= 2 * N && used <= 2 * N + N / 4 + 10,
+        "{used} statements for {N} acquire/release cycles"
+    );
 }

@@ -311,11 +311,10 @@ async fn bench(
     let mut stores_asked = Vec::new();
     for s in &args.stores {
         if ["mysql", "mysql://", "mariadb", "mariadb://"].contains(&s.as_str()) {
-            let server = tokio::task::spawn_blocking(
-                locksmith_testkit::servers::mariadb::MariaDb::start,
-            )
-            .await?
-            .map_err(|e| format!("cannot start a MariaDB server for --store {s}: {e}"))?;
+            let server =
+                tokio::task::spawn_blocking(locksmith_testkit::servers::mariadb::MariaDb::start)
+                    .await?
+                    .map_err(|e| format!("cannot start a MariaDB server for --store {s}: {e}"))?;
             stores_asked.push(server.url());
             servers.push(server);
         } else {

@@ -637,7 +637,8 @@ fn scenario_checks(scenario: Scenario, input: &Input, plan: &Plan, r: &mut Repor
     match scenario {
         Scenario::ServerRestart | Scenario::ConnKill | Scenario::ServerFreeze => {
             let last = faults.iter().filter_map(|f| f.until).max();
-            r.notes.push(format!("{} server faults injected", faults.len()));
+            r.notes
+                .push(format!("{} server faults injected", faults.len()));
             if let Some(last) = last {
                 let after = input.grants.iter().filter(|g| g.3 > last).count();
                 r.notes

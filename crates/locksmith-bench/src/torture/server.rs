@@ -57,7 +57,12 @@ pub(crate) fn restart(ctx: &mut Ctx) {
         std::thread::sleep(pause);
         let at = mono_ns();
         server.restart();
-        record(ctx, "server_restart", at, "mariadbd SIGKILLed and started again".into());
+        record(
+            ctx,
+            "server_restart",
+            at,
+            "mariadbd SIGKILLed and started again".into(),
+        );
     }
     ctx.sleep_until_end();
 }
@@ -87,7 +92,12 @@ pub(crate) fn freeze(ctx: &mut Ctx) {
         server.freeze();
         std::thread::sleep(frozen);
         server.thaw();
-        record(ctx, "server_freeze", at, format!("mariadbd SIGSTOPped for {frozen:?}"));
+        record(
+            ctx,
+            "server_freeze",
+            at,
+            format!("mariadbd SIGSTOPped for {frozen:?}"),
+        );
     }
     ctx.sleep_until_end();
 }

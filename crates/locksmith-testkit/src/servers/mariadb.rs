@@ -36,11 +36,18 @@ pub struct Binaries {
 /// Finds Debian's MariaDB binaries; `Err` names what is missing.
 pub fn binaries() -> Result<Binaries, String> {
     let any = |names: &[&str]| names.iter().find_map(|n| find_binary(n, &[]));
-    let server = any(&["mariadbd", "mysqld"]).ok_or("mariadbd is not installed (apt-get install mariadb-server)")?;
+    let server = any(&["mariadbd", "mysqld"])
+        .ok_or("mariadbd is not installed (apt-get install mariadb-server)")?;
     let install = any(&["mariadb-install-db", "mysql_install_db"])
         .ok_or("mariadb-install-db is not installed (apt-get install mariadb-server)")?;
-    let client = any(&["mariadb", "mysql"]).ok_or("the mariadb client is not installed (apt-get install mariadb-client)")?;
-    if is_root() && nix::unistd::User::from_name("mysql").ok().flatten().is_none() {
+    let client = any(&["mariadb", "mysql"])
+        .ok_or("the mariadb client is not installed (apt-get install mariadb-client)")?;
+    if is_root()
+        && nix::unistd::User::from_name("mysql")
+            .ok()
+            .flatten()
+            .is_none()
+    {
         return Err("there is no `mysql` user to run mariadbd as".into());
     }
     Ok(Binaries {
@@ -155,9 +162,10 @@ impl MariaDb {
     /// certificate's path (for `?ssl-ca=`).
     pub fn start_tls() -> Result<(MariaDb, PathBuf), String> {
         let root = root()?;
-        let certs = root
-            .dir
-            .join(format!("tls-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let certs = root.dir.join(format!(
+            "tls-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
         std::fs::create_dir_all(&certs).map_err(|e| e.to_string())?;
         let openssl = find_binary("openssl", &[]).ok_or("the openssl CLI is not installed")?;
         let run = |args: &[&str]| -> Result<(), String> {
@@ -176,12 +184,31 @@ impl MariaDb {
             }
         };
         run(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.pem", "-days", "2", "-subj", "/CN=locksmith test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=locksmith test CA",
         ])?;
         run(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-            "server.csr", "-subj", "/CN=127.0.0.1",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
         ])?;
         std::fs::write(
             certs.join("ext.cnf"),
@@ -189,8 +216,21 @@ impl MariaDb {
         )
         .map_err(|e| e.to_string())?;
         run(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
         ])?;
         chown_to("mysql", &certs);
         let args = vec![
@@ -205,9 +245,10 @@ impl MariaDb {
 
     fn start_with(extra: &[String]) -> Result<MariaDb, String> {
         let root = root()?;
-        let dir = root
-            .dir
-            .join(format!("s-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+        let dir = root.dir.join(format!(
+            "s-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let copied = Command::new("cp")
             .arg("-a")
@@ -257,7 +298,9 @@ impl MariaDb {
                     .create(true)
                     .append(true)
                     .open(root.dir.join("pgids"))
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{pid}\n").as_bytes()));
+                    .and_then(|mut f| {
+                        std::io::Write::write_all(&mut f, format!("{pid}\n").as_bytes())
+                    });
             }
             match wait_up(&mut process, port, &socket) {
                 Ok(()) => {
@@ -293,7 +336,10 @@ impl MariaDb {
 
     /// The URL of another database on this server (see [`create_database`](Self::create_database)).
     pub fn url_for(&self, database: &str) -> String {
-        format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{database}",
+            self.port
+        )
     }
 
     /// The TCP port.
@@ -354,12 +400,18 @@ impl MariaDb {
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
     pub fn freeze(&self) {
-        self.process.lock().unwrap_or_else(|e| e.into_inner()).freeze();
+        self.process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .freeze();
     }
 
     /// Thaws a frozen server.
     pub fn thaw(&self) {
-        self.process.lock().unwrap_or_else(|e| e.into_inner()).thaw();
+        self.process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .thaw();
     }
 
     /// Kills the server (SIGKILL), starts it again on the same port and data dir, and waits
@@ -374,7 +426,10 @@ impl MariaDb {
 
     /// Kills the server (SIGKILL) and leaves it down until [`start_again`](Self::start_again).
     pub fn kill(&self) {
-        self.process.lock().unwrap_or_else(|e| e.into_inner()).kill();
+        self.process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill();
     }
 
     /// Starts a killed server again (blocking until it answers).
@@ -393,7 +448,10 @@ impl MariaDb {
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        self.process.lock().unwrap_or_else(|e| e.into_inner()).kill();
+        self.process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -466,9 +524,11 @@ pub async fn target() -> Option<crate::Target> {
     };
     let mut target = crate::Target::new("mysql", server.url(), mysql_capabilities());
     let s = server.clone();
-    target.faults = Some(Arc::new(move |offline| {
-        if offline { s.freeze() } else { s.thaw() }
-    }));
+    target.faults = Some(Arc::new(
+        move |offline| {
+            if offline { s.freeze() } else { s.thaw() }
+        },
+    ));
     let s = server.clone();
     target.restart = Some(Arc::new(move || {
         let s = s.clone();

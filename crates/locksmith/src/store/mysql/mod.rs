@@ -139,6 +139,8 @@ struct Shared {
     /// in this process.
     offset: Arc<AtomicI64>,
     grants: AtomicU32,
+    /// Tokens whose latest try was answered `Held`: their next try reads first.
+    waiting: Mutex<std::collections::HashSet<Token>>,
 }
 
 enum Job {
@@ -160,8 +162,7 @@ impl std::fmt::Debug for MySqlStore {
 /// belong to the runtime that opened them, so runtimes do not share.)
 type OpenKey = (String, tokio::runtime::Id);
 fn open_stores() -> &'static tokio::sync::Mutex<HashMap<OpenKey, Weak<MySqlStore>>> {
-    static OPEN: OnceLock<tokio::sync::Mutex<HashMap<OpenKey, Weak<MySqlStore>>>> =
-        OnceLock::new();
+    static OPEN: OnceLock<tokio::sync::Mutex<HashMap<OpenKey, Weak<MySqlStore>>>> = OnceLock::new();
     OPEN.get_or_init(Default::default)
 }
 
@@ -211,7 +212,9 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
         }
     }
     let socket = url.take("socket");
-    url.finish(", ?table=, ?retain=, ?pool=, ?socket=, ?ssl-mode=, ?ssl-ca=, ?ssl-cert= and ?ssl-key=")?;
+    url.finish(
+        ", ?table=, ?retain=, ?pool=, ?socket=, ?ssl-mode=, ?ssl-ca=, ?ssl-cert= and ?ssl-key=",
+    )?;
 
     let raw = format!("mysql://{}", url.body);
     let mut options: MySqlConnectOptions = raw.parse().map_err(|e: sqlx::Error| {
@@ -296,9 +299,9 @@ fn apply_tls(
         {
             options = match *key {
                 "ssl-mode" => {
-                    let mode = value.parse::<sqlx::mysql::MySqlSslMode>().map_err(|_| {
+                    let mode = value.replace('-', "_").parse::<sqlx::mysql::MySqlSslMode>().map_err(|_| {
                         Error::config(format!(
-                            "store URL {redacted:?}: ssl-mode={value:?} is not a TLS mode — use disabled, preferred, required, verify-ca or verify-identity"
+                            "store URL {redacted:?}: ssl-mode={value:?} is not a TLS mode — use disabled, preferred, required, verify-ca or verify-identity (MySQL's VERIFY_CA spelling works too)"
                         ))
                     })?;
                     options.ssl_mode(mode)
@@ -363,6 +366,7 @@ impl MySqlStore {
             identity,
             retain_us: AtomicI64::new(micros(options.retain)),
             grants: AtomicU32::new(0),
+            waiting: Mutex::default(),
         });
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(background(shared.clone(), rx));
@@ -376,6 +380,114 @@ impl MySqlStore {
 
     fn off(&self) -> i64 {
         self.shared.offset.load(Ordering::SeqCst)
+    }
+
+    async fn try_acquire_inner(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
+        let sh = &self.shared;
+        let off = self.off();
+        let name = claim.name.as_str();
+        // A later try (this token was answered `Held` before) reads first: a poller that
+        // finds the lock held (and need not reserve it) writes nothing.
+        let polled = sh
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&claim.token);
+        if polled {
+            let r = sqlx::query(AssertSqlSafe(sh.sql.peek.clone()))
+                .bind(off)
+                .bind(ns.as_str().as_bytes())
+                .bind(name.as_bytes())
+                .bind(ns.as_str().as_bytes())
+                .bind(name.as_bytes())
+                .fetch_one(&sh.pool)
+                .await
+                .map_err(|e| map_err(e, "acquire"))?;
+            let now = int(&r, 0).map_err(decode)?.unwrap_or(0);
+            let row = row_at(&r, 1).map_err(decode)?.filter(|row| row.live(now));
+            let reserved = match (text(&r, 9).map_err(decode)?, int(&r, 10).map_err(decode)?) {
+                (Some(t), Some(until)) if until > now => {
+                    t.parse().ok().map(|token| Reservation { token, until })
+                }
+                _ => None,
+            };
+            match (row, reserved) {
+                (Some(row), reserved) => {
+                    if row.token.as_ref() == Some(&claim.token) {
+                        return Ok(Grant::AlreadyHeld);
+                    }
+                    if !rows::wants_reservation(claim, reserved.as_ref(), now) {
+                        return Ok(Grant::Held(row.info(name, now, UNIX_EPOCH)));
+                    }
+                }
+                (None, Some(r)) if r.token != claim.token => {
+                    return Ok(Grant::Held(rows::reserved_info(name, &r, now)));
+                }
+                _ => {}
+            }
+        }
+        let rows = retrying(|| {
+            sqlx::query(AssertSqlSafe(sh.sql.call_acquire.clone()))
+                .bind(ns.as_str().as_bytes())
+                .bind(name.as_bytes())
+                .bind(claim.token.expose().as_bytes())
+                .bind(claim.owner.as_bytes())
+                .bind(claim.host.as_bytes())
+                .bind(i64::from(claim.pid))
+                .bind(claim.ttl.map(dur_us))
+                .bind(claim.min_hold.map(dur_us))
+                .bind(dur_us(claim.waited))
+                .bind(off)
+                .fetch_all(&sh.pool)
+        })
+        .await
+        .map_err(|e| map_err(e, "acquire"))?;
+        let r = rows
+            .first()
+            .ok_or_else(|| Error::store(KIND, true, "MySQL acquire returned no result"))?;
+        let status = int(r, 0).map_err(decode)?.unwrap_or(-1);
+        let now = int(r, 2).map_err(decode)?.unwrap_or(0);
+        match status {
+            0 => {
+                let fence = u64::try_from(int(r, 1).map_err(decode)?.unwrap_or(0)).unwrap_or(0);
+                if sh.grants.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+                    let _ = self.jobs.send(Job::Sweep);
+                }
+                Ok(Grant::Acquired { fence })
+            }
+            2 => Ok(Grant::AlreadyHeld),
+            3 => {
+                let until = int(r, 10).map_err(decode)?.unwrap_or(now);
+                let mut info = LockInfo::new(
+                    name,
+                    Some(Duration::from_micros(
+                        u64::try_from(until - now).unwrap_or(0),
+                    )),
+                );
+                info.released = true;
+                Ok(Grant::Held(info))
+            }
+            1 => {
+                let row = Row {
+                    token: None,
+                    owner: text(r, 3).map_err(decode)?.unwrap_or_default(),
+                    host: text(r, 4).map_err(decode)?.unwrap_or_default(),
+                    pid: u32::try_from(int(r, 5).map_err(decode)?.unwrap_or(0)).unwrap_or(0),
+                    fence: u64::try_from(int(r, 1).map_err(decode)?.unwrap_or(0)).unwrap_or(0),
+                    acquired_at: int(r, 6).map_err(decode)?.unwrap_or(0),
+                    expires_at: int(r, 7).map_err(decode)?,
+                    min_hold: int(r, 8).map_err(decode)?,
+                };
+                let mut info = row.info(name, now, UNIX_EPOCH);
+                info.released = int(r, 9).map_err(decode)? == Some(1);
+                Ok(Grant::Held(info))
+            }
+            other => Err(Error::store(
+                KIND,
+                false,
+                format!("MySQL acquire answered status {other}"),
+            )),
+        }
     }
 }
 
@@ -506,8 +618,21 @@ fn map_err(e: sqlx::Error, op: &str) -> Error {
             // deadlock, lock wait, too many connections, shutdown, interrupted, killed,
             // gone away, lost, read-only (failover), disconnected for inactivity
             Some(
-                1213 | 1205 | 1040 | 1053 | 1317 | 1927 | 2006 | 2013 | 1290 | 1836 | 4031
-                    | 1152 | 1158 | 1159 | 1160 | 1161
+                1213 | 1205
+                    | 1040
+                    | 1053
+                    | 1317
+                    | 1927
+                    | 2006
+                    | 2013
+                    | 1290
+                    | 1836
+                    | 4031
+                    | 1152
+                    | 1158
+                    | 1159
+                    | 1160
+                    | 1161
             )
         ),
         _ => false,
@@ -653,8 +778,7 @@ impl Table for Snapshot {
     }
 
     fn reserve(&mut self, name: &str, reservation: &Reservation) -> Result<()> {
-        self.res
-            .insert(name.to_string(), Some(reservation.clone()));
+        self.res.insert(name.to_string(), Some(reservation.clone()));
         self.dirty_res.insert(name.to_string());
         Ok(())
     }
@@ -696,7 +820,11 @@ impl Shared {
             sql.lock_rows_head,
             vec!["(?, ?, NULL, '', '', 0, 0, 0, NULL, NULL)"; sorted.len()].join(", ")
         );
-        let rows_sql = format!("{}{} FOR UPDATE", sql.select_rows_head, placeholders(sorted.len()));
+        let rows_sql = format!(
+            "{}{} FOR UPDATE",
+            sql.select_rows_head,
+            placeholders(sorted.len())
+        );
         let res_sql = format!("{}{}", sql.select_res_head, placeholders(sorted.len()));
         let mut tries = 0;
         let mut pause = Duration::from_millis(1);
@@ -967,106 +1095,17 @@ impl Store for MySqlStore {
 
     async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
         let sh = &self.shared;
-        let off = self.off();
-        let name = claim.name.as_str();
-        // A later try reads first: a poller that finds the lock held (and need not reserve
-        // it) writes nothing.
-        if !claim.waited.is_zero() {
-            let r = sqlx::query(AssertSqlSafe(sh.sql.peek.clone()))
-                .bind(off)
-                .bind(ns.as_str().as_bytes())
-                .bind(name.as_bytes())
-                .bind(ns.as_str().as_bytes())
-                .bind(name.as_bytes())
-                .fetch_one(&sh.pool)
-                .await
-                .map_err(|e| map_err(e, "acquire"))?;
-            let now = int(&r, 0).map_err(decode)?.unwrap_or(0);
-            let row = row_at(&r, 1).map_err(decode)?.filter(|row| row.live(now));
-            let reserved = match (
-                text(&r, 9).map_err(decode)?,
-                int(&r, 10).map_err(decode)?,
-            ) {
-                (Some(t), Some(until)) if until > now => t
-                    .parse()
-                    .ok()
-                    .map(|token| Reservation { token, until }),
-                _ => None,
-            };
-            match (row, reserved) {
-                (Some(row), reserved) => {
-                    if row.token.as_ref() == Some(&claim.token) {
-                        return Ok(Grant::AlreadyHeld);
-                    }
-                    if !rows::wants_reservation(claim, reserved.as_ref(), now) {
-                        return Ok(Grant::Held(row.info(name, now, UNIX_EPOCH)));
-                    }
-                }
-                (None, Some(r)) if r.token != claim.token => {
-                    return Ok(Grant::Held(rows::reserved_info(name, &r, now)));
-                }
-                _ => {}
+        let answer = self.try_acquire_inner(ns, claim).await;
+        let mut waiting = sh.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(answer, Ok(Grant::Held(_))) {
+            if waiting.len() >= 4096 {
+                waiting.clear(); // tokens that stopped trying; forgetting costs one write
             }
+            waiting.insert(claim.token.clone());
+        } else {
+            waiting.remove(&claim.token);
         }
-        let rows = retrying(|| {
-            sqlx::query(AssertSqlSafe(sh.sql.call_acquire.clone()))
-                .bind(ns.as_str().as_bytes())
-                .bind(name.as_bytes())
-                .bind(claim.token.expose().as_bytes())
-                .bind(claim.owner.as_bytes())
-                .bind(claim.host.as_bytes())
-                .bind(i64::from(claim.pid))
-                .bind(claim.ttl.map(dur_us))
-                .bind(claim.min_hold.map(dur_us))
-                .bind(dur_us(claim.waited))
-                .bind(off)
-                .fetch_all(&sh.pool)
-        })
-        .await
-        .map_err(|e| map_err(e, "acquire"))?;
-        let r = rows
-            .first()
-            .ok_or_else(|| Error::store(KIND, true, "MySQL acquire returned no result"))?;
-        let status = int(r, 0).map_err(decode)?.unwrap_or(-1);
-        let now = int(r, 2).map_err(decode)?.unwrap_or(0);
-        match status {
-            0 => {
-                let fence = u64::try_from(int(r, 1).map_err(decode)?.unwrap_or(0)).unwrap_or(0);
-                if sh.grants.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-                    let _ = self.jobs.send(Job::Sweep);
-                }
-                Ok(Grant::Acquired { fence })
-            }
-            2 => Ok(Grant::AlreadyHeld),
-            3 => {
-                let until = int(r, 10).map_err(decode)?.unwrap_or(now);
-                let mut info = LockInfo::new(name, Some(Duration::from_micros(
-                    u64::try_from(until - now).unwrap_or(0),
-                )));
-                info.released = true;
-                Ok(Grant::Held(info))
-            }
-            1 => {
-                let row = Row {
-                    token: None,
-                    owner: text(r, 3).map_err(decode)?.unwrap_or_default(),
-                    host: text(r, 4).map_err(decode)?.unwrap_or_default(),
-                    pid: u32::try_from(int(r, 5).map_err(decode)?.unwrap_or(0)).unwrap_or(0),
-                    fence: u64::try_from(int(r, 1).map_err(decode)?.unwrap_or(0)).unwrap_or(0),
-                    acquired_at: int(r, 6).map_err(decode)?.unwrap_or(0),
-                    expires_at: int(r, 7).map_err(decode)?,
-                    min_hold: int(r, 8).map_err(decode)?,
-                };
-                let mut info = row.info(name, now, UNIX_EPOCH);
-                info.released = int(r, 9).map_err(decode)? == Some(1);
-                Ok(Grant::Held(info))
-            }
-            other => Err(Error::store(
-                KIND,
-                false,
-                format!("MySQL acquire answered status {other}"),
-            )),
-        }
+        answer
     }
 
     async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {

@@ -14,7 +14,8 @@ pub(crate) const NOW: &str =
     "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) + ?)";
 
 /// The columns a [`Row`](super::super::rows::Row) is read from, in order.
-pub(crate) const COLUMNS: &str = "token, owner, host, pid, fence, acquired_at, expires_at, min_hold";
+pub(crate) const COLUMNS: &str =
+    "token, owner, host, pid, fence, acquired_at, expires_at, min_hold";
 
 /// Whether `table` is an identifier locksmith accepts for `?table=`: ASCII letters, digits
 /// and `_`, not starting with a digit, at most 48 bytes (the derived `<table>_reservations`
