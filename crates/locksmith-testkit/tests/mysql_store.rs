@@ -486,3 +486,64 @@ async fn one_round_trip_per_acquire_and_release() {
         "{used} statements for {N} acquire/release cycles"
     );
 }
+
+/// Garbage: with `?retain=0s`, rows that expired are removed by the background sweep that
+/// grants trigger (every 8th grant), in every namespace; with the default (1 h) they stay
+/// visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_rows_are_swept_after_retain() {
+    let Some(s) = server().await else { return };
+    let keep = Locksmith::connect(&format!("{}?namespace=keep", s.url()))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let g = keep
+            .lock(format!("old{i}"))
+            .ttl(ms(50))
+            .renew(Renew::Off)
+            .acquire()
+            .await
+            .unwrap();
+        let _ = g.leak();
+    }
+    tokio::time::sleep(ms(100)).await;
+    let expired = |lm: Locksmith| async move {
+        lm.list(locksmith::ListQuery::all().expired(locksmith::Expired::Only))
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    for i in 0..16 {
+        keep.lock(format!("n{i}"))
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(ms(300)).await;
+    assert_eq!(expired(keep.clone()).await, 10, "swept within retention");
+    let sweeper = Locksmith::connect(&format!("{}?namespace=other&retain=0s", s.url()))
+        .await
+        .unwrap();
+    for i in 0..16 {
+        sweeper
+            .lock(format!("s{i}"))
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    while expired(keep.clone()).await > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "expired rows never swept"
+        );
+        tokio::time::sleep(ms(50)).await;
+    }
+}

@@ -32,8 +32,9 @@
 //! - **Round trips.** An acquire is one `CALL <table>_acquire(…)` (a placeholder row is
 //!   upserted to lock the name, then the procedure decides and writes in one transaction); a
 //!   release is one `CALL <table>_release(…)`; a renewal one `CALL <table>_extend(…)`. A
-//!   waiter's later tries first read the row (one `SELECT`), and only call the procedure
-//!   when the lock looks free or the waiter should reserve it. `acquire_all` and
+//!   waiter whose previous try found the lock held first reads the row (one `SELECT`, no
+//!   locks), and only calls the procedure when the lock looks free or the waiter should
+//!   reserve it. `acquire_all` and
 //!   `set_locks` run one transaction of a few statements (all or nothing).
 //! - **Retries.** Deadlocks (1213) and lock-wait timeouts (1205) roll the transaction back
 //!   and are retried here with jittered backoff, never surfaced. Lost connections, a server
@@ -50,8 +51,12 @@
 //!   it, and a connection killed mid-call loses nothing but that call (the server rolls its
 //!   transaction back; the core treats the call's outcome as unknown and releases the
 //!   claim's token).
-//! - **Garbage.** Every 8th grant of this process removes (in the background) up to 64 rows
-//!   that expired more than `?retain=` ago (default `1h`) and lapsed reservations.
+//! - **Garbage.** Every 8th grant of this process starts a background sweep that removes up
+//!   to 64 rows (of any namespace) that expired more than `?retain=` ago (default `1h`), and
+//!   lapsed reservations: found with a plain read, deleted by primary key, so the sweep
+//!   takes no range locks that would hold up grants. Retention is per store and process, as
+//!   on SQLite: a later `connect` to the same table giving `?retain=` changes it for every
+//!   handle of this process.
 //! - **Credentials** never appear in errors, logs or `Debug` (URLs are shown redacted).
 //! - **TLS** (`?ssl-mode=disabled|preferred|required|verify-ca|verify-identity`,
 //!   `?ssl-ca=`, `?ssl-cert=`, `?ssl-key=`) needs the `mysql-tls` cargo feature.
@@ -1039,18 +1044,7 @@ async fn background(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 }
             }
             Job::Sweep => {
-                let off = shared.offset.load(Ordering::SeqCst);
-                let retain = shared.retain_us.load(Ordering::SeqCst);
-                let a = sqlx::query(AssertSqlSafe(shared.sql.sweep_rows.clone()))
-                    .bind(off)
-                    .bind(retain)
-                    .execute(&shared.pool)
-                    .await;
-                let b = sqlx::query(AssertSqlSafe(shared.sql.sweep_res.clone()))
-                    .bind(off)
-                    .execute(&shared.pool)
-                    .await;
-                if let Err(e) = a.and(b) {
+                if let Err(e) = sweep(&shared).await {
                     tracing::debug!(error = %scrub(&e.to_string()), "MySQL garbage sweep failed");
                 }
             }
@@ -1059,6 +1053,42 @@ async fn background(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
             }
         }
     }
+}
+
+/// Removes up to 64 rows that expired more than `retain` ago, and lapsed reservations.
+async fn sweep(shared: &Shared) -> std::result::Result<(), sqlx::Error> {
+    let off = shared.offset.load(Ordering::SeqCst);
+    let retain = shared.retain_us.load(Ordering::SeqCst);
+    let sql = &shared.sql;
+    let rows = sqlx::query(AssertSqlSafe(sql.sweep_rows.clone()))
+        .bind(off)
+        .bind(retain)
+        .fetch_all(&shared.pool)
+        .await?;
+    for r in rows {
+        let (ns, name): (Vec<u8>, Vec<u8>) = (r.try_get(0)?, r.try_get(1)?);
+        sqlx::query(AssertSqlSafe(sql.sweep_row.clone()))
+            .bind(ns)
+            .bind(name)
+            .bind(off)
+            .bind(retain)
+            .execute(&shared.pool)
+            .await?;
+    }
+    let rows = sqlx::query(AssertSqlSafe(sql.sweep_res.clone()))
+        .bind(off)
+        .fetch_all(&shared.pool)
+        .await?;
+    for r in rows {
+        let (ns, name): (Vec<u8>, Vec<u8>) = (r.try_get(0)?, r.try_get(1)?);
+        sqlx::query(AssertSqlSafe(sql.sweep_one_res.clone()))
+            .bind(ns)
+            .bind(name)
+            .bind(off)
+            .execute(&shared.pool)
+            .await?;
+    }
+    Ok(())
 }
 
 fn decode(e: sqlx::Error) -> Error {

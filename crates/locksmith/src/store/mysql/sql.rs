@@ -53,7 +53,9 @@ pub(crate) struct Sql {
     pub(crate) reset_all: Arc<str>,
     pub(crate) purge: Arc<str>,
     pub(crate) sweep_rows: Arc<str>,
+    pub(crate) sweep_row: Arc<str>,
     pub(crate) sweep_res: Arc<str>,
+    pub(crate) sweep_one_res: Arc<str>,
     pub(crate) version: Arc<str>,
     pub(crate) call_acquire: Arc<str>,
     pub(crate) call_release: Arc<str>,
@@ -146,11 +148,21 @@ impl Sql {
                 "DELETE FROM {t} WHERE namespace = ? AND fence <> 0
                    AND expires_at IS NOT NULL AND expires_at <= {NOW}"
             )),
+            // The sweep finds garbage with a plain (non-locking) read, then deletes it row by
+            // row by primary key, checking again: no range locks on the expiry index that
+            // would hold up grants.
             sweep_rows: s(format!(
-                "DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= {NOW} - ? AND fence <> 0 LIMIT 64"
+                "SELECT namespace, name FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= {NOW} - ? AND fence <> 0 LIMIT 64"
+            )),
+            sweep_row: s(format!(
+                "DELETE FROM {t} WHERE namespace = ? AND name = ? AND fence <> 0
+                   AND expires_at IS NOT NULL AND expires_at <= {NOW} - ?"
             )),
             sweep_res: s(format!(
-                "DELETE FROM {t}_reservations WHERE until <= {NOW} LIMIT 64"
+                "SELECT namespace, name FROM {t}_reservations WHERE until <= {NOW} LIMIT 64"
+            )),
+            sweep_one_res: s(format!(
+                "DELETE FROM {t}_reservations WHERE namespace = ? AND name = ? AND until <= {NOW}"
             )),
             version: s(format!("SELECT version FROM {t}_meta WHERE id = 0")),
             call_acquire: s(format!("CALL {t}_acquire(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")),
