@@ -6,6 +6,9 @@
 //! ```
 //!
 //! Without `--store` it measures `memory://` and a SQLite file in a temporary directory.
+//! `--store mysql` starts a MariaDB server of the test kit for the run (Debian's
+//! `mariadbd`); `--store mysql://user:pass@host/db` measures an existing server. Its raw
+//! baseline issues the store's own statements (`CALL <table>_acquire/_release`) with sqlx.
 //! Every figure is the median of at least three runs (`--runs`), interleaved: run 1 of
 //! every store and scenario, then run 2, and so on, so drift in the machine spreads over all
 //! figures alike. The table goes to stdout (markdown), the JSON report to `--json`.

@@ -4,9 +4,13 @@
 //! broken promise.
 //!
 //! ```text
-//! locksmith-bench torture [--store URL] [--scenario NAME]... [--long] [--report FILE]
+//! locksmith-bench torture [--store URL|mysql] [--scenario NAME]... [--long] [--report FILE]
 //! cargo run -p locksmith-bench --release -- torture --long    # writes RELIABILITY.md
 //! ```
+//!
+//! `--store mysql` starts a MariaDB server of the test kit that the harness controls, for
+//! the server scenarios (`server-restart`, `conn-kill`, `server-freeze`; see `server.rs`);
+//! without a server of its own they say SKIPPED.
 //!
 //! Workers are this same binary re-executed (`torture-worker`, and `torture-body` as the
 //! command of `locksmith run`; `torture-sqlite` is the second SQLite connection). The
