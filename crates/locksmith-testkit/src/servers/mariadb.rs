@@ -134,6 +134,8 @@ fn guardian(dir: &Path) {
 /// A running MariaDB server of the test kit.
 pub struct MariaDb {
     process: Arc<Mutex<ServerProcess>>,
+    /// The guardian's list of process groups to kill when this process exits.
+    pgids: PathBuf,
     dir: PathBuf,
     port: u16,
     socket: PathBuf,
@@ -293,19 +295,12 @@ impl MariaDb {
             let log = dir.join("server.log");
             let mut process = ServerProcess::start("mariadbd", log.clone(), make)
                 .map_err(|e| format!("start mariadbd: {e}"))?;
-            if let Some(pid) = process.pid() {
-                let _ = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(root.dir.join("pgids"))
-                    .and_then(|mut f| {
-                        std::io::Write::write_all(&mut f, format!("{pid}\n").as_bytes())
-                    });
-            }
+            record_group(&root.dir.join("pgids"), &process);
             match wait_up(&mut process, port, &socket) {
                 Ok(()) => {
                     let server = MariaDb {
                         process: Arc::new(Mutex::new(process)),
+                        pgids: root.dir.join("pgids"),
                         dir: dir.clone(),
                         port,
                         socket: socket.clone(),
@@ -419,6 +414,7 @@ impl MariaDb {
     pub fn restart(&self) {
         let mut process = self.process.lock().unwrap_or_else(|e| e.into_inner());
         process.restart().expect("restart mariadbd");
+        record_group(&self.pgids, &process);
         if let Err(e) = wait_up(&mut process, self.port, &self.socket) {
             panic!("{e}");
         }
@@ -453,6 +449,17 @@ impl Drop for MariaDb {
             .unwrap_or_else(|e| e.into_inner())
             .kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Adds the server's process group to the guardian's list.
+fn record_group(pgids: &Path, process: &ServerProcess) {
+    if let Some(pid) = process.pid() {
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(pgids)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{pid}\n").as_bytes()));
     }
 }
 

@@ -51,8 +51,8 @@
 //!   it, and a connection killed mid-call loses nothing but that call (the server rolls its
 //!   transaction back; the core treats the call's outcome as unknown and releases the
 //!   claim's token).
-//! - **Garbage.** Every 8th grant of this process starts a background sweep that removes up
-//!   to 64 rows (of any namespace) that expired more than `?retain=` ago (default `1h`), and
+//! - **Garbage.** A grant starts a background sweep (at most once a second per store, or
+//!   again at once when the last sweep found a full batch) that removes up to 64 rows (of any namespace) that expired more than `?retain=` ago (default `1h`), and
 //!   lapsed reservations: found with a plain read, deleted by primary key, so the sweep
 //!   takes no range locks that would hold up grants. Retention is per store and process, as
 //!   on SQLite: a later `connect` to the same table giving `?retain=` changes it for every
@@ -66,7 +66,7 @@
 mod sql;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -100,8 +100,9 @@ pub const DEFAULT_TABLE: &str = "locksmith_locks";
 /// How many connections a store's pool opens at most (`?pool=` changes it).
 const DEFAULT_POOL: u32 = 10;
 
-/// Grants between two background garbage sweeps.
-const SWEEP_EVERY: u32 = 8;
+/// The least time between two background garbage sweeps of one store (unless the last
+/// sweep found a full batch: then the next grant sweeps again).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a transaction that hit a deadlock or lock-wait timeout is tried again before
 /// the error is given up on (as retryable).
@@ -143,7 +144,9 @@ struct Shared {
     /// The test hook's clock offset (microseconds), shared by every store of this identity
     /// in this process.
     offset: Arc<AtomicI64>,
-    grants: AtomicU32,
+    /// When the last sweep was started; `None` before the first, or when the last one found
+    /// a full batch (more garbage may be waiting).
+    last_sweep: Mutex<Option<std::time::Instant>>,
     /// Tokens whose latest try was answered `Held`: their next try reads first.
     waiting: Mutex<std::collections::HashSet<Token>>,
 }
@@ -370,7 +373,7 @@ impl MySqlStore {
             offset: clock_offset(&identity),
             identity,
             retain_us: AtomicI64::new(micros(options.retain)),
-            grants: AtomicU32::new(0),
+            last_sweep: Mutex::new(None),
             waiting: Mutex::default(),
         });
         let (jobs, rx) = mpsc::unbounded_channel();
@@ -455,7 +458,7 @@ impl MySqlStore {
         match status {
             0 => {
                 let fence = u64::try_from(int(r, 1).map_err(decode)?.unwrap_or(0)).unwrap_or(0);
-                if sh.grants.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+                if sh.sweep_due() {
                     let _ = self.jobs.send(Job::Sweep);
                 }
                 Ok(Grant::Acquired { fence })
@@ -808,6 +811,17 @@ fn placeholders(n: usize) -> String {
 }
 
 impl Shared {
+    /// Whether a grant should start a garbage sweep now.
+    fn sweep_due(&self) -> bool {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < SWEEP_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     /// Runs `op` over the locked rows of `names` in one transaction (retried on deadlocks).
     async fn snapshot<T: Send>(
         &self,
@@ -1043,11 +1057,14 @@ async fn background(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
                     }
                 }
             }
-            Job::Sweep => {
-                if let Err(e) = sweep(&shared).await {
+            Job::Sweep => match sweep(&shared).await {
+                // a full batch: more garbage may be waiting; the next grant sweeps again
+                Ok(64..) => *shared.last_sweep.lock().unwrap_or_else(|e| e.into_inner()) = None,
+                Ok(_) => {}
+                Err(e) => {
                     tracing::debug!(error = %scrub(&e.to_string()), "MySQL garbage sweep failed");
                 }
-            }
+            },
             Job::Flush(done) => {
                 let _ = done.send(());
             }
@@ -1056,7 +1073,7 @@ async fn background(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
 }
 
 /// Removes up to 64 rows that expired more than `retain` ago, and lapsed reservations.
-async fn sweep(shared: &Shared) -> std::result::Result<(), sqlx::Error> {
+async fn sweep(shared: &Shared) -> std::result::Result<usize, sqlx::Error> {
     let off = shared.offset.load(Ordering::SeqCst);
     let retain = shared.retain_us.load(Ordering::SeqCst);
     let sql = &shared.sql;
@@ -1065,6 +1082,7 @@ async fn sweep(shared: &Shared) -> std::result::Result<(), sqlx::Error> {
         .bind(retain)
         .fetch_all(&shared.pool)
         .await?;
+    let found = rows.len();
     for r in rows {
         let (ns, name): (Vec<u8>, Vec<u8>) = (r.try_get(0)?, r.try_get(1)?);
         sqlx::query(AssertSqlSafe(sql.sweep_row.clone()))
@@ -1088,7 +1106,7 @@ async fn sweep(shared: &Shared) -> std::result::Result<(), sqlx::Error> {
             .execute(&shared.pool)
             .await?;
     }
-    Ok(())
+    Ok(found)
 }
 
 fn decode(e: sqlx::Error) -> Error {
