@@ -54,6 +54,7 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(any(feature = "memory", feature = "sqlite", feature = "mysql"))]
+#[cfg_attr(not(any(feature = "memory", feature = "sqlite")), allow(dead_code))]
 mod rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
