@@ -5,8 +5,8 @@
 //! `initdb` runs once per test binary into a template directory; each server copies it (a
 //! fraction of a second), so every test can have a server of its own that it may freeze,
 //! restart or kill without disturbing the others. TCP connections need a password
-//! (`scram-sha-256`, [`PASSWORD`]), so every URL a test uses carries one and the store's
-//! redaction is exercised everywhere.
+//! (`scram-sha-256`) for [`PASSWORD_ROLE`] only; URLs of the superuser carry
+//! [`PASSWORD`] too (not checked), so the store's redaction is exercised everywhere.
 //!
 //! `LOCKSMITH_TEST_POSTGRES_URL` points the conformance target at an existing server instead
 //! (it must not be a production one: tests create and drop tables there); such a target has
@@ -84,7 +84,7 @@ fn make_template() -> Result<PathBuf, String> {
             "--locale=C",
             "--no-sync",
             "--auth-local=trust",
-            "--auth-host=scram-sha-256",
+            "--auth-host=trust",
         ])
         .arg(format!("--pwfile={}", pwfile.display()))
         .output()
@@ -96,8 +96,21 @@ fn make_template() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    // One role must give its password (SCRAM) over TCP; everyone else is trusted, so the
+    // many connections of a test run do not each pay a SCRAM exchange in a debug build.
+    let hba = data.join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &hba,
+        format!("host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n{rest}"),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(data)
 }
+
+/// The role whose TCP logins need [`PASSWORD`] (SCRAM); create it with
+/// [`PostgresServer::password_role_sql`].
+pub const PASSWORD_ROLE: &str = "locksmith_pw";
 
 /// One running test server.
 #[derive(Debug)]
@@ -203,26 +216,119 @@ impl PostgresServer {
         )
     }
 
-    /// Freezes every server process (SIGSTOP): connections stay open, nothing answers.
+    /// The SQL that creates [`PASSWORD_ROLE`] with [`PASSWORD`] (a superuser, so it can
+    /// create the lock table).
+    pub fn password_role_sql() -> String {
+        format!("CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
+    }
+
+    /// A URL for database `db` as [`PASSWORD_ROLE`] with `password`.
+    pub fn password_url(&self, db: &str, password: &str) -> String {
+        format!(
+            "postgres://{PASSWORD_ROLE}:{password}@127.0.0.1:{}/{db}",
+            self.port
+        )
+    }
+
+    /// The postmaster's pid (from `postmaster.pid`) and those of its children. Backends
+    /// run in process groups of their own (PostgreSQL calls `setsid`), so signalling the
+    /// server's process group does not reach them.
+    pub fn pids(&self) -> Vec<i32> {
+        let pidfile = self.dir.path().join("data/postmaster.pid");
+        let Some(main) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+        else {
+            return Vec::new();
+        };
+        // A stale pid file (the server was killed) may name a pid reused by another
+        // program: only processes named postgres count.
+        let is_postgres = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.contains("(postgres)"))
+        };
+        if !is_postgres(main) {
+            return Vec::new();
+        }
+        let mut pids = vec![main];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                // pid (comm) state ppid …: comm may hold spaces, so split after the ')'.
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+                if ppid == Some(main) && stat.contains("(postgres)") {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    fn signal_all(&self, signal: nix::sys::signal::Signal) -> Vec<i32> {
+        let pids = self.pids();
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+        pids
+    }
+
+    /// SIGKILL to every server process, then waits (up to 10 s) until they are gone, so
+    /// a restart does not find the old shared memory still attached.
+    fn kill_all(&self) {
+        let pids = self.signal_all(nix::sys::signal::Signal::SIGKILL);
+        let gone = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| {
+                    let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+                    state == Some("Z") || !stat.contains("(postgres)")
+                })
+                .unwrap_or(true)
+        };
+        for _ in 0..500 {
+            if pids.iter().all(|&p| gone(p)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Freezes every server process, backends included (SIGSTOP, the postmaster first):
+    /// connections stay open, nothing answers.
     pub fn freeze(&self) {
-        self.process.lock().unwrap().freeze();
+        self.signal_all(nix::sys::signal::Signal::SIGSTOP);
     }
 
     /// Thaws a frozen server.
     pub fn thaw(&self) {
-        self.process.lock().unwrap().thaw();
+        let mut pids = self.pids();
+        pids.reverse();
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+        self.process.lock().unwrap_or_else(|e| e.into_inner()).thaw();
     }
 
-    /// Kills the server (SIGKILL to every process of it); the data dir stays.
+    /// Kills the server: SIGKILL to the postmaster and every backend (as a crash or an
+    /// OOM kill would); the data dir stays.
     pub fn kill(&self) {
-        self.process.lock().unwrap().kill();
+        self.kill_all();
+        self.process.lock().unwrap_or_else(|e| e.into_inner()).kill();
     }
 
     /// Starts the server again after [`kill`](Self::kill) (or kills and restarts it), on
     /// the same port, and waits until it accepts connections.
     pub async fn restart(&self) {
+        self.kill_all();
         {
-            let mut p = self.process.lock().unwrap();
+            let mut p = self.process.lock().unwrap_or_else(|e| e.into_inner());
             p.restart().expect("restart postgres");
         }
         for _ in 0..600 {
@@ -233,7 +339,7 @@ impl PostgresServer {
         }
         panic!(
             "postgres did not come back after a restart; its log ends:\n{}",
-            self.process.lock().unwrap().log_tail(30)
+            self.process.lock().unwrap_or_else(|e| e.into_inner()).log_tail(30)
         );
     }
 
@@ -244,7 +350,7 @@ impl PostgresServer {
 
     /// The last lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        self.process.lock().unwrap().log_tail(lines)
+        self.process.lock().unwrap_or_else(|e| e.into_inner()).log_tail(lines)
     }
 }
 
@@ -252,8 +358,8 @@ impl Drop for PostgresServer {
     /// An immediate shutdown (SIGQUIT), so the server removes its shared memory, then a
     /// SIGKILL for anything left.
     fn drop(&mut self) {
+        self.thaw();
         let mut p = self.process.lock().unwrap_or_else(|e| e.into_inner());
-        p.thaw();
         p.signal("QUIT");
         for _ in 0..100 {
             if p.exited() {

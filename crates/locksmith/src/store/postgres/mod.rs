@@ -518,14 +518,34 @@ impl Conns {
         }
     }
 
-    /// A shared, pipelined client; a closed one is replaced.
+    /// A shared, pipelined client: the next open one in turn. When none is open, one is
+    /// connected here (and the other empty slots are filled in the background by later
+    /// calls), so one dead connection costs no call a reconnect while another is open.
     async fn shared(&self) -> Result<Arc<Object>> {
-        let slot = &self.shared[self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len()];
-        if let Some(c) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
-            && !c.is_closed()
-        {
-            return Ok(c.clone());
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.shared.len();
+        for i in 0..n {
+            let slot = &self.shared[(start + i) % n];
+            if let Some(c) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+                && !c.is_closed()
+            {
+                return Ok(c.clone());
+            }
         }
+        self.connect_slot(start % n).await
+    }
+
+    /// Connects every empty or closed slot (at open, so the first calls pay no connect).
+    async fn fill(&self) -> Result<()> {
+        let fills = (0..self.shared.len()).map(|i| self.connect_slot(i));
+        for r in futures_util::future::join_all(fills).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn connect_slot(&self, at: usize) -> Result<Arc<Object>> {
+        let slot = &self.shared[at];
         let fresh = Arc::new(self.get().await?);
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
@@ -689,6 +709,7 @@ impl PostgresStore {
         let channel = channel_of(&settings.schema, &settings.table);
         let sql = Statements::new(&settings.schema, &settings.table, &channel);
         let conns = Conns::new(pool, settings.redacted.clone());
+        conns.fill().await?;
         migrate(&conns, &sql, &settings.schema, &settings.table).await?;
         let hub = Arc::new(WakeHub::default());
         let inner = Arc::new(Inner {
