@@ -4,7 +4,4 @@
 
 #![cfg(feature = "postgres")]
 
-locksmith_testkit::conformance_suite!(
-    postgres,
-    locksmith_testkit::servers::postgres::target()
-);
+locksmith_testkit::conformance_suite!(postgres, locksmith_testkit::servers::postgres::target());

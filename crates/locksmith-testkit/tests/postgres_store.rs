@@ -44,7 +44,13 @@ async fn fence_is_minted_after_the_row_lock() {
     let url = format!("{}?namespace=fi", server.url("postgres"));
     let lm = Locksmith::connect(&url).await.unwrap();
     // "old" has a freed row; "new" has none.
-    lm.lock("old").acquire().await.unwrap().release().await.unwrap();
+    lm.lock("old")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
     let mut raw = raw(&server.url("postgres")).await;
     for name in ["old", "new"] {
         let tx = raw.transaction().await.unwrap();
@@ -56,7 +62,11 @@ async fn fence_is_minted_after_the_row_lock() {
             )
             .await
             .unwrap();
-        assert_eq!(row.get::<_, i32>(0), 0, "{name}: the other transaction's grant");
+        assert_eq!(
+            row.get::<_, i32>(0),
+            0,
+            "{name}: the other transaction's grant"
+        );
         let first: i64 = row.get(1);
         // …while the store's grant starts and has to wait for the row.
         let lm2 = lm.clone();
@@ -68,7 +78,10 @@ async fn fence_is_minted_after_the_row_lock() {
                 .await
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!grant.is_finished(), "{name}: the grant did not wait for the row lock");
+        assert!(
+            !grant.is_finished(),
+            "{name}: the grant did not wait for the row lock"
+        );
         // Later, the other transaction mints a second fence and frees the lock.
         tx.query_one(
             "SELECT locksmith_locks_release('fi', $1, $2, NULL, 0)",
@@ -125,8 +138,14 @@ async fn passwords_are_redacted() {
         .unwrap_err();
     let text = format!("{err} {err:?}");
     assert!(!text.contains(wrong), "{text}");
-    assert!(text.contains("***"), "the error should name the (redacted) URL: {text}");
-    assert!(text.contains("password"), "the error should say what failed: {text}");
+    assert!(
+        text.contains("***"),
+        "the error should name the (redacted) URL: {text}"
+    );
+    assert!(
+        text.contains("password"),
+        "the error should say what failed: {text}"
+    );
 
     // An unreachable server: a retryable error, redacted too.
     let port = locksmith_testkit::servers::free_port();
@@ -151,7 +170,10 @@ async fn bad_parameters_are_config_errors() {
         ("postgres://h/db?pool=3", "unknown parameter"),
     ] {
         let err = Locksmith::connect(url).await.unwrap_err();
-        assert!(err.is_invalid_input() || matches!(err, locksmith::Error::Config { .. }), "{url}: {err}");
+        assert!(
+            err.is_invalid_input() || matches!(err, locksmith::Error::Config { .. }),
+            "{url}: {err}"
+        );
         assert!(err.to_string().contains(hint), "{url}: {err}");
     }
 }
@@ -165,7 +187,13 @@ async fn concurrent_migration_and_newer_schema() {
     let starts = (0..8).map(|_| Locksmith::connect(&url));
     for lm in futures_util::future::join_all(starts).await {
         let lm = lm.unwrap();
-        lm.lock("m").acquire().await.unwrap().release().await.unwrap();
+        lm.lock("m")
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
     }
     raw(&server.url("postgres"))
         .await
@@ -241,15 +269,27 @@ async fn terminated_connections_leave_nothing_stuck() {
         if matches!((&a, &b), (Ok(None), Ok(None))) {
             break;
         }
-        assert!(Instant::now() < deadline, "a lock was left behind: {a:?} {b:?}");
+        assert!(
+            Instant::now() < deadline,
+            "a lock was left behind: {a:?} {b:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Waking still works by notification (the listener reconnected).
-    let g = lm.lock("k0").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    let g = lm
+        .lock("k0")
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
     let other = Locksmith::connect(&url).await.unwrap();
     let waiter = tokio::spawn(async move {
         let start = Instant::now();
-        let g = other.lock("k0").wait(Wait::For(Duration::from_secs(10))).acquire().await;
+        let g = other
+            .lock("k0")
+            .wait(Wait::For(Duration::from_secs(10)))
+            .acquire()
+            .await;
         (g.map(|g| g.leak()), start.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;

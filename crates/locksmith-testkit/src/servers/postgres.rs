@@ -284,7 +284,9 @@ impl PostgresServer {
         let gone = |pid: i32| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .map(|stat| {
-                    let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+                    let state = stat
+                        .rsplit_once(')')
+                        .and_then(|(_, r)| r.split_whitespace().next());
                     state == Some("Z") || !stat.contains("(postgres)")
                 })
                 .unwrap_or(true)
@@ -313,14 +315,20 @@ impl PostgresServer {
                 nix::sys::signal::Signal::SIGCONT,
             );
         }
-        self.process.lock().unwrap_or_else(|e| e.into_inner()).thaw();
+        self.process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .thaw();
     }
 
     /// Kills the server: SIGKILL to the postmaster and every backend (as a crash or an
     /// OOM kill would); the data dir stays.
     pub fn kill(&self) {
         self.kill_all();
-        self.process.lock().unwrap_or_else(|e| e.into_inner()).kill();
+        self.process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill();
     }
 
     /// Starts the server again after [`kill`](Self::kill) (or kills and restarts it), on
@@ -339,7 +347,10 @@ impl PostgresServer {
         }
         panic!(
             "postgres did not come back after a restart; its log ends:\n{}",
-            self.process.lock().unwrap_or_else(|e| e.into_inner()).log_tail(30)
+            self.process
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .log_tail(30)
         );
     }
 
@@ -350,7 +361,10 @@ impl PostgresServer {
 
     /// The last lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        self.process.lock().unwrap_or_else(|e| e.into_inner()).log_tail(lines)
+        self.process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .log_tail(lines)
     }
 }
 
@@ -432,9 +446,11 @@ pub async fn target() -> Option<Target> {
     };
     let mut target = Target::new("postgres", server.url("postgres"), capabilities());
     let s = server.clone();
-    target.faults = Some(Arc::new(move |offline| {
-        if offline { s.freeze() } else { s.thaw() }
-    }));
+    target.faults = Some(Arc::new(
+        move |offline| {
+            if offline { s.freeze() } else { s.thaw() }
+        },
+    ));
     let s = server.clone();
     target.restart = Some(Arc::new(move || {
         let s = s.clone();

@@ -51,7 +51,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Config, Row as PgRow};
@@ -349,9 +351,7 @@ mod tls {
 
     impl NoVerify {
         pub(super) fn new() -> NoVerify {
-            NoVerify(
-                rustls::crypto::ring::default_provider().signature_verification_algorithms,
-            )
+            NoVerify(rustls::crypto::ring::default_provider().signature_verification_algorithms)
         }
     }
 
@@ -428,11 +428,7 @@ fn is_conflict(e: &tokio_postgres::Error) -> bool {
 /// A locksmith error for a driver error while doing `what`.
 fn pg_error(what: &str, e: &tokio_postgres::Error) -> Error {
     let text = match e.as_db_error() {
-        Some(db) => format!(
-            "{what}: {} (SQLSTATE {})",
-            db.message(),
-            db.code().code()
-        ),
+        Some(db) => format!("{what}: {} (SQLSTATE {})", db.message(), db.code().code()),
         None => {
             let mut text = format!("{what}: {e}");
             let mut source = std::error::Error::source(e);
@@ -610,9 +606,7 @@ fn make_pool(settings: &Settings) -> Result<Pool> {
         recycling_method: RecyclingMethod::Fast,
     };
     let manager = match &settings.tls {
-        Tls::Plain => {
-            Manager::from_config(settings.config.clone(), tokio_postgres::NoTls, config)
-        }
+        Tls::Plain => Manager::from_config(settings.config.clone(), tokio_postgres::NoTls, config),
         #[cfg(feature = "postgres-tls")]
         Tls::Rustls(tls) => Manager::from_config(settings.config.clone(), tls.clone(), config),
     };
@@ -741,7 +735,11 @@ async fn migrate(conns: &Conns, sql: &Statements, schema: &str, table: &str) -> 
     }
     check_version(current, sql)?;
     let mut obj = conns.get().await?;
-    let what = format!("migrating {} to schema version {}", sql.table, sql::SCHEMA_VERSION);
+    let what = format!(
+        "migrating {} to schema version {}",
+        sql.table,
+        sql::SCHEMA_VERSION
+    );
     let err = |e: tokio_postgres::Error| pg_error(&what, &e);
     let tx = obj.transaction().await.map_err(err)?;
     let key = format!("locksmith:{schema}.{table}");
@@ -785,7 +783,10 @@ async fn migrate(conns: &Conns, sql: &Statements, schema: &str, table: &str) -> 
     .await
     .map_err(err)?;
     let version: i32 = tx
-        .query_typed_one(&format!("SELECT version FROM {} WHERE id = 0", sql.meta), &[])
+        .query_typed_one(
+            &format!("SELECT version FROM {} WHERE id = 0", sql.meta),
+            &[],
+        )
         .await
         .map_err(err)?
         .get(0);
@@ -803,10 +804,7 @@ async fn read_version(conns: &Conns, sql: &Statements) -> Result<Option<i32>> {
     let client = conns.shared().await?;
     let meta = sql.meta.clone();
     let rows = client
-        .query_typed(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[(&meta, Type::TEXT)],
-        )
+        .query_typed("SELECT to_regclass($1) IS NOT NULL", &[(&meta, Type::TEXT)])
         .await
         .map_err(|e| pg_error("reading the schema version", &e))?;
     if !rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
@@ -872,7 +870,11 @@ fn to_u64(v: i64) -> u64 {
 fn row_at(r: &PgRow, at: usize, token: Option<Token>) -> Row {
     let released: bool = r.get(at);
     Row {
-        token: if released { None } else { token.or_else(|| Some(Token::new())) },
+        token: if released {
+            None
+        } else {
+            token.or_else(|| Some(Token::new()))
+        },
         owner: r.get(at + 1),
         host: r.get(at + 2),
         pid: u32::try_from(r.get::<_, i64>(at + 3)).unwrap_or(0),
@@ -1018,11 +1020,13 @@ impl Inner {
         let mut table = TxTable::default();
         table.now = match rows.first() {
             Some(r) => r.get(11),
-            None => {
-                tx.query_typed_one(&format!("SELECT {}", sql::now_expr("$1")), &[(&offset, Type::INT8)])
-                    .await?
-                    .get(0)
-            }
+            None => tx
+                .query_typed_one(
+                    &format!("SELECT {}", sql::now_expr("$1")),
+                    &[(&offset, Type::INT8)],
+                )
+                .await?
+                .get(0),
         };
         for r in &rows {
             let name: String = r.get(0);
@@ -1564,7 +1568,11 @@ impl Store for PostgresStore {
     async fn reset_all(&self, ns: &Namespace) -> Result<u64> {
         let inner = &self.inner;
         let rows = inner
-            .query("reset_all", &inner.sql.reset_all, &[(&ns.as_str(), Type::TEXT)])
+            .query(
+                "reset_all",
+                &inner.sql.reset_all,
+                &[(&ns.as_str(), Type::TEXT)],
+            )
             .await?;
         Ok(rows.first().map(|r| to_u64(r.get(0))).unwrap_or(0))
     }
@@ -1590,7 +1598,9 @@ impl Store for PostgresStore {
     ) -> Result<SetOutcome> {
         let names: Vec<String> = claims.iter().map(|c| c.name.to_string()).collect();
         self.inner
-            .transact("set_locks", ns, &names, |t| rows::set_locks(t, claims, policy))
+            .transact("set_locks", ns, &names, |t| {
+                rows::set_locks(t, claims, policy)
+            })
             .await
     }
 

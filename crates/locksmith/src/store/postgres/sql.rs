@@ -141,7 +141,10 @@ impl Statements {
                 "UPDATE {t} SET token = NULL, freed = true, expires_at = $3
                  WHERE namespace = $1 AND name = $2"
             ),
-            notify: format!("SELECT pg_notify('{channel}', {})::text", payload("$1", "$2")),
+            notify: format!(
+                "SELECT pg_notify('{channel}', {})::text",
+                payload("$1", "$2")
+            ),
             table: t,
             meta,
             channel: channel.to_string(),
