@@ -338,7 +338,9 @@ async fn bench(
         let url = if url == "postgres" {
             let server = locksmith_testkit::servers::postgres::PostgresServer::start()
                 .await
-                .map_err(|e| format!("cannot start a PostgreSQL server for --store postgres: {e}"))?;
+                .map_err(|e| {
+                    format!("cannot start a PostgreSQL server for --store postgres: {e}")
+                })?;
             let url = server.url("postgres");
             pg_servers.push(server);
             url

@@ -338,6 +338,9 @@ impl RawRedis {
             .find_map(|l| l.strip_prefix(&format!("{field}:")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+}
+
 /// The PostgreSQL baseline: one tokio-postgres connection (pipelined, shared by every task)
 /// sending exactly the statements locksmith's store sends for a grant and a release — a
 /// call of the table's `_acquire` and `_release` functions (one round trip each, unnamed

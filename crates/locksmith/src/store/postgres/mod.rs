@@ -947,7 +947,11 @@ impl Inner {
 
     /// Sweeps garbage in the background, every [`SWEEP_EVERY`] grants.
     fn after_grant(self: &Arc<Self>) {
-        if self.grants.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY != 0 {
+        if !self
+            .grants
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
             return;
         }
         let inner = self.clone();
@@ -969,12 +973,12 @@ impl Inner {
 
     /// Runs `body` in a transaction on a client of its own over the claims' rows, locked
     /// (placeholders created first) in name order; deadlocks are retried.
-    async fn transact<T>(
+    async fn transact<T: Send>(
         &self,
         what: &str,
         ns: &Namespace,
         names: &[String],
-        body: impl Fn(&mut TxTable) -> Result<T>,
+        body: impl Fn(&mut TxTable) -> Result<T> + Send + Sync,
     ) -> Result<T> {
         let mut sorted = names.to_vec();
         sorted.sort();
@@ -993,11 +997,11 @@ impl Inner {
         }
     }
 
-    async fn transact_once<T>(
+    async fn transact_once<T: Send>(
         &self,
         ns: &Namespace,
         names: &[String],
-        body: &impl Fn(&mut TxTable) -> Result<T>,
+        body: &(impl Fn(&mut TxTable) -> Result<T> + Send + Sync),
     ) -> std::result::Result<T, TxError> {
         let mut obj = self.conns.get().await?;
         let tx = obj.transaction().await?;
@@ -1017,8 +1021,7 @@ impl Inner {
                 ],
             )
             .await?;
-        let mut table = TxTable::default();
-        table.now = match rows.first() {
+        let now = match rows.first() {
             Some(r) => r.get(11),
             None => tx
                 .query_typed_one(
@@ -1027,6 +1030,10 @@ impl Inner {
                 )
                 .await?
                 .get(0),
+        };
+        let mut table = TxTable {
+            now,
+            ..TxTable::default()
         };
         for r in &rows {
             let name: String = r.get(0);
@@ -1248,11 +1255,11 @@ async fn listen_once<T>(
     channel: &str,
     hub: &WakeHub,
     listening: &watch::Sender<bool>,
-) -> std::result::Result<(), tokio_postgres::Error>
+) -> std::result::Result<(), String>
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
 {
-    let (client, mut conn) = config.connect(tls).await?;
+    let (client, mut conn) = config.connect(tls).await.map_err(|e| e.to_string())?;
     let listen_sql = format!("LISTEN \"{channel}\"");
     let listen = client.batch_execute(&listen_sql);
     tokio::pin!(listen);
@@ -1260,7 +1267,7 @@ where
     loop {
         tokio::select! {
             done = &mut listen, if !listened => {
-                done?;
+                done.map_err(|e| e.to_string())?;
                 listened = true;
                 listening.send_replace(true);
                 // Anything released while we were not listening was not heard: re-poll.
@@ -1269,10 +1276,14 @@ where
             message = std::future::poll_fn(|cx| conn.poll_message(cx)) => match message {
                 Some(Ok(AsyncMessage::Notification(n))) => wake(hub, n.payload()),
                 Some(Ok(_)) => {}
-                Some(Err(e)) if !listened => return Err(e),
+                Some(Err(e)) if !listened => return Err(e.to_string()),
                 Some(Err(_)) | None => {
                     hub.notify_all();
-                    return if listened { Ok(()) } else { Ok(()) };
+                    return if listened {
+                        Ok(())
+                    } else {
+                        Err("the connection closed before LISTEN".into())
+                    };
                 }
             },
         }
