@@ -345,3 +345,65 @@ async fn restart_gives_retryable_errors_then_carries_on() {
     assert!(g.fence() > fence);
     g.release().await.unwrap();
 }
+
+/// A service that already has a deadpool pool hands it over; with a listener config its
+/// waiters are notified, without one they poll — and the capabilities say which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_can_be_handed_over() {
+    use locksmith::store::Store;
+    use locksmith::store::postgres::{
+        PoolOptions, PostgresStore, deadpool_postgres, tokio_postgres as tp,
+    };
+    let Some(server) = server().await else { return };
+    let config: tp::Config = server.url("postgres").parse().unwrap();
+    let manager = deadpool_postgres::Manager::new(config.clone(), tp::NoTls);
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(4)
+        .build()
+        .unwrap();
+    let mut options = PoolOptions::default();
+    options.listen = Some(config);
+    let store = PostgresStore::from_pool(pool.clone(), options)
+        .await
+        .unwrap();
+    assert!(store.capabilities().notify);
+    let ns = locksmith::Namespace::new("pool").unwrap();
+    let lm = Locksmith::with_store(store, ns.clone(), "postgres://handed-over");
+    // Its locks are the same as a URL client's.
+    let by_url = Locksmith::connect(&format!("{}?namespace=pool", server.url("postgres")))
+        .await
+        .unwrap();
+    let g = lm
+        .lock("p")
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(by_url.lock("p").try_acquire().await.unwrap().is_none());
+    let waiter = tokio::spawn(async move {
+        by_url
+            .lock("p")
+            .wait(Wait::For(Duration::from_secs(10)))
+            .acquire()
+            .await
+            .map(|g| g.fence())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fence = g.fence();
+    g.release().await.unwrap();
+    assert!(waiter.await.unwrap().unwrap() > fence);
+    // Without a listener: polling, and said so.
+    let store = PostgresStore::from_pool(pool, PoolOptions::default())
+        .await
+        .unwrap();
+    let caps = store.capabilities();
+    assert!(!caps.notify && caps.poll_interval.is_some());
+    let lm = Locksmith::with_store(store, ns, "postgres://handed-over");
+    lm.lock("q")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}

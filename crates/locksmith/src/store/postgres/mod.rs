@@ -44,6 +44,11 @@
 
 mod sql;
 
+/// The pool crate [`PostgresStore::from_pool`] takes (re-exported, so versions match).
+pub use deadpool_postgres;
+/// The driver (re-exported, for [`PoolOptions::listen`]'s `Config`).
+pub use tokio_postgres;
+
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
