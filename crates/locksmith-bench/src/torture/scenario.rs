@@ -47,6 +47,12 @@ pub(crate) enum Scenario {
     /// Redis without persistence, restarted: what a restart costs (locks forgotten). Its
     /// double holders are reported as the cost, not as violations.
     RedisRestartVolatile,
+    /// PostgreSQL (`--store postgres`): the server killed and restarted every few TTLs.
+    PgRestart,
+    /// PostgreSQL (`--store postgres`): every client connection terminated every TTL.
+    PgKillConnections,
+    /// PostgreSQL (`--store postgres`): the whole server frozen (SIGSTOP) past the TTL.
+    PgFreeze,
 }
 
 impl Scenario {
@@ -215,14 +221,14 @@ impl Ctx {
         None
     }
 
-    fn sleep_until_end(&self) {
+    pub(crate) fn sleep_until_end(&self) {
         let now = mono_ns();
         if self.until > now {
             std::thread::sleep(Duration::from_nanos(self.until - now));
         }
     }
 
-    fn time_left(&self) -> Duration {
+    pub(crate) fn time_left(&self) -> Duration {
         Duration::from_nanos(self.until.saturating_sub(mono_ns()))
     }
 }
@@ -290,6 +296,7 @@ pub(crate) fn run(
             None => skipped = Some("SKIPPED: redis-server is not installed".to_string()),
         }
     }
+    let mut pg = None;
     let url = match (scenario, store) {
         _ if redis => match &redis_server {
             Some((_, server)) => format!("{}?timeout=1s", server.url()),
@@ -321,6 +328,17 @@ pub(crate) fn run(
                 }
             }
         }
+        (_, Some("postgres")) => match super::postgres::PgServer::start() {
+            Ok(server) => {
+                let url = server.url();
+                pg = Some(server);
+                url
+            }
+            Err(e) => {
+                skipped = Some(format!("SKIPPED: cannot start a PostgreSQL server: {e}"));
+                String::new()
+            }
+        },
         (_, Some(url)) => url.to_string(),
         (_, None) => format!("sqlite://{}", dir.join("locks.db").display()),
     };
@@ -331,6 +349,16 @@ pub(crate) fn run(
     if skipped.is_none() && sqlite_only && !url.starts_with("sqlite://") {
         skipped = Some(format!(
             "SKIPPED: {} needs a SQLite store",
+            scenario.label()
+        ));
+    }
+    let pg_only = matches!(
+        scenario,
+        Scenario::PgRestart | Scenario::PgKillConnections | Scenario::PgFreeze
+    );
+    if skipped.is_none() && pg_only && pg.is_none() {
+        skipped = Some(format!(
+            "SKIPPED: {} needs --store postgres (a server of the harness's own)",
             scenario.label()
         ));
     }
@@ -421,6 +449,11 @@ pub(crate) fn run(
             let (_, server) = redis_server.as_ref().expect("started");
             redis_freezes(&mut ctx, server)
         }
+        Scenario::PgRestart => super::postgres::restart(&mut ctx, pg.as_ref().expect("a server")),
+        Scenario::PgKillConnections => {
+            super::postgres::kill_connections(&mut ctx, pg.as_ref().expect("a server"))
+        }
+        Scenario::PgFreeze => super::postgres::freeze(&mut ctx, pg.as_ref().expect("a server")),
         Scenario::ClockStep => {
             let step = (plan.ttl * 2).as_nanos() as u64;
             ctx.fault(&Fault {
