@@ -520,8 +520,8 @@ impl Conns {
     }
 
     /// A shared, pipelined client: the next open one in turn. When none is open, one is
-    /// connected here (and the other empty slots are filled in the background by later
-    /// calls), so one dead connection costs no call a reconnect while another is open.
+    /// connected here (dead slots are refilled in the background, see `refill_shared`), so
+    /// one dead connection costs no call a reconnect while another is open.
     async fn shared(&self) -> Result<Arc<Object>> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.shared.len();
@@ -721,6 +721,7 @@ impl PostgresStore {
         });
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(detached_worker(inner.clone(), rx));
+        tokio::spawn(refill_shared(Arc::downgrade(&inner)));
         Ok(Arc::new(PostgresStore {
             listener: Listener::new(listen, channel, hub),
             inner,
@@ -830,6 +831,28 @@ fn check_version(version: Option<i32>, sql: &Statements) -> Result<()> {
             sql::SCHEMA_VERSION
         ))),
         _ => Ok(()),
+    }
+}
+
+/// Reconnects shared clients that died (a terminated backend, a restarted server) in the
+/// background, twice a second, so calls are spread over every shared client again; ends
+/// when the store is dropped.
+async fn refill_shared(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        for (i, slot) in inner.conns.shared.iter().enumerate() {
+            let dead = slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_none_or(|c| c.is_closed());
+            if dead {
+                let _ = inner.conns.connect_slot(i).await;
+            }
+        }
     }
 }
 
@@ -1672,5 +1695,55 @@ impl PostgresStore {
             let token = parse_token(r.get(8));
             (row_at(r, 0, token), r.get::<_, i64>(9))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_fit_and_differ() {
+        let a = channel_of("public", "locksmith_locks");
+        let long = "x".repeat(MAX_TABLE_LEN);
+        let b = channel_of(&"s".repeat(63), &long);
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, channel_of("other", "locksmith_locks"));
+        assert_eq!(a, channel_of("public", "locksmith_locks"));
+    }
+
+    #[test]
+    fn payloads_name_namespace_and_lock() {
+        let hub = WakeHub::default();
+        let ns = Namespace::new("a:b").unwrap();
+        let name = LockName::new("x:1 ü").unwrap();
+        let mut one = hub.subscribe(&ns, &name);
+        let other = LockName::new("y").unwrap();
+        let mut two = hub.subscribe(&ns, &other);
+        one.mark_seen();
+        two.mark_seen();
+        wake(&hub, "3:a:bx:1 ü");
+        assert!(format!("{one:?}").contains("generation: 1"), "{one:?}");
+        assert!(format!("{two:?}").contains("generation: 0"), "{two:?}");
+        wake(&hub, "3:a:b");
+        assert!(format!("{two:?}").contains("generation: 1"), "{two:?}");
+        for junk in ["", "x", "9:a", "3:a:", "-1:ab"] {
+            wake(&hub, junk);
+        }
+    }
+
+    #[test]
+    fn urls_are_checked_without_connecting() {
+        for (url, hint) in [
+            ("postgres://h/db?table=Bad", "table="),
+            ("postgres://h/db?schema=", "schema="),
+            ("postgres://h/db?sslmode=maybe", "sslmode"),
+            ("postgres://h/db?nope=1", "unknown parameter"),
+        ] {
+            let err = identity_of(url).unwrap_err();
+            assert!(err.to_string().contains(hint), "{url}: {err}");
+        }
+        let id = identity_of("postgres://u:secret@db.example:6543/locks?table=t1").unwrap();
+        assert_eq!(id, "postgres://db.example:6543/locks?table=public.t1");
     }
 }
