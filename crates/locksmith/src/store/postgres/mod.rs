@@ -523,17 +523,25 @@ impl Conns {
     /// connected here (dead slots are refilled in the background, see `refill_shared`), so
     /// one dead connection costs no call a reconnect while another is open.
     async fn shared(&self) -> Result<Arc<Object>> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.shared.len();
-        for i in 0..n {
-            let slot = &self.shared[(start + i) % n];
+        // The open client with the fewest calls in flight (each call holds an `Arc`), the
+        // first one on a tie: one caller at a time keeps to one connection (and one server
+        // backend, which is faster than alternating), concurrent callers spread out.
+        let mut best: Option<(usize, Arc<Object>)> = None;
+        for slot in &self.shared {
             if let Some(c) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
                 && !c.is_closed()
             {
-                return Ok(c.clone());
+                let load = Arc::strong_count(c);
+                if best.as_ref().is_none_or(|(b, _)| load < *b) {
+                    best = Some((load, c.clone()));
+                }
             }
         }
-        self.connect_slot(start % n).await
+        if let Some((_, c)) = best {
+            return Ok(c);
+        }
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+        self.connect_slot(at).await
     }
 
     /// Connects every empty or closed slot (at open, so the first calls pay no connect).
