@@ -592,9 +592,9 @@ async fn resume_keeps_min_hold() {
 #[tokio::test]
 async fn passwords_never_show() {
     for url in [
-        "postgres://u:secret@h/db",
-        // (an unknown parameter: a Config error before any connection is tried)
+        // (unknown parameters: a Config error before any connection is tried)
         "redis://:secret@h?bogus=1",
+        "postgres://u:secret@h/db?bogus=1",
         "mysql://u:secret@h/db?x=1",
         "postgres://u:secret@h/db?timeout=0s",
         "nope://u:secret@h",

@@ -734,7 +734,7 @@ mod tests {
             "memory://?ns=a",
             "memory://?namespace=a%20b",
             "memory://?latency=fast",
-            "postgres://x",
+            "postgres://x?table=Bad-Name",
             "sqlite:///nonexistent-dir-for-locksmith/x.db",
         ] {
             let err = Locksmith::connect(bad).await.unwrap_err();

@@ -31,7 +31,7 @@ use clap::Parser;
 use locksmith::Locksmith;
 use serde::Serialize;
 
-use raw::{Raw, RawMemory, RawRedis, RawSqlite, RawSqliteThread};
+use raw::{Raw, RawMemory, RawPostgres, RawRedis, RawSqlite, RawSqliteThread};
 use scenarios::Env;
 use stats::{Figure, Figures, Sample};
 
@@ -55,6 +55,7 @@ const SCENARIOS: &[&str] = &[
 struct Args {
     /// A store to measure (repeat for several) [default: memory:// and a temporary SQLite file].
     /// `redis` (no URL) starts a `redis-server` of its own through the test kit.
+    /// `postgres` starts a PostgreSQL server of the bench's own (the test kit's).
     #[arg(long = "store", value_name = "URL")]
     stores: Vec<String>,
 
@@ -230,6 +231,17 @@ async fn open_store(
                 None,
             )
         }
+        "postgres" => {
+            // The raw client connects with the URL's connection part only.
+            let plain = url.split('?').next().unwrap_or(url);
+            (
+                (
+                    "raw tokio-postgres (1 pipelined connection)".to_string(),
+                    Raw::Postgres(Arc::new(RawPostgres::connect(plain).await?)),
+                ),
+                None,
+            )
+        }
         other => return Err(format!("no raw baseline for the {other} store yet").into()),
     };
     let budget = args.budget.unwrap_or(if args.quick {
@@ -353,8 +365,22 @@ async fn bench(
         }
     }
     let mut stores = Vec::new();
+    // `--store postgres`: a server of the bench's own, started by the test kit.
+    let mut pg_servers = Vec::new();
     for url in &urls {
-        stores.push(open_store(url, &args, dir.path()).await?);
+        let url = if url == "postgres" {
+            let server = locksmith_testkit::servers::postgres::PostgresServer::start()
+                .await
+                .map_err(|e| {
+                    format!("cannot start a PostgreSQL server for --store postgres: {e}")
+                })?;
+            let url = server.url("postgres");
+            pg_servers.push(server);
+            url
+        } else {
+            url.clone()
+        };
+        stores.push(open_store(&url, &args, dir.path()).await?);
     }
     let mut notes = Vec::new();
     let cli_bin = locksmith_bin();

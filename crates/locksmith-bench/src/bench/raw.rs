@@ -196,6 +196,8 @@ pub(crate) enum Raw {
     Redis(RawRedis),
     /// sqlx on a MySQL/MariaDB server.
     MySql(super::raw_mysql::RawMySql),
+    /// PostgreSQL: the store's own statements, sent directly.
+    Postgres(Arc<RawPostgres>),
 }
 
 impl Raw {
@@ -214,6 +216,7 @@ impl Raw {
             }
             Raw::Redis(r) => r.acquire(name, token).await,
             Raw::MySql(m) => m.acquire(name, token).await,
+            Raw::Postgres(p) => p.acquire(name, token).await,
         }
     }
 
@@ -232,6 +235,7 @@ impl Raw {
             }
             Raw::Redis(r) => r.release(name, token).await,
             Raw::MySql(m) => m.release(name, token).await,
+            Raw::Postgres(p) => p.release(name, token).await,
         }
     }
 }
@@ -338,5 +342,77 @@ impl RawRedis {
             .find_map(|l| l.strip_prefix(&format!("{field}:")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+}
+
+/// The PostgreSQL baseline: one tokio-postgres connection (pipelined, shared by every task)
+/// sending exactly the statements locksmith's store sends for a grant and a release — a
+/// call of the table's `_acquire` and `_release` functions (one round trip each, unnamed
+/// statements through `query_typed`) — in a namespace of its own, with no pool, timeout,
+/// retry, waiter queue or guard.
+pub(crate) struct RawPostgres {
+    client: tokio_postgres::Client,
+    ns: String,
+}
+
+impl RawPostgres {
+    /// Connects to `url` (a plain PostgreSQL URL: no locksmith parameters); the table must
+    /// exist (locksmith's store has created it).
+    pub(crate) async fn connect(url: &str) -> Result<RawPostgres, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(RawPostgres {
+            client,
+            ns: format!("bench-raw-{}", uuid::Uuid::new_v4().simple()),
+        })
+    }
+
+    pub(crate) async fn acquire(&self, name: &str, token: u128) -> bool {
+        use tokio_postgres::types::Type;
+        let token = uuid::Uuid::from_u128(token).to_string();
+        let ttl: i64 = 60_000_000;
+        let (pid, offset, min_hold) = (1i64, 0i64, None::<i64>);
+        let rows = self
+            .client
+            .query_typed(
+                "SELECT * FROM \"public\".\"locksmith_locks_acquire\"($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    (&self.ns, Type::TEXT),
+                    (&name, Type::TEXT),
+                    (&token, Type::TEXT),
+                    (&"raw", Type::TEXT),
+                    (&"host", Type::TEXT),
+                    (&pid, Type::INT8),
+                    (&ttl, Type::INT8),
+                    (&min_hold, Type::INT8),
+                    (&offset, Type::INT8),
+                ],
+            )
+            .await
+            .expect("raw acquire");
+        rows[0].get::<_, i32>(0) == 0
+    }
+
+    pub(crate) async fn release(&self, name: &str, token: u128) -> bool {
+        use tokio_postgres::types::Type;
+        let token = uuid::Uuid::from_u128(token).to_string();
+        let (offset, min_hold) = (0i64, None::<i64>);
+        let rows = self
+            .client
+            .query_typed(
+                "SELECT \"public\".\"locksmith_locks_release\"($1, $2, $3, $4, $5)",
+                &[
+                    (&self.ns, Type::TEXT),
+                    (&name, Type::TEXT),
+                    (&token, Type::TEXT),
+                    (&min_hold, Type::INT8),
+                    (&offset, Type::INT8),
+                ],
+            )
+            .await
+            .expect("raw release");
+        rows[0].get::<_, i32>(0) == 0
     }
 }

@@ -369,6 +369,9 @@ pub(crate) enum Locker {
     Lm(Locksmith, String),
     /// The in-process raw baseline: a `tokio::sync::Mutex` (FIFO, like locksmith's queue).
     Tokio(Arc<tokio::sync::Mutex<()>>),
+    /// A networked store's raw baseline: its grant statement retried in a loop until it
+    /// succeeds, then its release statement (no queue, no notification).
+    RawSpin(Raw, String),
 }
 
 /// One contender: acquire (waiting) → read-modify-write of the shared counter → release,
@@ -385,10 +388,18 @@ pub(crate) async fn contend(
         enum Hold {
             Lm(locksmith::LockGuard),
             Tokio(tokio::sync::OwnedMutexGuard<()>),
+            Raw(u128),
         }
         let hold = match &locker {
             Locker::Lm(lm, name) => Hold::Lm(lm.lock(name).acquire().await?),
             Locker::Tokio(m) => Hold::Tokio(m.clone().lock_owned().await),
+            Locker::RawSpin(raw, name) => {
+                let token = uuid::Uuid::new_v4().as_u128();
+                while !raw.acquire(name, token).await {
+                    tokio::task::yield_now().await;
+                }
+                Hold::Raw(token)
+            }
         };
         let got = mono_ns();
         out.max_wait_ns = out.max_wait_ns.max(got - asked);
@@ -407,6 +418,11 @@ pub(crate) async fn contend(
         match hold {
             Hold::Lm(g) => g.release().await?,
             Hold::Tokio(g) => drop(g),
+            Hold::Raw(token) => {
+                if let Locker::RawSpin(raw, name) = &locker {
+                    raw.release(name, token).await;
+                }
+            }
         }
     }
     Ok(out)
@@ -488,10 +504,25 @@ pub(crate) async fn contended_tasks(
     let mut out = Vec::new();
     let scenario = format!("contended K={k} tasks");
     let base = format!("raw tokio Mutex: contended K={k} tasks");
+    let spin = matches!(env.raw.1, Raw::Postgres(_));
+    let base = if spin {
+        format!(
+            "{}: contended K={k} tasks, grant retried in a loop",
+            env.raw.0
+        )
+    } else {
+        base
+    };
     let lockers: Vec<(String, Locker)> = {
         let mut v = Vec::new();
         if memory_baseline {
             v.push((base.clone(), Locker::Tokio(Arc::default())));
+        }
+        if spin {
+            v.push((
+                base.clone(),
+                Locker::RawSpin(env.raw.1.clone(), format!("c{}-{k}", env.run)),
+            ));
         }
         v.push((
             scenario.clone(),
@@ -514,7 +545,7 @@ pub(crate) async fn contended_tasks(
         }
         let elapsed = start.elapsed();
         let counter = shared.read().0;
-        let b = (label != base && memory_baseline).then_some(base.as_str());
+        let b = (label != base && (memory_baseline || spin)).then_some(base.as_str());
         out.extend(contended_samples(&label, parts, counter, elapsed, b));
     }
     Ok(out)

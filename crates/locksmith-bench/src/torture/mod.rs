@@ -19,6 +19,7 @@
 //! same profile; `--locksmith PATH` overrides both.
 
 mod check;
+mod postgres;
 mod record;
 mod resource;
 mod scenario;
@@ -356,6 +357,19 @@ fn markdown(a: &TortureArgs, plan: &Plan, outcomes: &[Outcome], table: &str) -> 
 fn describe(s: Scenario) -> &'static str {
     match s {
         Scenario::Baseline => "No faults.",
+        Scenario::PgRestart => {
+            "PostgreSQL (`--store postgres`, a server of the harness's own): every 3×TTL the server is \
+             SIGKILLed (postmaster and backends) and started again on the same data. Checked: no double holder, \
+             fences increase, locks are granted again after each restart."
+        }
+        Scenario::PgKillConnections => {
+            "PostgreSQL: every TTL, `pg_terminate_backend` of every connection of every locksmith client \
+             (pools and listeners). Checked: no double holder, fences increase, nothing stuck."
+        }
+        Scenario::PgFreeze => {
+            "PostgreSQL: the whole server frozen with SIGSTOP (backends included) for 2×TTL + 0.5 s, then \
+             thawed. Checked: holders whose renewals time out report the lock lost; no double holder."
+        }
         Scenario::Sigkill => {
             "Every TTL/2 the harness inspects the store, picks a holder (a library worker, or every third time a \
              `locksmith run`) and SIGKILLs it (library workers are replaced). Checked: the lock is taken over \

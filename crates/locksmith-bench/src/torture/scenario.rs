@@ -53,6 +53,12 @@ pub(crate) enum Scenario {
     ConnKill,
     /// The server frozen (SIGSTOP) past the TTL, then thawed (needs `--store mysql`).
     ServerFreeze,
+    /// PostgreSQL (`--store postgres`): the server killed and restarted every few TTLs.
+    PgRestart,
+    /// PostgreSQL (`--store postgres`): every client connection terminated every TTL.
+    PgKillConnections,
+    /// PostgreSQL (`--store postgres`): the whole server frozen (SIGSTOP) past the TTL.
+    PgFreeze,
 }
 
 impl Scenario {
@@ -296,6 +302,7 @@ pub(crate) fn run(
             None => skipped = Some("SKIPPED: redis-server is not installed".to_string()),
         }
     }
+    let mut pg = None;
     let url = match (scenario, store) {
         _ if redis => match &redis_server {
             Some((_, server)) => format!("{}?timeout=1s", server.url()),
@@ -327,6 +334,17 @@ pub(crate) fn run(
                 }
             }
         }
+        (_, Some("postgres")) => match super::postgres::PgServer::start() {
+            Ok(server) => {
+                let url = server.url();
+                pg = Some(server);
+                url
+            }
+            Err(e) => {
+                skipped = Some(format!("SKIPPED: cannot start a PostgreSQL server: {e}"));
+                String::new()
+            }
+        },
         (_, Some(url)) => url.to_string(),
         (_, None) => format!("sqlite://{}", dir.join("locks.db").display()),
     };
@@ -347,6 +365,16 @@ pub(crate) fn run(
     if skipped.is_none() && server_only && !super::server::have_server() {
         skipped = Some(format!(
             "SKIPPED: {} needs a server the harness starts itself (--store mysql)",
+            scenario.label()
+        ));
+    }
+    let pg_only = matches!(
+        scenario,
+        Scenario::PgRestart | Scenario::PgKillConnections | Scenario::PgFreeze
+    );
+    if skipped.is_none() && pg_only && pg.is_none() {
+        skipped = Some(format!(
+            "SKIPPED: {} needs --store postgres (a server of the harness's own)",
             scenario.label()
         ));
     }
@@ -440,6 +468,11 @@ pub(crate) fn run(
         Scenario::ServerRestart => super::server::restart(&mut ctx),
         Scenario::ConnKill => super::server::conn_kill(&mut ctx),
         Scenario::ServerFreeze => super::server::freeze(&mut ctx),
+        Scenario::PgRestart => super::postgres::restart(&mut ctx, pg.as_ref().expect("a server")),
+        Scenario::PgKillConnections => {
+            super::postgres::kill_connections(&mut ctx, pg.as_ref().expect("a server"))
+        }
+        Scenario::PgFreeze => super::postgres::freeze(&mut ctx, pg.as_ref().expect("a server")),
         Scenario::ClockStep => {
             let step = (plan.ttl * 2).as_nanos() as u64;
             ctx.fault(&Fault {

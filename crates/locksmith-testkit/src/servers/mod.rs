@@ -6,6 +6,9 @@
 //! or killed, and a bounded readiness wait whose failure shows the server's log. Each
 //! server kind lives in its own submodule.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;

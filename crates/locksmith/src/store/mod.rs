@@ -53,7 +53,12 @@ pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(any(feature = "memory", feature = "sqlite", feature = "mysql"))]
+#[cfg(any(
+    feature = "memory",
+    feature = "sqlite",
+    feature = "mysql",
+    feature = "postgres"
+))]
 #[cfg_attr(not(any(feature = "memory", feature = "sqlite")), allow(dead_code))]
 mod rows;
 #[cfg(feature = "sqlite")]

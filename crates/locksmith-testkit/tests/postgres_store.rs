@@ -1,0 +1,409 @@
+//! PostgreSQL-specific tests against servers started by the test kit: the order of fences
+//! when two transactions interleave, credentials kept out of messages, terminated
+//! connections, a server restart, concurrent migrations and a newer schema.
+
+#![cfg(feature = "postgres")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use locksmith::{Locksmith, Renew, Wait};
+use locksmith_testkit::servers::postgres::{PASSWORD, PostgresServer};
+use locksmith_testkit::skip_store;
+
+async fn server() -> Option<PostgresServer> {
+    match PostgresServer::start().await {
+        Ok(s) => Some(s),
+        Err(why) => {
+            skip_store("postgres", &why);
+            None
+        }
+    }
+}
+
+/// A plain tokio-postgres client (its connection driven on a task).
+async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connect");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+const TOKEN_A: &str = "11111111-2222-4333-8444-555555555555";
+
+/// A grant that waited for another transaction's row lock gets a fence above every fence
+/// that transaction minted: the fence is minted after the row is locked, not when the
+/// statement starts. Shown for an existing (freed) row and for a name without a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_is_minted_after_the_row_lock() {
+    let Some(server) = server().await else { return };
+    let url = format!("{}?namespace=fi", server.url("postgres"));
+    let lm = Locksmith::connect(&url).await.unwrap();
+    // "old" has a freed row; "new" has none.
+    lm.lock("old")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let mut raw = raw(&server.url("postgres")).await;
+    for name in ["old", "new"] {
+        let tx = raw.transaction().await.unwrap();
+        // The other transaction takes the row (creating it for "new") and mints a fence…
+        let row = tx
+            .query_one(
+                "SELECT o_status, o_fence FROM locksmith_locks_acquire('fi', $1, $2, 'other', 'h', 1, 60000000, NULL, 0)",
+                &[&name, &TOKEN_A],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<_, i32>(0),
+            0,
+            "{name}: the other transaction's grant"
+        );
+        let first: i64 = row.get(1);
+        // …while the store's grant starts and has to wait for the row.
+        let lm2 = lm.clone();
+        let started = Instant::now();
+        let grant = tokio::spawn(async move {
+            lm2.lock(name)
+                .wait(Wait::For(Duration::from_secs(20)))
+                .acquire()
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !grant.is_finished(),
+            "{name}: the grant did not wait for the row lock"
+        );
+        // Later, the other transaction mints a second fence and frees the lock.
+        tx.query_one(
+            "SELECT locksmith_locks_release('fi', $1, $2, NULL, 0)",
+            &[&name, &TOKEN_A],
+        )
+        .await
+        .unwrap();
+        let row = tx
+            .query_one(
+                "SELECT o_status, o_fence FROM locksmith_locks_acquire('fi', $1, $2, 'other', 'h', 1, 60000000, NULL, 0)",
+                &[&name, &TOKEN_A],
+            )
+            .await
+            .unwrap();
+        let second: i64 = row.get(1);
+        assert!(second > first);
+        tx.query_one(
+            "SELECT locksmith_locks_release('fi', $1, $2, NULL, 0)",
+            &[&name, &TOKEN_A],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let g = grant.await.unwrap().unwrap();
+        assert!(
+            g.fence() > second as u64,
+            "{name}: the waiting grant got fence {} below the other transaction's {second} (it started {:?} earlier)",
+            g.fence(),
+            started.elapsed()
+        );
+        g.release().await.unwrap();
+    }
+}
+
+/// The password never appears in errors or `Debug`, whether the login works or fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_redacted() {
+    let Some(server) = server().await else { return };
+    raw(&server.url("postgres"))
+        .await
+        .batch_execute(&PostgresServer::password_role_sql())
+        .await
+        .unwrap();
+    let good = server.password_url("postgres", PASSWORD);
+    let lm = Locksmith::connect(&good).await.unwrap();
+    let g = lm.lock("pw").acquire().await.unwrap();
+    let shown = format!("{lm:?} {:?} {:?} {}", lm.store(), g, lm.store().identity());
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    g.release().await.unwrap();
+
+    let wrong = "Wr0ng-pass-Zq9";
+    let err = Locksmith::connect(&server.password_url("postgres", wrong))
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(wrong), "{text}");
+    assert!(
+        text.contains("***"),
+        "the error should name the (redacted) URL: {text}"
+    );
+    assert!(
+        text.contains("password"),
+        "the error should say what failed: {text}"
+    );
+
+    // An unreachable server: a retryable error, redacted too.
+    let port = locksmith_testkit::servers::free_port();
+    let err = Locksmith::connect(&format!(
+        "postgres://u:{wrong}@127.0.0.1:{port}/db?timeout=2s"
+    ))
+    .await
+    .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(err.is_retryable(), "{text}");
+    assert!(!text.contains(wrong), "{text}");
+}
+
+/// Bad parameters are configuration errors that say what to write.
+#[tokio::test]
+async fn bad_parameters_are_config_errors() {
+    for (url, hint) in [
+        ("postgres://h/db?table=Locks", "table="),
+        ("postgres://h/db?table=a;drop", "table="),
+        ("postgres://h/db?schema=1x", "schema="),
+        ("postgres://h/db?sslmode=sometimes", "sslmode"),
+        ("postgres://h/db?pool=3", "unknown parameter"),
+    ] {
+        let err = Locksmith::connect(url).await.unwrap_err();
+        assert!(
+            err.is_invalid_input() || matches!(err, locksmith::Error::Config { .. }),
+            "{url}: {err}"
+        );
+        assert!(err.to_string().contains(hint), "{url}: {err}");
+    }
+}
+
+/// Many processes' worth of clients starting at once on a fresh table all migrate it
+/// safely; a table from a newer locksmith is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migration_and_newer_schema() {
+    let Some(server) = server().await else { return };
+    let url = format!("{}?table=mig&schema=locks", server.url("postgres"));
+    let starts = (0..8).map(|_| Locksmith::connect(&url));
+    for lm in futures_util::future::join_all(starts).await {
+        let lm = lm.unwrap();
+        lm.lock("m")
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    raw(&server.url("postgres"))
+        .await
+        .batch_execute("UPDATE locks.mig_meta SET version = 99")
+        .await
+        .unwrap();
+    let err = Locksmith::connect(&url).await.unwrap_err();
+    assert!(err.to_string().contains("newer locksmith"), "{err}");
+}
+
+/// `pg_terminate_backend` of every connection of the store, again and again, while tasks
+/// take turns on a few locks: nothing gets stuck, no lock is left behind, and waiters are
+/// still woken by notifications once the killing stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_connections_leave_nothing_stuck() {
+    let Some(server) = server().await else { return };
+    let url = format!("{}?namespace=kill&timeout=1s", server.url("postgres"));
+    let lm = Locksmith::connect(&url).await.unwrap();
+    let admin = raw(&server.url("postgres")).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (lm, done) = (lm.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let name = format!("k{}", i % 2);
+            while Instant::now() < stop {
+                let got = lm
+                    .lock(&name)
+                    .ttl(Duration::from_secs(3))
+                    .wait(Wait::For(Duration::from_secs(2)))
+                    .acquire()
+                    .await;
+                match got {
+                    Ok(g) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let _ = g.release().await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => assert!(
+                        e.is_retryable() || e.is_timeout(),
+                        "an error that is neither retryable nor a timeout: {e}"
+                    ),
+                }
+            }
+        }));
+    }
+    let mut kills = 0;
+    while Instant::now() < stop {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let rows = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'locksmith' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        kills += rows.len();
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(15), t)
+            .await
+            .expect("a task got stuck")
+            .unwrap();
+    }
+    assert!(kills >= 5, "only {kills} connections were terminated");
+    assert!(done.load(Ordering::Relaxed) > 0, "no task ever got a lock");
+    // Detached releases of abandoned tries settle; then nothing is held.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (a, b) = (lm.inspect("k0").await, lm.inspect("k1").await);
+        if matches!((&a, &b), (Ok(None), Ok(None))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a lock was left behind: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Waking still works by notification (the listener reconnected).
+    let g = lm
+        .lock("k0")
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    let other = Locksmith::connect(&url).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let start = Instant::now();
+        let g = other
+            .lock("k0")
+            .wait(Wait::For(Duration::from_secs(10)))
+            .acquire()
+            .await;
+        (g.map(|g| g.leak()), start.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released = Instant::now();
+    g.release().await.unwrap();
+    let (got, _) = waiter.await.unwrap();
+    got.unwrap();
+    assert!(
+        released.elapsed() < Duration::from_millis(900),
+        "the waiter was not woken by a notification ({:?} after the release)",
+        released.elapsed()
+    );
+}
+
+/// A restarted server gives retryable errors while it is down; then the store carries
+/// on: a lease held across the restart survives and can be extended and released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_gives_retryable_errors_then_carries_on() {
+    let Some(server) = server().await else { return };
+    let url = format!("{}?namespace=rs&timeout=2s", server.url("postgres"));
+    let lm = Locksmith::connect(&url).await.unwrap();
+    let g = lm
+        .lock("keep")
+        .ttl(Duration::from_secs(60))
+        .renew(Renew::Off)
+        .acquire()
+        .await
+        .unwrap();
+    let fence = g.fence();
+    server.kill();
+    let err = lm.inspect("keep").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let err = lm.lock("other").try_acquire().await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    server.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let info = loop {
+        match lm.inspect("keep").await {
+            Ok(info) => break info,
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(Instant::now() < deadline, "the store never recovered: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let info = info.expect("the lease survived the restart");
+    assert_eq!(info.fence, Some(fence));
+    assert!(lm.lock("keep").try_acquire().await.unwrap().is_none());
+    g.extend(Duration::from_secs(30)).await.unwrap();
+    g.release().await.unwrap();
+    let g = lm.lock("keep").acquire().await.unwrap();
+    assert!(g.fence() > fence);
+    g.release().await.unwrap();
+}
+
+/// A service that already has a deadpool pool hands it over; with a listener config its
+/// waiters are notified, without one they poll — and the capabilities say which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_can_be_handed_over() {
+    use locksmith::store::Store;
+    use locksmith::store::postgres::{
+        PoolOptions, PostgresStore, deadpool_postgres, tokio_postgres as tp,
+    };
+    let Some(server) = server().await else { return };
+    let config: tp::Config = server.url("postgres").parse().unwrap();
+    let manager = deadpool_postgres::Manager::new(config.clone(), tp::NoTls);
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(4)
+        .build()
+        .unwrap();
+    let mut options = PoolOptions::default();
+    options.listen = Some(config);
+    let store = PostgresStore::from_pool(pool.clone(), options)
+        .await
+        .unwrap();
+    assert!(store.capabilities().notify);
+    let ns = locksmith::Namespace::new("pool").unwrap();
+    let lm = Locksmith::with_store(store, ns.clone(), "postgres://handed-over");
+    // Its locks are the same as a URL client's.
+    let by_url = Locksmith::connect(&format!("{}?namespace=pool", server.url("postgres")))
+        .await
+        .unwrap();
+    let g = lm
+        .lock("p")
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(by_url.lock("p").try_acquire().await.unwrap().is_none());
+    let waiter = tokio::spawn(async move {
+        by_url
+            .lock("p")
+            .wait(Wait::For(Duration::from_secs(10)))
+            .acquire()
+            .await
+            .map(|g| g.fence())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fence = g.fence();
+    g.release().await.unwrap();
+    assert!(waiter.await.unwrap().unwrap() > fence);
+    // Without a listener: polling, and said so.
+    let store = PostgresStore::from_pool(pool, PoolOptions::default())
+        .await
+        .unwrap();
+    let caps = store.capabilities();
+    assert!(!caps.notify && caps.poll_interval.is_some());
+    let lm = Locksmith::with_store(store, ns, "postgres://handed-over");
+    lm.lock("q")
+        .acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}

@@ -1,0 +1,304 @@
+//! The SQL of the PostgreSQL store: the schema, its functions, and the statements the store
+//! sends, built once per table (the table's name is a validated identifier, never input).
+
+/// The schema version this build writes (in the meta table).
+pub(crate) const SCHEMA_VERSION: i32 = 1;
+
+/// The store's clock: microseconds since the Unix epoch on the server's clock
+/// (`clock_timestamp()`, not the transaction's start), plus the test offset bound as `$N`.
+pub(crate) fn now_expr(offset_param: &str) -> String {
+    format!("(floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8 + {offset_param})")
+}
+
+/// Every statement of one table, with its names spliced in.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    /// `"schema"."table"`.
+    pub(crate) table: String,
+    /// `"schema"."table_meta"`.
+    pub(crate) meta: String,
+    /// The `LISTEN`/`NOTIFY` channel.
+    pub(crate) channel: String,
+    pub(crate) acquire: String,
+    pub(crate) release: String,
+    pub(crate) extend: String,
+    pub(crate) inspect: String,
+    pub(crate) list: String,
+    pub(crate) force_release: String,
+    pub(crate) reset_all: String,
+    pub(crate) purge_expired: String,
+    pub(crate) sweep: String,
+    pub(crate) lock_rows: String,
+    pub(crate) placeholders: String,
+    pub(crate) write_row: String,
+    pub(crate) free_row: String,
+    pub(crate) notify: String,
+}
+
+/// The holder columns every read returns, in this order, after which comes the clock.
+pub(crate) const COLUMNS: &str =
+    "l.token IS NULL, l.owner, l.host, l.pid, l.fence, l.acquired_at, l.expires_at, l.min_hold";
+
+/// The payload of a wake-up: the namespace's length, `:`, the namespace, then the name
+/// (empty: every name of the namespace).
+fn payload(ns: &str, name: &str) -> String {
+    format!("length({ns})::text || ':' || {ns} || {name}")
+}
+
+impl Statements {
+    pub(crate) fn new(schema: &str, table: &str, channel: &str) -> Statements {
+        let t = format!("\"{schema}\".\"{table}\"");
+        let meta = format!("\"{schema}\".\"{table}_meta\"");
+        let f = |suffix: &str| format!("\"{schema}\".\"{table}_{suffix}\"");
+        let now2 = now_expr("$2");
+        let now1 = now_expr("$1");
+        let wake = payload("$1", "g.name");
+        Statements {
+            acquire: format!(
+                "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                f("acquire")
+            ),
+            release: format!("SELECT {}($1, $2, $3, $4, $5)", f("release")),
+            extend: format!("SELECT * FROM {}($1, $2, $3, $4, $5, $6)", f("extend")),
+            inspect: format!(
+                "SELECT {COLUMNS}, l.token, {now} FROM {t} l
+                 WHERE l.namespace = $1 AND l.name = $2 AND NOT l.freed",
+                now = now_expr("$3")
+            ),
+            // The page starts after the cursor or at the prefix (one range bound either way),
+            // and keeps to the prefix with starts_with: no LIKE pattern to escape.
+            list: format!(
+                "SELECT l.name, {COLUMNS}, c.now FROM {t} l, (SELECT {now} AS now) c
+                 WHERE l.namespace = $1 AND NOT l.freed
+                   AND l.name >= $2 AND starts_with(l.name, $2)
+                   AND ($3::text IS NULL OR l.name > $3)
+                   AND CASE $4::int4
+                         WHEN 0 THEN l.expires_at IS NULL OR l.expires_at > c.now
+                         WHEN 1 THEN true
+                         ELSE l.expires_at IS NOT NULL AND l.expires_at <= c.now
+                       END
+                 ORDER BY l.name LIMIT $5",
+                now = now_expr("$6")
+            ),
+            force_release: format!(
+                "WITH g AS (DELETE FROM {t} l WHERE l.namespace = $1 AND l.name = ANY($2)
+                    RETURNING l.name, l.fence,
+                      NOT l.freed AND (l.expires_at IS NULL OR l.expires_at > {now}) AS live),
+                 f AS (UPDATE {meta} SET fence_floor = GREATEST(fence_floor,
+                         (SELECT max(g.fence) FROM g))
+                       WHERE id = 0 AND EXISTS (SELECT 1 FROM g))
+                 SELECT g.name, g.live, pg_notify('{channel}', {wake})::text FROM g",
+                now = now_expr("$3")
+            ),
+            reset_all: format!(
+                "WITH g AS (DELETE FROM {t} l WHERE l.namespace = $1 RETURNING l.fence, l.freed),
+                 f AS (UPDATE {meta} SET fence_floor = GREATEST(fence_floor,
+                         (SELECT max(g.fence) FROM g))
+                       WHERE id = 0 AND EXISTS (SELECT 1 FROM g))
+                 SELECT (SELECT count(*) FROM g WHERE NOT g.freed),
+                        pg_notify('{channel}', {ns_wake})::text",
+                ns_wake = payload("$1", "''")
+            ),
+            purge_expired: format!(
+                "WITH g AS (DELETE FROM {t} l WHERE l.namespace = $1
+                      AND l.expires_at IS NOT NULL AND l.expires_at <= {now2}
+                    RETURNING l.fence, l.freed),
+                 f AS (UPDATE {meta} SET fence_floor = GREATEST(fence_floor,
+                         (SELECT max(g.fence) FROM g))
+                       WHERE id = 0 AND EXISTS (SELECT 1 FROM g))
+                 SELECT count(*) FILTER (WHERE NOT g.freed) FROM g"
+            ),
+            // Garbage: rows (of any namespace) that expired or were released more than
+            // `retain` ago, at most 64 per sweep, skipping rows a grant holds locked. Their
+            // fences raise the table's floor, so a name's next fence stays above them.
+            sweep: format!(
+                "WITH g AS (DELETE FROM {t} l WHERE l.ctid = ANY(ARRAY(
+                     SELECT s.ctid FROM {t} s
+                     WHERE s.expires_at IS NOT NULL AND s.expires_at <= {now1} - $2
+                     LIMIT 64 FOR UPDATE SKIP LOCKED))
+                   RETURNING l.fence)
+                 UPDATE {meta} SET fence_floor = GREATEST(fence_floor, (SELECT max(g.fence) FROM g))
+                 WHERE id = 0 AND EXISTS (SELECT 1 FROM g)"
+            ),
+            placeholders: format!(
+                "INSERT INTO {t} (namespace, name, token, owner, host, pid, fence, acquired_at,
+                                  expires_at, min_hold, freed)
+                 SELECT $1, n, NULL, '', '', 0, 0, 0, 0, NULL, true FROM unnest($2::text[]) n
+                 ON CONFLICT DO NOTHING"
+            ),
+            lock_rows: format!(
+                "SELECT l.name, l.freed, {COLUMNS}, l.token, {now2},
+                        (SELECT m.fence_floor FROM {meta} m WHERE m.id = 0)
+                 FROM {t} l WHERE l.namespace = $1 AND l.name = ANY($3)
+                 ORDER BY l.name FOR UPDATE OF l"
+            ),
+            write_row: format!(
+                "UPDATE {t} SET token = $3, owner = $4, host = $5, pid = $6, fence = $7,
+                   acquired_at = $8, expires_at = $9, min_hold = $10, freed = false
+                 WHERE namespace = $1 AND name = $2"
+            ),
+            free_row: format!(
+                "UPDATE {t} SET token = NULL, freed = true, expires_at = $3
+                 WHERE namespace = $1 AND name = $2"
+            ),
+            notify: format!(
+                "SELECT pg_notify('{channel}', {})::text",
+                payload("$1", "$2")
+            ),
+            table: t,
+            meta,
+            channel: channel.to_string(),
+        }
+    }
+
+    /// The migration to version 1: the table, its index, and its functions. Run inside the
+    /// migration's transaction.
+    pub(crate) fn schema_v1(&self, schema: &str, table: &str) -> String {
+        let t = &self.table;
+        let meta = &self.meta;
+        let channel = &self.channel;
+        let f = |suffix: &str| format!("\"{schema}\".\"{table}_{suffix}\"");
+        let now = now_expr("p_offset");
+        let wake = payload("p_ns", "p_name");
+        let acquire = f("acquire");
+        let release = f("release");
+        let extend = f("extend");
+        let index = format!("\"{table}_expires_at\"");
+        format!(
+            r#"
+CREATE TABLE IF NOT EXISTS {t} (
+    namespace   text COLLATE "C" NOT NULL,
+    name        text COLLATE "C" NOT NULL,
+    token       text,
+    owner       text NOT NULL,
+    host        text NOT NULL,
+    pid         int8 NOT NULL,
+    fence       int8 NOT NULL,
+    acquired_at int8 NOT NULL,
+    expires_at  int8,
+    min_hold    int8,
+    freed       boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (namespace, name)
+);
+COMMENT ON TABLE {t} IS 'locksmith locks: times are microseconds since the Unix epoch on this server''s clock; freed rows are released locks kept for their fence until swept';
+CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE OR REPLACE FUNCTION {acquire}(
+    p_ns text, p_name text, p_token text, p_owner text, p_host text, p_pid int8,
+    p_ttl int8, p_min_hold int8, p_offset int8)
+RETURNS TABLE (o_status int4, o_fence int8, o_now int8, o_released bool, o_owner text,
+               o_host text, o_pid int8, o_acquired_at int8, o_expires_at int8,
+               o_min_hold int8)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r {t}%ROWTYPE;
+    v_now int8;
+    v_floor int8;
+    v_fence int8;
+BEGIN
+    -- Lock the row first (creating a free placeholder if the name has none), so the fence
+    -- below is minted only once this grant is serialised after every earlier one.
+    LOOP
+        SELECT * INTO r FROM {t} l WHERE l.namespace = p_ns AND l.name = p_name FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO {t} (namespace, name, token, owner, host, pid, fence, acquired_at,
+                         expires_at, min_hold, freed)
+        VALUES (p_ns, p_name, NULL, '', '', 0, 0, 0, 0, NULL, true)
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+    v_now := {now};
+    IF NOT r.freed AND (r.expires_at IS NULL OR r.expires_at > v_now) THEN
+        o_status := CASE WHEN r.token = p_token THEN 2 ELSE 1 END;
+        o_fence := r.fence; o_now := v_now; o_released := r.token IS NULL;
+        o_owner := r.owner; o_host := r.host; o_pid := r.pid;
+        o_acquired_at := r.acquired_at; o_expires_at := r.expires_at;
+        o_min_hold := r.min_hold;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    SELECT m.fence_floor INTO v_floor FROM {meta} m WHERE m.id = 0;
+    v_fence := GREATEST(r.fence + 1, v_now, COALESCE(v_floor, 0) + 1);
+    UPDATE {t} l SET token = p_token, owner = p_owner, host = p_host, pid = p_pid,
+        fence = v_fence, acquired_at = v_now, expires_at = v_now + p_ttl,
+        min_hold = p_min_hold, freed = false
+    WHERE l.namespace = p_ns AND l.name = p_name;
+    o_status := 0; o_fence := v_fence; o_now := v_now; o_released := false;
+    o_owner := p_owner; o_host := p_host; o_pid := p_pid; o_acquired_at := v_now;
+    o_expires_at := v_now + p_ttl; o_min_hold := p_min_hold;
+    RETURN NEXT;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION {release}(
+    p_ns text, p_name text, p_token text, p_min_hold int8, p_offset int8)
+RETURNS int4
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_acquired int8;
+    v_expires int8;
+    v_now int8;
+BEGIN
+    SELECT l.acquired_at, l.expires_at INTO v_acquired, v_expires FROM {t} l
+    WHERE l.namespace = p_ns AND l.name = p_name AND l.token = p_token AND NOT l.freed
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 2;
+    END IF;
+    v_now := {now};
+    IF v_expires IS NOT NULL AND v_expires <= v_now THEN
+        RETURN 2;
+    END IF;
+    IF p_min_hold IS NOT NULL AND v_acquired + p_min_hold > v_now THEN
+        UPDATE {t} l SET token = NULL, expires_at = v_acquired + p_min_hold
+        WHERE l.namespace = p_ns AND l.name = p_name;
+        PERFORM pg_notify('{channel}', {wake});
+        RETURN 1;
+    END IF;
+    UPDATE {t} l SET token = NULL, freed = true, expires_at = v_now
+    WHERE l.namespace = p_ns AND l.name = p_name;
+    PERFORM pg_notify('{channel}', {wake});
+    RETURN 0;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION {extend}(
+    p_ns text, p_name text, p_token text, p_mode int4, p_by int8, p_offset int8)
+RETURNS TABLE (o_status int4, o_expires_in int8)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_expires int8;
+    v_end int8;
+    v_now int8;
+BEGIN
+    SELECT l.expires_at INTO v_expires FROM {t} l
+    WHERE l.namespace = p_ns AND l.name = p_name AND l.token = p_token AND NOT l.freed
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        o_status := 1; RETURN NEXT; RETURN;
+    END IF;
+    v_now := {now};
+    IF v_expires IS NOT NULL AND v_expires <= v_now THEN
+        o_status := 1; RETURN NEXT; RETURN;
+    END IF;
+    IF v_expires IS NULL THEN
+        o_status := 2; RETURN NEXT; RETURN;
+    END IF;
+    v_end := CASE p_mode
+        WHEN 0 THEN v_now + p_by
+        WHEN 1 THEN GREATEST(v_expires, v_now) + p_by
+        ELSE GREATEST(v_expires, v_now + p_by)
+    END;
+    UPDATE {t} l SET expires_at = v_end WHERE l.namespace = p_ns AND l.name = p_name;
+    IF v_end < v_expires THEN
+        PERFORM pg_notify('{channel}', {wake});
+    END IF;
+    o_status := 0; o_expires_in := v_end - v_now;
+    RETURN NEXT;
+END
+$fn$;
+
+UPDATE {meta} SET version = 1 WHERE id = 0;
+"#
+        )
+    }
+}
