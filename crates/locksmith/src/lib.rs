@@ -280,7 +280,7 @@ async fn open_store(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
 #[allow(dead_code)]
 fn not_built_in(url: &StoreUrl, feature: &str) -> Error {
     Error::config(format!(
-        "the {} store ({:?}) is not built in — enable locksmith's `{feature}` cargo feature (the CLI: `cargo install locksmith-cli --features {feature}`), or use {SCHEMES}",
+        "the {} store ({:?}) is not built in — enable locksmith's `{feature}` cargo feature, or use another store",
         url.scheme,
         url.redacted()
     ))

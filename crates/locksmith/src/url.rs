@@ -10,7 +10,7 @@ use crate::name::Namespace;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The URLs this version of locksmith can open, for messages.
-pub(crate) const SCHEMES: &str = "sqlite://, sqlite:///abs/path.db, memory://, memory://NAME";
+pub(crate) const SCHEMES: &str = "sqlite://, sqlite:///abs/path.db, memory://, memory://NAME, postgres://, mysql://, mariadb://, redis://, rediss://, redis+unix://, redis+cluster://";
 
 /// `url` with the password of its userinfo replaced by `***`
 /// (`postgres://u:secret@h/db` → `postgres://u:***@h/db`); other URLs unchanged.

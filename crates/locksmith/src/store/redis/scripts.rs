@@ -22,6 +22,10 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local function num(x) return string.format('%.0f', x) end
+-- PEXPIRE counts from the server's time truncated to the millisecond (in a script: the
+-- script's start), so a lease of `ms` could end up to 1 ms before `ms` after the grant;
+-- one more millisecond keeps every lease at least as long as the guard believes.
+local function lease(key, ms) redis.call('PEXPIRE', key, num(tonumber(ms) + 1)) end
 local function info(key, now)
   local v = redis.call('HMGET', key, 'owner', 'host', 'pid', 'fence', 'at', 'mh', 'tok')
   if not v[4] then return nil end
@@ -69,7 +73,7 @@ for i = 1, n do
   local f = num(fence)
   redis.call('HSET', key, 'tok', ARGV[base + 1], 'owner', ARGV[base + 2], 'host', ARGV[base + 3],
              'pid', ARGV[base + 4], 'fence', f, 'at', num(now), 'mh', ARGV[base + 6])
-  if ARGV[base + 5] ~= '' then redis.call('PEXPIRE', key, ARGV[base + 5]) end
+  if ARGV[base + 5] ~= '' then lease(key, ARGV[base + 5]) end
   redis.call('SET', fkey, f, 'PX', ARGV[1])
   table.insert(fences, f)
 end
@@ -86,7 +90,7 @@ if ARGV[2] ~= '' then
   local keep = at + tonumber(ARGV[2])
   if keep > now then
     redis.call('HDEL', KEYS[1], 'tok')
-    redis.call('PEXPIRE', KEYS[1], num(math.ceil((keep - now) / 1000)))
+    lease(KEYS[1], math.ceil((keep - now) / 1000))
     wake(ARGV[3], ARGV[4])
     return 'kept'
   end
@@ -108,7 +112,7 @@ local new
 if ARGV[2] == 'set' then new = d
 elseif ARGV[2] == 'add' then new = pttl + d
 else new = math.max(pttl, d) end
-redis.call('PEXPIRE', KEYS[1], num(new))
+lease(KEYS[1], new)
 if new < pttl then wake(ARGV[4], ARGV[5]) end
 return {'ok', num(new)}
 "#;
@@ -169,7 +173,7 @@ for i = 1, n do
       redis.call('PERSIST', key)
     else
       local pttl = redis.call('PTTL', key)
-      if pttl >= 0 and pttl < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
+      if pttl >= 0 and pttl < tonumber(ttl) then lease(key, ttl) end
     end
   elseif held[i] then
     action = 'skip_renew'
@@ -179,7 +183,7 @@ for i = 1, n do
     local f = num(math.max(last + 1, now))
     redis.call('HSET', key, 'tok', ARGV[base + 1], 'owner', ARGV[base + 2], 'host', ARGV[base + 3],
                'pid', ARGV[base + 4], 'fence', f, 'at', num(now), 'mh', ARGV[base + 5])
-    if ttl ~= '' then redis.call('PEXPIRE', key, ttl) end
+    if ttl ~= '' then lease(key, ttl) end
     redis.call('SET', fkey, f, 'PX', ARGV[5])
   else
     action = 'skip_create'
