@@ -351,6 +351,14 @@ impl Ctx {
         self.target.declared
     }
 
+    /// `n` milliseconds, scaled for a store with a coarse `ttl_granularity` (×10 for whole
+    /// seconds), so a case's short leases — and the sleeps around them — keep their meaning
+    /// once the core has rounded the TTLs up.
+    pub fn ms(&self, n: u64) -> Duration {
+        let scale = (self.target.declared.ttl_granularity.as_millis() / 100).max(1);
+        Duration::from_millis(n) * u32::try_from(scale).unwrap_or(u32::MAX)
+    }
+
     /// The store's name.
     pub fn store(&self) -> &'static str {
         self.target.store

@@ -616,7 +616,7 @@ pub fn prl_capabilities() -> locksmith::Capabilities {
 pub async fn prl_target() -> Option<crate::Target> {
     let server = RedisServer::start(RedisConfig::default()).await?;
     let url = format!("{}?layout=python-redis-lock", server.url());
-    let mut target = crate::Target::new("redis_prl", url, prl_capabilities());
+    let mut target = crate::Target::new("redis", url, prl_capabilities());
     target.faults = Some(server.fault_switch());
     target.keep_alive = Some(Box::new(server));
     Some(target)

@@ -37,9 +37,9 @@ use crate::error::{Error, Result};
 use crate::info::LockInfo;
 use crate::lease::Token;
 use crate::name::{LockName, Namespace};
-use crate::options::{Expired, ListQuery, Page};
+use crate::options::{Expired, ListQuery, Page, SetAction, SetOutcome, SetPolicy, SetStatus};
 use crate::store::{
-    Capabilities, Claim, ExtendMode, Extended, Grant, Released, Store, WakeHub, Wakeups,
+    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, WakeHub, Wakeups,
 };
 
 use super::keys::glob_escape;
@@ -155,6 +155,55 @@ for _, k in ipairs(KEYS) do
         out[#out + 1] = '-2'
         out[#out + 1] = '0'
     end
+end
+return out
+"#,
+    )
+});
+
+/// django-lockmgr's set/renew over python-redis-lock keys. ARGV: create, renew, fail ('1' or
+/// '0'), TTL in whole seconds ('' never expires), then one token per key. Returns
+/// `{'locked', i, pttl}` (with `fail`, nothing changed) or `{'done', action, pttl, …}`.
+static SET_LOCKS: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local create, renew, fail, ttl = ARGV[1] == '1', ARGV[2] == '1', ARGV[3] == '1', ARGV[4]
+if fail then
+    for i, k in ipairs(KEYS) do
+        if redis.call('EXISTS', k) == 1 then
+            return {'locked', tostring(i), tostring(redis.call('PTTL', k))}
+        end
+    end
+end
+local out = {'done'}
+for i, k in ipairs(KEYS) do
+    local action
+    if redis.call('EXISTS', k) == 1 then
+        if renew then
+            if ttl == '' then
+                redis.call('PERSIST', k)
+            else
+                local left = redis.call('PTTL', k)
+                if left >= 0 and left < tonumber(ttl) * 1000 then
+                    redis.call('EXPIRE', k, ttl)
+                end
+            end
+            action = 'renewed'
+        else
+            action = 'skip_renew'
+        end
+    elseif create then
+        if ttl == '' then
+            redis.call('SET', k, ARGV[4 + i])
+        else
+            redis.call('SET', k, ARGV[4 + i], 'EX', ttl)
+        end
+        action = 'created'
+    else
+        action = 'skip_create'
+    end
+    out[#out + 1] = action
+    out[#out + 1] = tostring(redis.call('PTTL', k))
 end
 return out
 "#,
@@ -438,6 +487,66 @@ impl PrlStore {
         Ok(names)
     }
 
+    /// One `SET_LOCKS` script over `claims` (all on one slot).
+    async fn set_locks_script(
+        &self,
+        claims: &[Claim],
+        policy: &SetPolicy,
+        fail: bool,
+    ) -> Result<std::result::Result<Vec<(SetAction, i64)>, Error>> {
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        let keys: Vec<String> = claims.iter().map(|c| lock_key(c.name.as_str())).collect();
+        let mut args = vec![
+            flag(policy.create),
+            flag(policy.renew),
+            flag(fail),
+            policy
+                .ttl
+                .map(|t| whole_seconds(t).to_string())
+                .unwrap_or_default(),
+        ];
+        args.extend(claims.iter().map(|c| c.token.expose().to_string()));
+        let out: Vec<String> = self
+            .conn
+            .invoke(&SET_LOCKS, &keys, &args)
+            .await
+            .map_err(store_error)?;
+        let int = |s: Option<&String>| -> Result<i64> {
+            s.and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad_reply("set_locks"))
+        };
+        match out.first().map(String::as_str) {
+            Some("locked") => {
+                let i = int(out.get(1))?;
+                let claim = usize::try_from(i - 1)
+                    .ok()
+                    .and_then(|i| claims.get(i))
+                    .ok_or_else(|| bad_reply("set_locks"))?;
+                let name = claim.name.as_str();
+                let pttl = int(out.get(2))?;
+                Ok(Err(Error::Locked {
+                    name: name.to_string(),
+                    holder: Box::new(info_of(name, &Info { pttl, mine: false })),
+                }))
+            }
+            Some("done") if out.len() == 1 + claims.len() * 2 => {
+                let mut rows = Vec::with_capacity(claims.len());
+                for row in out[1..].chunks(2) {
+                    let action = match row[0].as_str() {
+                        "created" => SetAction::Created,
+                        "renewed" => SetAction::Renewed,
+                        "skip_renew" => SetAction::SkippedRenew,
+                        "skip_create" => SetAction::SkippedCreate,
+                        _ => return Err(bad_reply("set_locks")),
+                    };
+                    rows.push((action, int(row.get(1))?));
+                }
+                Ok(Ok(rows))
+            }
+            _ => Err(bad_reply("set_locks")),
+        }
+    }
+
     async fn reset(&self, name: &str, how: String) -> Result<bool> {
         let gone: i64 = self
             .conn
@@ -645,6 +754,32 @@ impl Store for PrlStore {
         }
     }
 
+    async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
+        // Name by name in the order given (python-redis-lock has no multi-lock), rolling
+        // back what was taken before answering, so a retry finds nothing of its own.
+        let mut fences = Vec::with_capacity(claims.len());
+        for (i, claim) in claims.iter().enumerate() {
+            let answer = self.try_acquire(ns, claim).await;
+            let blocked = match answer {
+                Ok(Grant::Acquired { fence }) => {
+                    fences.push(fence);
+                    continue;
+                }
+                Ok(Grant::Held(info)) => Ok(GrantAll::Held(info)),
+                Ok(Grant::AlreadyHeld) => Ok(GrantAll::AlreadyHeld(claim.name.clone())),
+                Err(e) => Err(e),
+            };
+            let taken = if blocked.is_err() { i + 1 } else { i };
+            for c in &claims[..taken] {
+                if self.release_now(&c.name, &c.token).await.is_err() {
+                    self.release_detached(ns, &c.name, &c.token, None);
+                }
+            }
+            return blocked;
+        }
+        Ok(GrantAll::Acquired(fences))
+    }
+
     async fn release(
         &self,
         ns: &Namespace,
@@ -652,10 +787,10 @@ impl Store for PrlStore {
         token: &Token,
         min_hold: Option<Duration>,
     ) -> Result<Released> {
+        // The core refuses `min_hold` on this layout (`min_hold = false`) when locking, so
+        // a release always frees the lock now.
+        let _ = min_hold;
         self.check(ns, name.as_str())?;
-        if min_hold.is_some() {
-            return Err(self.unsupported("min_hold"));
-        }
         self.release_now(name, token).await
     }
 
@@ -807,6 +942,69 @@ impl Store for PrlStore {
         }
         self.hub.notify_namespace(ns);
         Ok(gone)
+    }
+
+    async fn set_locks(
+        &self,
+        ns: &Namespace,
+        claims: &[Claim],
+        policy: &SetPolicy,
+    ) -> Result<SetOutcome> {
+        for c in claims {
+            self.check(ns, c.name.as_str())?;
+        }
+        let rows = if !self.cluster {
+            self.set_locks_script(claims, policy, policy.fail).await??
+        } else {
+            // Cluster: the names live on different slots. With `fail`, check every name
+            // first; then name by name, rolling back what was created if one was taken.
+            if policy.fail {
+                let names: Vec<String> =
+                    claims.iter().map(|c| c.name.as_str().to_string()).collect();
+                for (name, info) in names.iter().zip(self.infos(&names, None).await?) {
+                    if let Some(info) = info {
+                        return Err(Error::Locked {
+                            name: name.clone(),
+                            holder: Box::new(info_of(name, &info)),
+                        });
+                    }
+                }
+            }
+            let mut rows = Vec::with_capacity(claims.len());
+            for (i, claim) in claims.iter().enumerate() {
+                let one = self
+                    .set_locks_script(std::slice::from_ref(claim), policy, policy.fail)
+                    .await;
+                match one {
+                    Ok(Ok(mut r)) => rows.append(&mut r),
+                    Ok(Err(e)) | Err(e) => {
+                        for (c, (action, _)) in claims[..i].iter().zip(&rows) {
+                            if *action == SetAction::Created {
+                                self.release_detached(ns, &c.name, &c.token, None);
+                            }
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            rows
+        };
+        let mut statuses = Vec::with_capacity(claims.len());
+        let mut locks = Vec::new();
+        let mut created = Vec::new();
+        for (claim, (action, pttl)) in claims.iter().zip(rows) {
+            let name = claim.name.as_str();
+            if action == SetAction::Created {
+                created.push((name.to_string(), claim.token.clone()));
+            }
+            let was_locked = matches!(action, SetAction::Renewed | SetAction::SkippedRenew);
+            let locked = action != SetAction::SkippedCreate;
+            if locked && pttl != -2 {
+                locks.push(info_of(name, &Info { pttl, mine: false }));
+            }
+            statuses.push(SetStatus::new(name, was_locked, locked, action));
+        }
+        Ok(SetOutcome::new(statuses, locks, created))
     }
 
     async fn purge_expired(&self, _ns: &Namespace) -> Result<u64> {
