@@ -273,3 +273,4 @@ pub async fn port_open(port: u16) -> bool {
 
 pub mod mariadb;
 pub mod redis;
+pub mod python;
