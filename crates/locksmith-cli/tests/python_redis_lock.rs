@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use locksmith::{Locksmith, Wait};
 use locksmith_testkit::servers::python::python_redis_lock;
-use locksmith_testkit::servers::redis::{Reply, RedisConfig, RedisServer};
+use locksmith_testkit::servers::redis::{RedisConfig, RedisServer, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_locksmith");
 
@@ -208,9 +208,13 @@ fn python_and_rust_share_a_counter_without_overlap() {
                     let v = int(cmd(&["GET", "counter"]).await.unwrap());
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     let next = (v + 1).to_string();
-                    locksmith_testkit::servers::redis::command(port, None, &["SET", "counter", &next])
-                        .await
-                        .unwrap();
+                    locksmith_testkit::servers::redis::command(
+                        port,
+                        None,
+                        &["SET", "counter", &next],
+                    )
+                    .await
+                    .unwrap();
                     cmd(&["DECR", "inside"]).await.unwrap();
                     g.release().await.unwrap();
                 }
@@ -225,7 +229,11 @@ fn python_and_rust_share_a_counter_without_overlap() {
         p.finish();
     }
     assert_eq!(int(s.redis(&["GET", "overlaps"])), 0, "overlapping holds");
-    assert_eq!(int(s.redis(&["GET", "counter"])), 4 * EACH as i64, "lost updates");
+    assert_eq!(
+        int(s.redis(&["GET", "counter"])),
+        4 * EACH as i64,
+        "lost updates"
+    );
 }
 
 #[test]
@@ -234,10 +242,9 @@ fn a_rust_release_wakes_a_python_waiter() {
         return;
     };
     let lm = s.lm();
-    let g = s
-        .rt
-        .block_on(lm.lock("w").ttl(Duration::from_secs(60)).acquire())
-        .unwrap();
+    let g =
+        s.rt.block_on(lm.lock("w").ttl(Duration::from_secs(60)).acquire())
+            .unwrap();
     let py = s.py(&["wait", "w"]);
     assert_eq!(py.line(Duration::from_secs(30)).1, "waiting");
     s.blpops(1);
@@ -296,13 +303,25 @@ fn python_extends_and_releases_a_lock_the_cli_acquired() {
     };
     let token = "handover-4Kx9+/Zq=";
     let out = Command::new(BIN)
-        .args(["--url", &s.url(), "acquire", "ho", "--ttl", "30s", "--token", token])
+        .args([
+            "--url",
+            &s.url(),
+            "acquire",
+            "ho",
+            "--ttl",
+            "30s",
+            "--token",
+            token,
+        ])
         .env_remove("LOCKSMITH_URL")
         .env_remove("LOCKSMITH_TOKEN")
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(s.redis(&["GET", "lock:ho"]), Reply::Bulk(Some(token.into())));
+    assert_eq!(
+        s.redis(&["GET", "lock:ho"]),
+        Reply::Bulk(Some(token.into()))
+    );
     assert_eq!(int(s.redis(&["TTL", "lock:ho"])), 30);
     let py = s.py(&["handover", "ho", token]);
     assert_eq!(py.line(Duration::from_secs(30)).1, format!("owner {token}"));
@@ -333,14 +352,13 @@ fn list_inspect_clear_and_reset_all_administer_python_locks_only() {
     let mut b = s.py(&["hold", "b"]);
     assert_eq!(b.line(Duration::from_secs(30)).1, "held");
     let lm = s.lm();
-    let names: Vec<String> = s
-        .rt
-        .block_on(lm.list(locksmith::ListQuery::all()))
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
+    let names: Vec<String> =
+        s.rt.block_on(lm.list(locksmith::ListQuery::all()))
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
     assert_eq!(names, ["a", "b"]);
     let info = s.rt.block_on(lm.inspect("a")).unwrap().unwrap();
     assert!(info.expires_in.unwrap() > Duration::from_secs(50));

@@ -3,7 +3,4 @@
 
 #![cfg(feature = "redis")]
 
-locksmith_testkit::conformance_suite!(
-    redis_prl,
-    locksmith_testkit::servers::redis::prl_target()
-);
+locksmith_testkit::conformance_suite!(redis_prl, locksmith_testkit::servers::redis::prl_target());

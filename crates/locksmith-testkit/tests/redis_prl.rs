@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use locksmith::{Error, Locksmith, Renew, Token};
-use locksmith_testkit::servers::redis::{Reply, RedisCluster, RedisConfig, RedisServer};
+use locksmith_testkit::servers::redis::{RedisCluster, RedisConfig, RedisServer, Reply};
 
 async fn node() -> Option<(RedisServer, Locksmith)> {
     let server = RedisServer::start(RedisConfig::default()).await?;
@@ -72,7 +72,13 @@ async fn python_keys_units_and_signals() {
     .await
     .unwrap();
     for _ in 0..3 {
-        slow.lock("s").acquire().await.unwrap().release().await.unwrap();
+        slow.lock("s")
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
     }
     assert_eq!(int(server.command(&["LLEN", "lock-signal:s"]).await), 1);
     let signal_ttl = int(server.command(&["PTTL", "lock-signal:s"]).await);
@@ -84,7 +90,10 @@ async fn python_keys_units_and_signals() {
     forever.release().await.unwrap();
     // min_hold is refused: python-redis-lock waiters would not learn when a kept lock ends
     assert!(matches!(
-        lm.lock("m").min_hold(Duration::from_secs(1)).acquire().await,
+        lm.lock("m")
+            .min_hold(Duration::from_secs(1))
+            .acquire()
+            .await,
         Err(Error::Unsupported { .. })
     ));
     assert_eq!(int(server.command(&["EXISTS", "lock:m"]).await), 0);
@@ -105,7 +114,9 @@ async fn administration_touches_lock_keys_only() {
     for (k, v) in [("unrelated", "1"), ("lockx", "2"), ("locksmith:{:a}", "3")] {
         server.command(&["SET", k, v]).await;
     }
-    server.command(&["SET", "lock:a", "someone", "EX", "60"]).await;
+    server
+        .command(&["SET", "lock:a", "someone", "EX", "60"])
+        .await;
     server.command(&["SET", "lock:b", "other"]).await;
     let names: Vec<String> = lm
         .list(locksmith::ListQuery::all())
@@ -131,7 +142,11 @@ async fn administration_touches_lock_keys_only() {
     let busy = reset.elapsed() >= Duration::from_millis(900);
     assert!((1..=1000).contains(&signal_ttl) || busy, "{signal_ttl}");
     for k in ["unrelated", "lockx", "locksmith:{:a}"] {
-        assert_eq!(int(server.command(&["EXISTS", k]).await), 1, "{k} was touched");
+        assert_eq!(
+            int(server.command(&["EXISTS", k]).await),
+            1,
+            "{k} was touched"
+        );
     }
 }
 
@@ -144,7 +159,10 @@ async fn bad_urls_are_refused_clearly() {
         ("layout=python-redis-lock&namespace=a", "namespace"),
         ("layout=python-redis-lock&prefix=x:", "prefix"),
         ("layout=python-redis-lock&signal_expire=0", "signal_expire"),
-        ("layout=python-redis-lock&signal_expire=soon", "signal_expire"),
+        (
+            "layout=python-redis-lock&signal_expire=soon",
+            "signal_expire",
+        ),
         ("signal_expire=100", "layout=python-redis-lock"),
         ("layout=pyhton", "layout=python-redis-lock"),
     ] {
@@ -165,7 +183,10 @@ async fn cluster_needs_hash_tags() {
     let err = lm.lock("plain").acquire().await.unwrap_err();
     assert!(err.is_invalid_input(), "{err}");
     let text = err.to_string();
-    assert!(text.contains("{plain}") && text.contains("hash tag"), "{text}");
+    assert!(
+        text.contains("{plain}") && text.contains("hash tag"),
+        "{text}"
+    );
     // with a hash tag everything works, waiters included
     let g = lm.lock("{plain}").acquire().await.unwrap();
     let other = Locksmith::connect(&format!("{}?layout=python-redis-lock", cluster.url()))

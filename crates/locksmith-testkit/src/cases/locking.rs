@@ -429,10 +429,7 @@ pub async fn renew_by_adds(ctx: Ctx) {
         .unwrap();
     g.renew_by(ms(1000)).await.unwrap();
     let left = lease_left(&ctx.lm, "ra").await;
-    assert!(
-        left > ms(1000) && left <= ms(1300),
-        "{left:?}"
-    );
+    assert!(left > ms(1000) && left <= ms(1300), "{left:?}");
     tokio::time::sleep(ms(500)).await;
     assert!(other.lock("ra").try_acquire().await.unwrap().is_none());
     assert!(g.is_held());

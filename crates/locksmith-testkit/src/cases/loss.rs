@@ -539,7 +539,10 @@ pub async fn renew_by_capped_at_max_hold(ctx: Ctx) {
     // A store that keeps coarse TTLs rounds the added time up, and then the new lease: at
     // most two granules past max_hold.
     let slack = ms(30).max(ctx.caps().ttl_granularity * 2);
-    assert!(left <= ms(1000) + slack, "lease moved past max_hold: {left:?}");
+    assert!(
+        left <= ms(1000) + slack,
+        "lease moved past max_hold: {left:?}"
+    );
     assert_eq!(g.lost().await, LossReason::MaxHold);
 }
 

@@ -272,5 +272,5 @@ pub async fn port_open(port: u16) -> bool {
 }
 
 pub mod mariadb;
-pub mod redis;
 pub mod python;
+pub mod redis;

@@ -15,6 +15,9 @@
 //! `?prefix=` (default `locksmith:`; no `{` or `}`), which every key of this store starts
 //! with.
 //!
+//! `?layout=python-redis-lock` switches to python-redis-lock's own keys and scripts, to share
+//! locks with Python services (see [`prl`]); it takes `?signal_expire=` (ms, default 1000).
+//!
 //! # Layout
 //!
 //! One lock is one hash, `<prefix>{<ns>:<name>}` (see `keys` for the escaping), whose TTL is

@@ -368,13 +368,13 @@ impl PrlStore {
 }
 
 fn check_ns(ns: &Namespace) -> Result<()> {
-        if !ns.as_str().is_empty() {
-            return Err(Error::config(format!(
-                "the python-redis-lock layout has no namespaces (namespace {:?} given) — drop ?namespace= from the URL",
-                ns.as_str()
-            )));
-        }
-        Ok(())
+    if !ns.as_str().is_empty() {
+        return Err(Error::config(format!(
+            "the python-redis-lock layout has no namespaces (namespace {:?} given) — drop ?namespace= from the URL",
+            ns.as_str()
+        )));
+    }
+    Ok(())
 }
 
 impl PrlStore {
@@ -692,7 +692,11 @@ async fn wake_task(
                 } else {
                     // Nobody here waits any more: leave the wake-up to another process.
                     let _ = c
-                        .invoke::<i64>(&GIVE_BACK, &[signal.clone()], &[signal_expire_ms.to_string()])
+                        .invoke::<i64>(
+                            &GIVE_BACK,
+                            &[signal.clone()],
+                            &[signal_expire_ms.to_string()],
+                        )
                         .await;
                 }
             }
@@ -730,7 +734,11 @@ impl Store for PrlStore {
             .unwrap_or_default();
         let out: Vec<String> = self
             .conn
-            .invoke(&ACQUIRE, &[lock_key(n)], &[claim.token.expose().to_string(), ttl])
+            .invoke(
+                &ACQUIRE,
+                &[lock_key(n)],
+                &[claim.token.expose().to_string(), ttl],
+            )
             .await
             .map_err(store_error)?;
         match out.first().map(String::as_str) {
@@ -875,7 +883,10 @@ impl Store for PrlStore {
         let n = name.as_str();
         self.check(ns, n)?;
         let infos = self.infos(&[n.to_string()], None).await?;
-        Ok(infos.first().and_then(|i| i.as_ref()).map(|i| info_of(n, i)))
+        Ok(infos
+            .first()
+            .and_then(|i| i.as_ref())
+            .map(|i| info_of(n, i)))
     }
 
     async fn list(&self, ns: &Namespace, query: &ListQuery) -> Result<Page> {
