@@ -694,7 +694,7 @@ async fn wake_task(
                     let _ = c
                         .invoke::<i64>(
                             &GIVE_BACK,
-                            &[signal.clone()],
+                            std::slice::from_ref(&signal),
                             &[signal_expire_ms.to_string()],
                         )
                         .await;
