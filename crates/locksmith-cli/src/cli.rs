@@ -240,6 +240,10 @@ pub(crate) struct AcquireArgs {
     pub(crate) name: String,
     #[command(flatten)]
     pub(crate) lease: LeaseArgs,
+    /// Hold the lock with this token instead of a random one (printable ASCII, no spaces):
+    /// e.g. the id a python-redis-lock `Lock(…, id=…)` will extend and release.
+    #[arg(long)]
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -373,7 +373,10 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
 /// `locksmith acquire NAME`: prints the token and fence; the lock outlives the command.
 pub(crate) async fn acquire(lm: &Locksmith, args: AcquireArgs, out: Out) -> Result<u8, Failure> {
     // No renewal: the process exits at once, and its watchdog would die with it.
-    let b = builder(lm, &args.name, &args.lease, user()).renew(Renew::Off);
+    let mut b = builder(lm, &args.name, &args.lease, user()).renew(Renew::Off);
+    if let Some(token) = &args.token {
+        b = b.token(token.parse::<Token>().map_err(Failure::from)?);
+    }
     let waits = args.lease.wait.is_some_and(|w| w != Wait::No);
     let busy = if args.lease.wait.is_some() {
         "try again later"

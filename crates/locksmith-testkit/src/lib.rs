@@ -224,12 +224,22 @@ fn with_param(url: &str, param: &str) -> String {
     format!("{url}{sep}{param}")
 }
 
+/// `url` in `namespace`; the empty (default) namespace adds nothing, so stores without
+/// namespaces (`Capabilities::namespaces` false) are reached by their plain URL.
+fn with_namespace(url: &str, namespace: &str) -> String {
+    if namespace.is_empty() {
+        url.to_string()
+    } else {
+        with_param(url, &format!("namespace={namespace}"))
+    }
+}
+
 /// A client of `target` in `namespace`.
 async fn client_of(target: &Target, namespace: &str) -> Locksmith {
     if let Some(connect) = &target.connector {
         return connect(namespace.to_string()).await;
     }
-    let url = with_param(&target.base_url, &format!("namespace={namespace}"));
+    let url = with_namespace(&target.base_url, namespace);
     Locksmith::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("connect {url}: {e}"))
@@ -273,7 +283,7 @@ impl Ctx {
 
     /// The URL of `namespace` on the store.
     pub fn url_in(&self, namespace: &str) -> String {
-        with_param(&self.target.base_url, &format!("namespace={namespace}"))
+        with_namespace(&self.target.base_url, namespace)
     }
 
     /// Starts the helper binary (`locksmith-test-helper`) with `args`, as a client process
@@ -341,6 +351,14 @@ impl Ctx {
         self.target.declared
     }
 
+    /// `n` milliseconds, scaled for a store with a coarse `ttl_granularity` (×10 for whole
+    /// seconds), so a case's short leases — and the sleeps around them — keep their meaning
+    /// once the core has rounded the TTLs up.
+    pub fn ms(&self, n: u64) -> Duration {
+        let scale = (self.target.declared.ttl_granularity.as_millis() / 100).max(1);
+        Duration::from_millis(n) * u32::try_from(scale).unwrap_or(u32::MAX)
+    }
+
     /// The store's name.
     pub fn store(&self) -> &'static str {
         self.target.store
@@ -384,11 +402,16 @@ where
     let Some(target) = target.await else {
         return;
     };
-    let namespace = format!(
-        "t-{}-{}",
-        case.chars().take(24).collect::<String>(),
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
+    // A store without namespaces gets a fresh server per case and the default namespace.
+    let namespace = if target.declared.namespaces {
+        format!(
+            "t-{}-{}",
+            case.chars().take(24).collect::<String>(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    } else {
+        String::new()
+    };
     let target = Arc::new(target);
     let ctx = Ctx {
         lm: client_of(&target, &namespace).await,

@@ -129,10 +129,14 @@ pub async fn set_locks_statuses_and_counts(ctx: Ctx) {
     assert_eq!(created, ["a", "c"]);
     assert_eq!(out.locks.len(), 3);
     let a = out.locks.iter().find(|l| l.name == "a").unwrap();
-    assert_eq!(a.owner.as_deref(), Some("operator"));
+    if ctx.caps().holder_metadata {
+        assert_eq!(a.owner.as_deref(), Some("operator"));
+    }
     // the renewed lock keeps its holder, who can still use it
     let b = ctx.lm.inspect("b").await.unwrap().unwrap();
-    assert_eq!(b.fence, Some(held.fence()));
+    if ctx.caps().fencing {
+        assert_eq!(b.fence, Some(held.fence()));
+    }
     assert!(b.expires_in.unwrap() > Duration::from_secs(25));
     held.release().await.unwrap();
     // a created lock can be resumed with its token
@@ -345,6 +349,8 @@ pub async fn clear_reports_and_wakes(ctx: Ctx) {
 
 /// `reset_all` removes every row of the namespace, counts them, and wakes waiters.
 pub async fn reset_all_counts_and_wakes(ctx: Ctx) {
+    // Short leases, scaled for stores that keep whole seconds.
+    let ms = super::scaled(&ctx);
     let other = ctx.client().await;
     let _a = ctx.lm.lock("a").acquire().await.unwrap();
     let _b = ctx.lm.lock("b").acquire().await.unwrap();

@@ -50,6 +50,13 @@ pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// [`ms`] scaled by [`Ctx::ms`] for this case's store: shadow `ms` with it in cases whose
+/// timing rests on short leases.
+pub fn scaled(ctx: &Ctx) -> impl Fn(u64) -> Duration + Copy + use<> {
+    let unit = ctx.ms(1);
+    move |n| unit * u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Polls `check` every 10 ms until it returns true; panics with `what` after [`SOON`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -272,4 +272,5 @@ pub async fn port_open(port: u16) -> bool {
 }
 
 pub mod mariadb;
+pub mod python;
 pub mod redis;

@@ -595,3 +595,29 @@ pub async fn cluster_target() -> Option<crate::Target> {
     target.keep_alive = Some(Box::new(cluster));
     Some(target)
 }
+
+/// The capabilities the python-redis-lock layout (`?layout=python-redis-lock`) must
+/// declare: no fencing, holder metadata, namespaces, `min_hold` or expired rows; whole-second
+/// leases; waiters notified by `BLPOP` and re-polling every second.
+pub fn prl_capabilities() -> locksmith::Capabilities {
+    let mut caps = locksmith::Capabilities::NONE;
+    caps.cross_process = true;
+    caps.notify = true;
+    caps.poll_interval = Some(Duration::from_secs(1));
+    caps.never_expire = true;
+    caps.ordered_list = true;
+    caps.max_name_len = 255;
+    caps.ttl_granularity = Duration::from_secs(1);
+    caps
+}
+
+/// A conformance target for the python-redis-lock layout on a fresh node (a server per
+/// case, since the layout has no namespaces). `None`: SKIPPED.
+pub async fn prl_target() -> Option<crate::Target> {
+    let server = RedisServer::start(RedisConfig::default()).await?;
+    let url = format!("{}?layout=python-redis-lock", server.url());
+    let mut target = crate::Target::new("redis", url, prl_capabilities());
+    target.faults = Some(server.fault_switch());
+    target.keep_alive = Some(Box::new(server));
+    Some(target)
+}

@@ -15,6 +15,9 @@
 //! `?prefix=` (default `locksmith:`; no `{` or `}`), which every key of this store starts
 //! with.
 //!
+//! `?layout=python-redis-lock` switches to python-redis-lock's own keys and scripts, to share
+//! locks with Python services (see [`prl`]); it takes `?signal_expire=` (ms, default 1000).
+//!
 //! # Layout
 //!
 //! One lock is one hash, `<prefix>{<ns>:<name>}` (see `keys` for the escaping), whose TTL is
@@ -54,6 +57,7 @@
 //! slots (`atomic_multi = false` there).
 
 mod keys;
+pub mod prl;
 mod scripts;
 mod subs;
 
@@ -206,13 +210,32 @@ fn check_prefix(prefix: &str, shown: &str) -> Result<()> {
 /// `rediss+cluster://`) URL names.
 pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
     let shown = url.redacted().to_string();
-    let prefix = url
-        .take("prefix")
-        .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+    let layout = url.take("layout");
+    let prl = match layout.as_deref() {
+        None | Some("native") => false,
+        Some(prl::LAYOUT) => true,
+        Some(other) => {
+            return Err(Error::config(format!(
+                "store URL {shown:?}: unknown layout={other:?} — write layout=python-redis-lock to share locks with python-redis-lock, or leave it out"
+            )));
+        }
+    };
+    let signal_expire = url.take("signal_expire");
+    let given_prefix = url.take("prefix");
+    let prl_opts = if prl {
+        prl_options(url, &shown, given_prefix.is_some(), signal_expire)?
+    } else if signal_expire.is_some() {
+        return Err(Error::config(format!(
+            "store URL {shown:?}: ?signal_expire= only applies with layout=python-redis-lock"
+        )));
+    } else {
+        0
+    };
+    let prefix = given_prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string());
     check_prefix(&prefix, &shown)?;
     let db = url.take("db");
     let tls_ca = url.take("tls_ca");
-    url.finish(", ?prefix=, ?db= (redis+unix) and ?tls_ca= (rediss)")?;
+    url.finish(", ?prefix=, ?layout=, ?signal_expire=, ?db= (redis+unix) and ?tls_ca= (rediss)")?;
     let timeout = url.timeout;
     let bad = |what: &str| {
         Error::config(format!(
@@ -240,10 +263,18 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
     if url.body.is_empty() {
         return Err(bad("no host given"));
     }
-    let identity = format!(
-        "redis:{}|{prefix}",
-        redact_url(&format!("{scheme}://{}", url.body))
-    );
+    let identity = if prl {
+        format!(
+            "redis:{}|{}",
+            redact_url(&format!("{scheme}://{}", url.body)),
+            prl::LAYOUT
+        )
+    } else {
+        format!(
+            "redis:{}|{prefix}",
+            redact_url(&format!("{scheme}://{}", url.body))
+        )
+    };
     match scheme {
         "redis+cluster" | "rediss+cluster" => {
             if db.is_some() {
@@ -268,6 +299,8 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
                 .map(|n| redis::IntoConnectionInfo::into_connection_info(n.as_str()))
                 .collect::<redis::RedisResult<Vec<_>>>()
                 .map_err(|e| bad(&format!("the node list does not parse ({:?})", e.kind())))?;
+            let infos_prl = infos.clone();
+            let ca_prl = ca.clone();
             let builder = move |push: Option<subs::PushSink>| {
                 let mut b = redis::cluster::ClusterClientBuilder::new(infos.clone())
                     .connection_timeout(timeout)
@@ -288,6 +321,24 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
                 .get_async_connection()
                 .await
                 .map_err(|e| unreachable(&shown, e))?;
+            if prl {
+                let mut b = redis::cluster::ClusterClientBuilder::new(infos_prl)
+                    .connection_timeout(timeout)
+                    .response_timeout(prl::blpop_response_timeout(timeout))
+                    .retries(1);
+                if let Some(ca) = &ca_prl {
+                    b = with_cluster_ca(b, ca).map_err(|e| bad(&format!("{:?}", e.kind())))?;
+                }
+                let blockers = b.build().map_err(|e| bad(&format!("{:?}", e.kind())))?;
+                return Ok(prl::PrlStore::build(
+                    Conn::Cluster(conn),
+                    true,
+                    identity,
+                    prl_opts,
+                    prl::Blockers::Cluster(Box::new(blockers)),
+                    timeout,
+                ));
+            }
             let mut caps = capabilities(false);
             caps.atomic_multi = false;
             let source = subs::Source::Cluster(Arc::new(move |push| builder(Some(push))));
@@ -313,9 +364,58 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
             }
             let client = client_for(&target, ca.as_deref())
                 .map_err(|e| bad(&format!("the URL does not parse ({:?})", e.kind())))?;
+            if prl {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let manager = ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map_err(|e| unreachable(&shown, e))?;
+                let conn = Conn::Single(manager);
+                conn.query::<String>(&redis::cmd("PING"))
+                    .await
+                    .map_err(|e| unreachable(&shown, e))?;
+                return Ok(prl::PrlStore::build(
+                    conn,
+                    false,
+                    identity,
+                    prl_opts,
+                    prl::Blockers::Single(Box::new(client)),
+                    timeout,
+                ));
+            }
             RedisStore::open_client(client, prefix, identity, timeout, &shown).await
         }
         other => Err(bad(&format!("unknown scheme {other:?}"))),
+    }
+}
+
+/// Checks the URL for the python-redis-lock layout; returns its `signal_expire` in ms.
+fn prl_options(
+    url: &StoreUrl,
+    shown: &str,
+    prefix_given: bool,
+    signal_expire: Option<String>,
+) -> Result<u64> {
+    if prefix_given {
+        return Err(Error::config(format!(
+            "store URL {shown:?}: layout=python-redis-lock uses python-redis-lock's own keys (lock:<name>, lock-signal:<name>) and takes no ?prefix= — drop it"
+        )));
+    }
+    if !url.namespace.as_str().is_empty() {
+        return Err(Error::config(format!(
+            "store URL {shown:?}: layout=python-redis-lock has no namespaces (python-redis-lock has none) — drop ?namespace=, or use a separate Redis database (redis://host/2)"
+        )));
+    }
+    match signal_expire {
+        None => Ok(prl::DEFAULT_SIGNAL_EXPIRE_MS),
+        Some(ms) => ms.parse::<u64>().ok().filter(|ms| *ms > 0).ok_or_else(|| {
+            Error::config(format!(
+                "store URL {shown:?}: signal_expire={ms:?} is not a positive whole number of milliseconds — write e.g. signal_expire=1000 (python-redis-lock's default)"
+            ))
+        }),
     }
 }
 
