@@ -21,7 +21,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_locksmith");
 const SCRIPT: &str = r#"
 import sys, time, redis, redis_lock
 port, cmd, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-r = redis.Redis(port=port)
+# redis-py 8 reads with a 5 s socket timeout by default, shorter than the BLPOP a waiting
+# python-redis-lock blocks in (up to `expire` seconds): without this a long wait dies with
+# TimeoutError instead of waiting.
+r = redis.Redis(port=port, socket_timeout=None)
 def say(*words):
     print(*words, flush=True)
 if cmd == "count":
@@ -95,10 +98,15 @@ impl Py {
     }
 
     /// The next line Python prints, and when it arrived.
-    fn line(&self, within: Duration) -> (Instant, String) {
-        self.lines
-            .recv_timeout(within)
-            .unwrap_or_else(|_| panic!("python said nothing within {within:?}"))
+    fn line(&mut self, within: Duration) -> (Instant, String) {
+        match self.lines.recv_timeout(within) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("python said nothing within {within:?}"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait().unwrap();
+                panic!("python exited ({status}) without saying more; its stderr is above")
+            }
+        }
     }
 
     fn send(&mut self, line: &str) {
@@ -224,7 +232,7 @@ fn python_and_rust_share_a_counter_without_overlap() {
     for t in rust {
         s.rt.block_on(t).unwrap();
     }
-    for p in pys {
+    for mut p in pys {
         assert_eq!(p.line(Duration::from_secs(120)).1, "done");
         p.finish();
     }
@@ -245,7 +253,7 @@ fn a_rust_release_wakes_a_python_waiter() {
     let g =
         s.rt.block_on(lm.lock("w").ttl(Duration::from_secs(60)).acquire())
             .unwrap();
-    let py = s.py(&["wait", "w"]);
+    let mut py = s.py(&["wait", "w"]);
     assert_eq!(py.line(Duration::from_secs(30)).1, "waiting");
     s.blpops(1);
     let released = Instant::now();
@@ -323,7 +331,7 @@ fn python_extends_and_releases_a_lock_the_cli_acquired() {
         Reply::Bulk(Some(token.into()))
     );
     assert_eq!(int(s.redis(&["TTL", "lock:ho"])), 30);
-    let py = s.py(&["handover", "ho", token]);
+    let mut py = s.py(&["handover", "ho", token]);
     assert_eq!(py.line(Duration::from_secs(30)).1, format!("owner {token}"));
     let ttl: i64 = py.line(Duration::from_secs(30)).1[4..].parse().unwrap();
     assert!((99..=100).contains(&ttl), "{ttl}");
