@@ -49,6 +49,7 @@ use locksmith::{Capabilities, Locksmith};
 
 pub mod cases;
 pub mod faults;
+pub mod lockmgr;
 pub mod process;
 pub mod servers;
 pub mod targets;

@@ -45,6 +45,9 @@ use crate::name::{LockName, Namespace};
 use crate::options::{ListQuery, Page, SetOutcome, SetPolicy};
 
 mod layer;
+#[cfg(any(feature = "sqlite", feature = "mysql", feature = "postgres"))]
+#[allow(dead_code)] // until each store's layout uses it
+mod lockmgr;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "mysql")]

@@ -126,16 +126,19 @@ impl Row {
     }
 
     /// What anyone may see of this row at `now`; `epoch` is the wall time of store-clock
-    /// zero, for the display-only absolute times.
+    /// zero, for the display-only absolute times. Holder fields a row does not know (a
+    /// compat layout's row written by another library) are kept as empty text, pid 0 and
+    /// fence 0, and shown as `None`.
     pub(crate) fn info(&self, name: &str, now: i64, epoch: SystemTime) -> LockInfo {
-        let expires_in = self.expires_at.map(|e| duration(e - now));
-        let held_for = duration(now - self.acquired_at);
+        let expires_in = self.expires_at.map(|e| duration(e.saturating_sub(now)));
+        let held_for = duration(now.saturating_sub(self.acquired_at));
         let wall = |t: i64| epoch + duration(t);
         let mut info = LockInfo::new(name, expires_in);
-        info.owner = Some(self.owner.clone());
-        info.host = Some(self.host.clone());
-        info.pid = Some(self.pid);
-        info.fence = Some(self.fence);
+        let known = |s: &String| (!s.is_empty()).then(|| s.clone());
+        info.owner = known(&self.owner);
+        info.host = known(&self.host);
+        info.pid = (self.pid != 0).then_some(self.pid);
+        info.fence = (self.fence != 0).then_some(self.fence);
         info.held_for = Some(held_for);
         info.expired = !self.live(now);
         info.released = self.token.is_none();
