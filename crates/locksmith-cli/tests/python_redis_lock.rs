@@ -5,14 +5,12 @@
 //!
 //! No python3/venv/pip or no PyPI → SKIPPED (a failure with LOCKSMITH_TEST_REQUIRE_SERVERS=1).
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use locksmith::{Locksmith, Wait};
-use locksmith_testkit::servers::python::python_redis_lock;
+use locksmith_testkit::servers::python::{PyProcess, python_redis_lock};
 use locksmith_testkit::servers::redis::{RedisConfig, RedisServer, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_locksmith");
@@ -66,68 +64,7 @@ elif cmd == "handover":
     say("exists", r.exists("lock:" + name))
 "#;
 
-struct Py {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<(Instant, String)>,
-}
-
-impl Py {
-    fn start(python: &PathBuf, port: u16, args: &[&str]) -> Py {
-        let mut child = Command::new(python)
-            .arg("-c")
-            .arg(SCRIPT)
-            .arg(port.to_string())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start python");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send((Instant::now(), line));
-            }
-        });
-        Py {
-            stdin: child.stdin.take(),
-            child,
-            lines: rx,
-        }
-    }
-
-    /// The next line Python prints, and when it arrived.
-    fn line(&mut self, within: Duration) -> (Instant, String) {
-        match self.lines.recv_timeout(within) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("python said nothing within {within:?}"),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = self.child.wait().unwrap();
-                panic!("python exited ({status}) without saying more; its stderr is above")
-            }
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "python failed: {status}");
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Py = PyProcess;
 
 struct Setup {
     rt: tokio::runtime::Runtime,
@@ -156,7 +93,11 @@ impl Setup {
     }
 
     fn py(&self, args: &[&str]) -> Py {
-        Py::start(&self.python, self.server.port(), args)
+        let port = self.server.port().to_string();
+        let args: Vec<&str> = std::iter::once(port.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        Py::start(&self.python, SCRIPT, &args)
     }
 
     /// Waits until `n` clients of the server block in BLPOP.
