@@ -124,7 +124,8 @@ pub async fn sqlite_lockmgr() -> Option<Target> {
         if offline {
             let conn = rusqlite::Connection::open(&switch_path).expect("open blocker");
             // In rollback-journal mode an exclusive lock also waits for readers.
-            conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+            conn.busy_timeout(Duration::from_secs(5))
+                .expect("busy timeout");
             conn.execute_batch("BEGIN EXCLUSIVE")
                 .expect("take the write lock");
             *slot = Some(conn);

@@ -2,7 +2,4 @@
 //! (`?layout=django-lockmgr`): a fresh Django database per case, holding `lockmgr_lock` as
 //! Django's migration makes it (the layout has no namespaces).
 
-locksmith_testkit::conformance_suite!(
-    sqlite_lockmgr,
-    locksmith_testkit::targets::sqlite_lockmgr()
-);
+locksmith_testkit::conformance_suite!(sqlite_lockmgr, locksmith_testkit::targets::sqlite_lockmgr());

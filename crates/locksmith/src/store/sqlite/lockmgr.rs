@@ -175,7 +175,9 @@ fn parse_text(text: &str) -> Option<i64> {
     // The shared parser takes years from 1970 on; move an earlier one forward by whole
     // 400-year cycles (the calendar repeats exactly) and back again.
     let t = text.trim();
-    let year = t.get(..4).filter(|y| y.bytes().all(|b| b.is_ascii_digit()))?;
+    let year = t
+        .get(..4)
+        .filter(|y| y.bytes().all(|b| b.is_ascii_digit()))?;
     let year: i64 = year.parse().ok()?;
     if year >= 1970 {
         return None;
@@ -956,7 +958,10 @@ impl Store for LockmgrStore {
         self.engine
             .run(move |w| {
                 let n = w.lm_write(false, |t| {
-                    let n = t.conn.prepare_cached("DELETE FROM lockmgr_lock")?.execute([])?;
+                    let n = t
+                        .conn
+                        .prepare_cached("DELETE FROM lockmgr_lock")?
+                        .execute([])?;
                     t.conn
                         .prepare_cached("DELETE FROM locksmith_lockmgr_owner")?
                         .execute([])?;
@@ -1020,7 +1025,11 @@ mod tests {
         let min = parse_text("0001-01-01 00:00:00").expect("datetime.min");
         // 1969 years of 365.2425 days, to the day.
         assert_eq!(min, -62_135_596_800 * 1_000_000);
-        assert_eq!(parse_text("1900-02-29 00:00:00"), None, "1900 is no leap year");
+        assert_eq!(
+            parse_text("1900-02-29 00:00:00"),
+            None,
+            "1900 is no leap year"
+        );
         assert_eq!(parse_text("soon"), None);
         assert_eq!(parse_text("19x9-01-01 00:00:00"), None);
     }
@@ -1028,10 +1037,7 @@ mod tests {
     #[test]
     fn writes_only_what_python_reads_back() {
         assert_eq!(text(0).unwrap(), "1970-01-01 00:00:00.000000");
-        assert_eq!(
-            text(END_OF_9999 - 1).unwrap(),
-            "9999-12-31 23:59:59.999999"
-        );
+        assert_eq!(text(END_OF_9999 - 1).unwrap(), "9999-12-31 23:59:59.999999");
         assert!(text(END_OF_9999).is_err());
         assert!(text(-1).is_err());
         let now = micros(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());

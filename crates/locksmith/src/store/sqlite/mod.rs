@@ -108,10 +108,10 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
-use crate::url::StoreUrl;
 use crate::lease::Token;
 use crate::name::{LockName, Namespace};
 use crate::options::{Cursor, Expired, ListQuery, Page, SetOutcome, SetPolicy};
+use crate::url::StoreUrl;
 
 /// The name of every worker thread.
 const WORKER_THREAD: &str = "locksmith-sqlite";
