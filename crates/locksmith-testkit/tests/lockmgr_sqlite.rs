@@ -761,6 +761,18 @@ async fn bad_urls_and_a_missing_table_are_clear_errors() {
         tables, 1,
         "nothing created in a database without Django's table"
     );
+    // Only django-lockmgr's first migration (locked_until NOT NULL).
+    let old = dir.path().join("old.sqlite3");
+    Connection::open(&old)
+        .unwrap()
+        .execute_batch(
+            r#"CREATE TABLE "lockmgr_lock" ("name" varchar(100) NOT NULL PRIMARY KEY, "locked_by" varchar(100) NULL, "lock_process" integer NULL, "locked_until" datetime NOT NULL, "created_at" datetime NOT NULL, "updated_at" datetime NOT NULL)"#,
+        )
+        .unwrap();
+    let err = Locksmith::connect(&format!("sqlite://{}?layout=django-lockmgr", old.display()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("migrate lockmgr"), "{err}");
     // A missing file is not created.
     let missing = dir.path().join("nope.sqlite3");
     let err = Locksmith::connect(&format!(

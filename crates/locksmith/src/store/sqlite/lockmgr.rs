@@ -35,7 +35,21 @@
 //! `busy_timeout` is 50 ms and a busy file is retried from the async side with jittered
 //! backoff. In rollback-journal mode a commit also waits for readers, so Django's readers
 //! and locksmith's retry each other briefly; nothing blocks for long. Reads (`inspect`,
-//! `list`, a waiter's poll) are single statements outside a transaction.
+//! `list`, a waiter's poll) are single statements outside a transaction. Django's own
+//! writes run in deferred transactions by default, which SQLite may fail at once with
+//! "database is locked" when another connection writes at the same moment — between two
+//! Django processes as between Django and locksmith; Django 5.1's
+//! `OPTIONS = {"transaction_mode": "IMMEDIATE"}` makes them wait instead.
+//!
+//! What that costs: in the rollback journal every commit syncs the journal, the database
+//! and the directory (SQLite's default `synchronous = FULL`, kept because a lower setting
+//! would risk the project's whole database on a power cut, not just its locks). On this
+//! project's test machine a write took about 2 ms when the disk was quiet and 15 ms
+//! (median; up to 150 ms) while other builds kept it busy, against well under 1 ms for the
+//! native store's WAL file. Give leases seconds rather than milliseconds (the watchdog
+//! renews every third of the TTL, and must get through before the lease ends); a project
+//! that switches its own database to WAL (Django: `init_command` `PRAGMA
+//! journal_mode=WAL`, once) makes every write several times cheaper, for Django too.
 //!
 //! Which row is whose: a Django row is locksmith's when the side row of its name has the
 //! same `created_at` (or the same without a trailing `.000000`: Django writes a datetime
@@ -354,11 +368,16 @@ fn check_header(path: &std::path::Path, shown: &str) -> Result<()> {
 fn init(conn: &mut Connection, shown: &str) -> Result<(), SqlError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut have: Vec<String> = Vec::new();
+    let mut until_required = false;
     {
-        let mut stmt = tx.prepare("SELECT name FROM pragma_table_info(?1)")?;
-        let names = stmt.query_map([spec::TABLE], |r| r.get::<_, String>(0))?;
-        for name in names {
-            have.push(name?.to_lowercase());
+        let mut stmt = tx.prepare("SELECT name, \"notnull\" FROM pragma_table_info(?1)")?;
+        let columns = stmt.query_map([spec::TABLE], |r| {
+            Ok((r.get::<_, String>(0)?.to_lowercase(), r.get::<_, i64>(1)?))
+        })?;
+        for column in columns {
+            let (name, not_null) = column?;
+            until_required |= name == "locked_until" && not_null != 0;
+            have.push(name);
         }
     }
     if have.is_empty() {
@@ -374,6 +393,13 @@ fn init(conn: &mut Connection, shown: &str) -> Result<(), SqlError> {
             "store URL {shown:?}: Django's table {} lacks the column(s) {} — run `python manage.py migrate lockmgr` in the Django project (django-lockmgr 1.x/2.x)",
             spec::TABLE,
             missing.join(", ")
+        ))
+        .into());
+    }
+    if until_required {
+        return Err(Error::config(format!(
+            "store URL {shown:?}: Django's table {} has a NOT NULL locked_until, as django-lockmgr's first migration made it — run `python manage.py migrate lockmgr` to apply 0002 (locks that never expire need it)",
+            spec::TABLE
         ))
         .into());
     }

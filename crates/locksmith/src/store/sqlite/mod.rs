@@ -74,6 +74,14 @@
 //!   waits up to 5 s, for programs that want to know. Only a process killed outright
 //!   (SIGKILL, abort) leaves its locks to expire.
 //!
+//! # The django-lockmgr layout
+//!
+//! `sqlite:///path/to/django/db.sqlite3?layout=django-lockmgr` opens a Django project's
+//! database instead of a lock file, and keeps locks in django-lockmgr's `lockmgr_lock` table,
+//! shared with the project's Python code. It runs on the same kind of worker thread (its
+//! own, per file) with the same transactions and retries, but leaves the file as Django
+//! keeps it: no WAL, no schema version. See [`lockmgr`].
+//!
 //! # Test hooks
 //!
 //! [`step_clock`] steps this process's clock for one file (expiry and fences), to test
