@@ -374,6 +374,16 @@ async fn urls_and_a_missing_table_are_refused_clearly() {
             "{extra}: {err}"
         );
     }
+    // Only migration 0001 applied: locked_until NOT NULL.
+    db.sql
+        .batch_execute(r#"ALTER TABLE "lockmgr_lock" ALTER COLUMN "locked_until" SET NOT NULL"#)
+        .await
+        .unwrap();
+    let err = Locksmith::connect(&db.url()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("0002") && err.contains("python manage.py migrate lockmgr"),
+        "{err}"
+    );
     let bad = format!("{}?layout=lockmgr", db.server.url("postgres"));
     let err = Locksmith::connect(&bad).await.unwrap_err().to_string();
     assert!(err.contains("layout=django-lockmgr"), "{err}");
@@ -479,7 +489,7 @@ async fn min_hold_keeps_the_row_until_created_at_plus_min_hold() {
     let g = lm
         .lock("once")
         .ttl(Duration::from_secs(60))
-        .min_hold(Duration::from_millis(1_500))
+        .min_hold(Duration::from_secs(4))
         .acquire()
         .await
         .unwrap();
@@ -488,7 +498,7 @@ async fn min_hold_keeps_the_row_until_created_at_plus_min_hold() {
     let exact: bool = db
         .sql
         .query_one(
-            "SELECT locked_until - created_at = interval '1.5 seconds' FROM lockmgr_lock WHERE name = 'once'",
+            "SELECT locked_until - created_at = interval '4 seconds' FROM lockmgr_lock WHERE name = 'once'",
             &[],
         )
         .await
@@ -506,7 +516,7 @@ async fn min_hold_keeps_the_row_until_created_at_plus_min_hold() {
     assert_eq!(again, Released::NotHeld);
     let g = lm
         .lock("once")
-        .wait(locksmith::Wait::For(Duration::from_secs(5)))
+        .wait(locksmith::Wait::For(Duration::from_secs(10)))
         .acquire()
         .await
         .expect("free after min_hold");
@@ -638,4 +648,67 @@ async fn garbage_is_swept_on_write() {
     );
     assert!(lm.inspect("fresh").await.unwrap().is_some());
     g.release().await.unwrap();
+}
+
+/// A "Python peer" inserting a row (as django-lockmgr's `get_lock` does, relying on the
+/// primary key) races locksmith's grant of the same fresh name, and the takeover of the
+/// same expired row: exactly one of them gets each lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_locksmith_racing_for_one_name_one_wins() {
+    let Some(db) = Db::start().await else { return };
+    let lm = db.lm().await;
+    let (python, conn) = tokio_postgres::connect(&db.server.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let insert = "INSERT INTO lockmgr_lock (name, locked_by, lock_process, locked_until, created_at, updated_at)
+                  VALUES ($1, 'py', 1, now() + interval '1 hour', now(), now())";
+    let (mut python_won, mut locksmith_won) = (0, 0);
+    for round in 0..40 {
+        let name = format!("race-{round}");
+        if round % 2 == 1 {
+            // An expired row both may take over: Python deletes it first (clean_locks).
+            db.python_lock(&name, Some("old"), Some(1), "now() - interval '1 second'")
+                .await;
+        }
+        let py = async {
+            if round % 2 == 1 {
+                python
+                    .execute(
+                        "DELETE FROM lockmgr_lock WHERE name = $1 AND locked_until < now()",
+                        &[&name],
+                    )
+                    .await
+                    .unwrap();
+            }
+            python.execute(insert, &[&name]).await.is_ok()
+        };
+        let ours = async { lm.lock(name.as_str()).try_acquire().await.unwrap() };
+        let (py, ours) = tokio::join!(py, ours);
+        assert!(
+            py != ours.is_some(),
+            "round {round}: python {py}, locksmith {}",
+            ours.is_some()
+        );
+        let by: Option<String> = db
+            .sql
+            .query_one(
+                "SELECT locked_by FROM lockmgr_lock WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if py {
+            python_won += 1;
+            assert_eq!(by.as_deref(), Some("py"));
+        } else {
+            locksmith_won += 1;
+            assert_ne!(by.as_deref(), Some("py"));
+            let _ = ours.map(|g| g.leak());
+        }
+    }
+    eprintln!("python won {python_won}, locksmith won {locksmith_won}");
 }

@@ -473,6 +473,22 @@ async fn prepare(conns: &Conns, shown: &str) -> Result<()> {
             None => pg_error(what, &e),
         });
     }
+    // Migration 0002 made locked_until nullable (NULL: never expires); without it, a lock
+    // that never expires cannot be written.
+    let nullable: bool = client
+        .query_typed_one(
+            "SELECT COALESCE((SELECT NOT a.attnotnull FROM pg_attribute a
+                WHERE a.attrelid = to_regclass($1) AND a.attname = 'locked_until'), true)",
+            &[(&TABLE, Type::TEXT)],
+        )
+        .await
+        .map_err(|e| pg_error(what, &e))?
+        .get(0);
+    if !nullable {
+        return Err(Error::config(format!(
+            "store URL {shown:?}: {TABLE}.locked_until is NOT NULL, so the Django project has django-lockmgr's migration 0001 but not 0002 — run `python manage.py migrate lockmgr`"
+        )));
+    }
     let side: bool = client
         .query_typed_one(
             "SELECT to_regclass($1) IS NOT NULL",
