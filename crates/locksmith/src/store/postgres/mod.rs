@@ -41,6 +41,9 @@
 //! - **Garbage.** Every 64th grant of a store sweeps, in the background, up to 64 rows (of
 //!   any namespace) that expired or were released more than `?retain=` ago (default 1 h).
 //! - **Credentials.** The URL's password never appears in errors, `Debug` or logs.
+//! - **Layouts.** `?layout=django-lockmgr` keeps the locks in a Django project's
+//!   `lockmgr_lock` table instead, shared with django-lockmgr's Python code (module
+//!   `lockmgr` of this store: plain SQL transactions, no functions, a side table of its own).
 
 mod lockmgr;
 mod sql;
