@@ -97,3 +97,55 @@ pub async fn sqlite() -> Option<Target> {
 /// How long cases wait for something that should happen "soon" (a detached release on a
 /// networked store, a wake-up): generous, because CI machines are slow.
 pub const SOON: Duration = Duration::from_secs(3);
+
+/// The django-lockmgr layout on SQLite (`sqlite:///…/db.sqlite3?layout=django-lockmgr`): a
+/// fresh temp file holding Django's `lockmgr_lock` as its migration makes it
+/// ([`crate::lockmgr::SQLITE`]), in SQLite's default rollback-journal mode as Django leaves
+/// it. The fault switch (another connection holding `BEGIN EXCLUSIVE`, which in this mode
+/// blocks readers too) and the clock hook are as the native SQLite target's.
+///
+/// In this mode every commit syncs the disk (the layout keeps SQLite's `synchronous = FULL`
+/// on Django's file): about 2 ms on a quiet disk, tens of ms and spikes past 150 ms while
+/// other builds load it, which can push the cases with 300 ms leases and 500 ms wake-up
+/// bounds past their limits. Adding `PRAGMA journal_mode = WAL` here (a Django project's
+/// own choice) made the suite pass at the same load.
+pub async fn sqlite_lockmgr() -> Option<Target> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("db.sqlite3");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("create the Django database");
+        for ddl in crate::lockmgr::SQLITE {
+            conn.execute_batch(ddl).expect("Django's lockmgr_lock");
+        }
+    }
+    let blocker: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
+    let switch_path = path.clone();
+    let mut target = Target::new(
+        "sqlite",
+        format!("sqlite://{}?layout=django-lockmgr", path.display()),
+        crate::lockmgr::capabilities(),
+    );
+    target.faults = Some(Arc::new(move |offline| {
+        let mut slot = blocker.lock().unwrap();
+        if offline {
+            let conn = rusqlite::Connection::open(&switch_path).expect("open blocker");
+            // In rollback-journal mode an exclusive lock also waits for readers.
+            conn.busy_timeout(Duration::from_secs(5))
+                .expect("busy timeout");
+            conn.execute_batch("BEGIN EXCLUSIVE")
+                .expect("take the write lock");
+            *slot = Some(conn);
+        } else if let Some(conn) = slot.take() {
+            conn.execute_batch("ROLLBACK")
+                .expect("release the write lock");
+        }
+    }));
+    let clock_path = path.clone();
+    target.step_clock = Some(Arc::new(move |micros| {
+        locksmith::store::sqlite::step_clock(&clock_path, micros);
+    }));
+    target.keep_alive = Some(Box::new(dir));
+    // The file is the store: a restart is every client going away and new ones opening it.
+    target.restart = Some(Arc::new(|| Box::pin(async {})));
+    Some(target)
+}

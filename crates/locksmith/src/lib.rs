@@ -227,12 +227,7 @@ fn host_name() -> Arc<str> {
 async fn open_store(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
     match url.scheme.as_str() {
         #[cfg(feature = "sqlite")]
-        "sqlite" => {
-            let options = store::sqlite::StoreOptions::new(url.take_duration("retain")?);
-            url.finish(" and ?retain=")?;
-            let path = store::sqlite::resolve(&url.body)?;
-            Ok(store::sqlite::SqliteStore::open_with(path, &options).await?)
-        }
+        "sqlite" => store::sqlite::open(url).await,
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => Err(Error::config(
             "the sqlite store is not built in — enable locksmith's `sqlite` cargo feature",

@@ -470,3 +470,61 @@ pub fn with_table(url: &str, table: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}table={table}")
 }
+
+/// Creates Django's `lockmgr_lock` table in database `db` of `server` from
+/// [`crate::lockmgr::POSTGRES`] (what `python manage.py migrate lockmgr` runs).
+pub async fn create_lockmgr_table(server: &PostgresServer, db: &str) -> Result<(), String> {
+    let (client, conn) = tokio_postgres::connect(&server.url(db), tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connect to create lockmgr_lock: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    for statement in crate::lockmgr::POSTGRES {
+        client
+            .batch_execute(statement)
+            .await
+            .map_err(|e| format!("{statement}: {e}"))?;
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// A conformance target for the django-lockmgr layout (`?layout=django-lockmgr`): a server
+/// of its own with Django's table made from [`crate::lockmgr::POSTGRES`], declaring
+/// [`crate::lockmgr::capabilities`]; freeze, restart and clock hooks as [`target`]. `None`
+/// (SKIPPED, or a panic under `LOCKSMITH_TEST_REQUIRE_SERVERS=1`) when PostgreSQL is not
+/// installed.
+pub async fn lockmgr_target() -> Option<Target> {
+    let server = match PostgresServer::start().await {
+        Ok(s) => Arc::new(s),
+        Err(why) => {
+            skip_store("postgres", &why);
+            return None;
+        }
+    };
+    if let Err(why) = create_lockmgr_table(&server, "postgres").await {
+        panic!("creating Django's lockmgr_lock table failed: {why}");
+    }
+    let url = format!("{}?layout=django-lockmgr", server.url("postgres"));
+    let mut target = Target::new("postgres", url, crate::lockmgr::capabilities());
+    let s = server.clone();
+    target.faults = Some(Arc::new(
+        move |offline| {
+            if offline { s.freeze() } else { s.thaw() }
+        },
+    ));
+    let s = server.clone();
+    target.restart = Some(Arc::new(move || {
+        let s = s.clone();
+        Box::pin(async move { s.restart().await })
+    }));
+    let identity =
+        locksmith::store::postgres::identity_of(&target.base_url).expect("the target's URL");
+    target.step_clock = Some(Arc::new(move |micros| {
+        locksmith::store::postgres::step_clock(&identity, micros);
+    }));
+    target.keep_alive = Some(Box::new(server));
+    Some(target)
+}

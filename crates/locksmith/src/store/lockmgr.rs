@@ -21,7 +21,13 @@
 //! same `created_at`, `locked_by` and `lock_process` (NULL-safe): a Python peer that deletes
 //! an expired row and inserts its own writes a new `created_at`, and the side row no longer
 //! matches. A side row whose lock row is gone or no longer matches is garbage, removed by
-//! the next write that meets it (and swept with the expired rows).
+//! the next write that meets it (and swept with the expired rows). Django saves a row back
+//! (`renew_lock` saves every column) with `str(datetime)`, which drops a fraction of
+//! `.000000`: compare `created_at` as a time, or accept that spelling (SQLite does).
+//!
+//! A store whose waiters in other processes poll may keep a second table of its own for
+//! the native store's cross-process fairness reservations (SQLite:
+//! `locksmith_lockmgr_reservation`, name → token and end); Python peers ignore it.
 //!
 //! # What a row says
 //!

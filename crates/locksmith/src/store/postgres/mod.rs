@@ -41,7 +41,11 @@
 //! - **Garbage.** Every 64th grant of a store sweeps, in the background, up to 64 rows (of
 //!   any namespace) that expired or were released more than `?retain=` ago (default 1 h).
 //! - **Credentials.** The URL's password never appears in errors, `Debug` or logs.
+//! - **Layouts.** `?layout=django-lockmgr` keeps the locks in a Django project's
+//!   `lockmgr_lock` table instead, shared with django-lockmgr's Python code (module
+//!   `lockmgr` of this store: plain SQL transactions, no functions, a side table of its own).
 
+mod lockmgr;
 mod sql;
 
 /// The pool crate [`PostgresStore::from_pool`] takes (re-exported, so versions match).
@@ -167,6 +171,8 @@ struct Settings {
     identity: String,
     redacted: String,
     timeout: Duration,
+    /// `?layout=django-lockmgr`: Django's `lockmgr_lock` table (see [`lockmgr`]).
+    lockmgr: bool,
 }
 
 fn check_identifier(url: &StoreUrl, key: &str, value: &str, max: usize) -> Result<()> {
@@ -191,6 +197,7 @@ fn check_identifier(url: &StoreUrl, key: &str, value: &str, max: usize) -> Resul
 
 impl Settings {
     fn parse(url: &mut StoreUrl) -> Result<Settings> {
+        let lockmgr = lockmgr::check_url(url)?;
         let table = url
             .take("table")
             .unwrap_or_else(|| DEFAULT_TABLE.to_string());
@@ -204,7 +211,7 @@ impl Settings {
         let sslrootcert = url.take("sslrootcert");
         let application_name = url.take("application_name");
         url.finish(
-            ", ?table=, ?schema=, ?retain=, ?sslmode=disable|prefer|require|verify-full, ?sslrootcert=PATH and ?application_name=",
+            ", ?layout=django-lockmgr, ?table=, ?schema=, ?retain=, ?sslmode=disable|prefer|require|verify-full, ?sslrootcert=PATH and ?application_name=",
         )?;
         let mut config = Config::from_str(&format!("postgresql://{}", url.body)).map_err(|e| {
             Error::config(format!(
@@ -235,7 +242,14 @@ impl Settings {
             .or(config.get_user())
             .unwrap_or_default()
             .to_string();
-        let identity = format!("postgres://{host}:{port}/{db}?table={schema}.{table}");
+        let identity = if lockmgr {
+            format!(
+                "postgres://{host}:{port}/{db}?layout={}",
+                super::lockmgr::LAYOUT
+            )
+        } else {
+            format!("postgres://{host}:{port}/{db}?table={schema}.{table}")
+        };
         Ok(Settings {
             config,
             tls,
@@ -245,6 +259,7 @@ impl Settings {
             identity,
             redacted: url.redacted().to_string(),
             timeout: url.timeout,
+            lockmgr,
         })
     }
 }
@@ -611,6 +626,9 @@ impl std::fmt::Debug for PostgresStore {
 /// Opens the store a `postgres://` URL names.
 pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
     let settings = Settings::parse(url)?;
+    if settings.lockmgr {
+        return Ok(lockmgr::LockmgrStore::open(settings).await?);
+    }
     Ok(PostgresStore::open(settings).await?)
 }
 
@@ -703,6 +721,7 @@ impl PostgresStore {
             retain: options.retain,
             redacted: "postgres://(a pool handed over)".to_string(),
             timeout: crate::url::DEFAULT_TIMEOUT,
+            lockmgr: false,
         };
         let listen = options.listen.map(|c| (c, Tls::Plain));
         PostgresStore::build(pool, &settings, listen).await

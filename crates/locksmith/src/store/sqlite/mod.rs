@@ -74,6 +74,14 @@
 //!   waits up to 5 s, for programs that want to know. Only a process killed outright
 //!   (SIGKILL, abort) leaves its locks to expire.
 //!
+//! # The django-lockmgr layout
+//!
+//! `sqlite:///path/to/django/db.sqlite3?layout=django-lockmgr` opens a Django project's
+//! database instead of a lock file, and keeps locks in django-lockmgr's `lockmgr_lock` table,
+//! shared with the project's Python code. It runs on the same kind of worker thread (its
+//! own, per file) with the same transactions and retries, but leaves the file as Django
+//! keeps it: no WAL, no schema version. See [`lockmgr`].
+//!
 //! # Test hooks
 //!
 //! [`step_clock`] steps this process's clock for one file (expiry and fences), to test
@@ -95,6 +103,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod lockmgr;
+
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -109,6 +119,7 @@ use crate::info::LockInfo;
 use crate::lease::Token;
 use crate::name::{LockName, Namespace};
 use crate::options::{Cursor, Expired, ListQuery, Page, SetOutcome, SetPolicy};
+use crate::url::StoreUrl;
 
 /// The name of every worker thread.
 const WORKER_THREAD: &str = "locksmith-sqlite";
@@ -176,6 +187,25 @@ const SWEEP_RESERVATIONS: &str = "DELETE FROM locksmith_reservations WHERE (name
 
 /// Upgrades a version-1 file (before `min_hold` was recorded).
 const MIGRATE_V1: &str = "ALTER TABLE locksmith_locks ADD COLUMN min_hold INTEGER;";
+
+/// Opens the store a `sqlite://` URL names: a locksmith lock file, or with
+/// `?layout=django-lockmgr` the lock table of a Django project's database (see [`lockmgr`]).
+pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
+    let shown = url.redacted().to_string();
+    let layout = url.take("layout");
+    let options = StoreOptions::new(url.take_duration("retain")?);
+    match layout.as_deref() {
+        None | Some("native") => {
+            url.finish(", ?retain= and ?layout=")?;
+            let path = resolve(&url.body)?;
+            Ok(SqliteStore::open_with(path, &options).await?)
+        }
+        Some(super::lockmgr::LAYOUT) => lockmgr::open(url, &shown, &options).await,
+        Some(other) => Err(Error::config(format!(
+            "store URL {shown:?}: unknown layout={other:?} — write layout=django-lockmgr to share the lock table of a Django project that uses django-lockmgr, or leave it out for locksmith's own lock file"
+        ))),
+    }
+}
 
 /// The default lock file: `$XDG_STATE_HOME/locksmith/locks.db`, else
 /// `$HOME/.local/state/locksmith/locks.db`.
@@ -356,9 +386,18 @@ type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 /// What to do on the worker with an answer whose requester went away.
 type Orphan<T> = Arc<dyn Fn(&mut Worker, T) + Send + Sync>;
 
-fn open_files() -> &'static tokio::sync::Mutex<HashMap<PathBuf, Weak<SqliteStore>>> {
-    static OPEN: OnceLock<tokio::sync::Mutex<HashMap<PathBuf, Weak<SqliteStore>>>> =
-        OnceLock::new();
+/// Which tables a worker serves: locksmith's own file, or a Django project's database
+/// (`?layout=django-lockmgr`, see [`lockmgr`]). One worker per file and layout per process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Layout {
+    Native,
+    Lockmgr,
+}
+
+type OpenFiles = HashMap<(PathBuf, Layout), Weak<SqliteStore>>;
+
+fn open_files() -> &'static tokio::sync::Mutex<OpenFiles> {
+    static OPEN: OnceLock<tokio::sync::Mutex<OpenFiles>> = OnceLock::new();
     OPEN.get_or_init(Default::default)
 }
 
@@ -573,10 +612,20 @@ impl SqliteStore {
         path: PathBuf,
         options: &StoreOptions,
     ) -> Result<Arc<SqliteStore>> {
+        SqliteStore::open_layout(path, options, Layout::Native).await
+    }
+
+    /// Opens the worker of `path` for `layout`, sharing the one this process already has.
+    async fn open_layout(
+        path: PathBuf,
+        options: &StoreOptions,
+        layout: Layout,
+    ) -> Result<Arc<SqliteStore>> {
         let retain_us = options.retain.map(micros);
         exit_drain::register();
         let mut open = open_files().lock().await;
-        if let Some(store) = open.get(&path).and_then(Weak::upgrade) {
+        let key = (path.clone(), layout);
+        if let Some(store) = open.get(&key).and_then(Weak::upgrade) {
             if let Some(us) = retain_us {
                 store.retain.store(us, Ordering::SeqCst);
             }
@@ -597,7 +646,7 @@ impl SqliteStore {
             .name(WORKER_THREAD.into())
             .spawn(move || {
                 let _finished = finished_tx; // dropped when the thread ends
-                match Worker::open(thread_path, thread_hub, clock) {
+                match Worker::open(thread_path, thread_hub, clock, layout) {
                     Ok(mut worker) => {
                         let _ = ready_tx.send(Ok(()));
                         while let Ok(job) = rx.recv() {
@@ -629,7 +678,7 @@ impl SqliteStore {
             tries: Mutex::default(),
             finished: Mutex::new(Some(finished)),
         });
-        open.insert(path, Arc::downgrade(&store));
+        open.insert(key, Arc::downgrade(&store));
         Ok(store)
     }
 
@@ -999,7 +1048,10 @@ impl Table for SqlTable<'_> {
 }
 
 impl Worker {
-    fn open(path: PathBuf, hub: Arc<WakeHub>, clock: Clock) -> Result<Worker> {
+    fn open(path: PathBuf, hub: Arc<WakeHub>, clock: Clock, layout: Layout) -> Result<Worker> {
+        if layout == Layout::Lockmgr {
+            return lockmgr::open_worker(path, hub, clock);
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
