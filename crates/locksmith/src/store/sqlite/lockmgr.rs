@@ -10,8 +10,10 @@
 //! The database belongs to the Django project, so locksmith changes nothing about the file
 //! itself: it does **not** switch the journal mode (no WAL — Django's default is the rollback
 //! journal, and the layout works in whatever mode the file is in), sets no pragma that
-//! persists in the file (no `application_id`, no `user_version` schema version) and leaves
-//! `synchronous` at SQLite's default for its own connection. It never creates the file: a
+//! persists in the file (no `application_id`, no `user_version` schema version). Its own
+//! connection keeps SQLite's default `synchronous = FULL` in the rollback journal and uses
+//! `NORMAL` when the file is in WAL (as the native store does; in WAL that can lose the
+//! last commits on a power cut but never corrupts the file). It never creates the file: a
 //! missing path is an error naming the fix, not a new empty database. It never creates,
 //! alters or indexes Django's `lockmgr_lock` (missing: an error naming
 //! `python manage.py migrate lockmgr`). It adds two tables of its own, created when missing
@@ -49,7 +51,8 @@
 //! native store's WAL file. Give leases seconds rather than milliseconds (the watchdog
 //! renews every third of the TTL, and must get through before the lease ends); a project
 //! that switches its own database to WAL (Django: `init_command` `PRAGMA
-//! journal_mode=WAL`, once) makes every write several times cheaper, for Django too.
+//! journal_mode=WAL`, once) makes every write several times cheaper, for Django too, and
+//! locksmith's commits then skip the sync (`synchronous = NORMAL`).
 //!
 //! Which row is whose: a Django row is locksmith's when the side row of its name has the
 //! same `created_at` (or the same without a trailing `.000000`: Django writes a datetime
@@ -324,6 +327,17 @@ pub(super) fn open_worker(
         )));
     }
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    // In WAL, `synchronous = NORMAL` (this connection only; it is not kept in the file)
+    // cannot corrupt the database on a power cut, it may only lose the last commits, and
+    // it spares every commit its sync: the native store's setting. In the rollback journal
+    // it could corrupt the project's database, so FULL stays.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(fail)?;
+    if mode.eq_ignore_ascii_case("wal") {
+        conn.execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(fail)?;
+    }
     let mut worker = Worker {
         conn,
         hub,
