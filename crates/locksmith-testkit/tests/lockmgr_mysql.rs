@@ -608,3 +608,23 @@ async fn garbage_is_swept() {
     );
     g.release().await.unwrap();
 }
+
+/// A Django database in a character set that cannot hold a name (latin1 and an emoji): a
+/// clear error that names the fix, nothing written, and other names still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_the_table_cannot_store() {
+    let Some(d) = db(COLLATION_CI).await else {
+        return;
+    };
+    d.sql(&format!(
+        "DROP TABLE lockmgr_lock; {} DEFAULT CHARSET = latin1",
+        locksmith_testkit::lockmgr::MYSQL[0]
+    ));
+    let lm = Locksmith::connect(&d.url).await.unwrap();
+    let err = lm.lock("\u{1f512}").try_acquire().await.unwrap_err();
+    assert!(err.to_string().contains("utf8mb4"), "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(d.count("SELECT COUNT(*) FROM lockmgr_lock"), 0);
+    let g = lm.lock("plain").try_acquire().await.unwrap().unwrap();
+    g.release().await.unwrap();
+}

@@ -18,7 +18,13 @@
 //! (`CREATE TABLE IF NOT EXISTS`): `name VARBINARY(100)` primary key, the owner `token`
 //! (NULL once released under `min_hold`), `host`, `min_hold` (µs), and the copies of
 //! `created_at` (`datetime(6)`, like Django's), `locked_by` and `lock_process` that identify
-//! the lock row it belongs to. Nothing else is created: no procedures, no triggers.
+//! the lock row it belongs to. One more table of locksmith's own,
+//! `locksmith_lockmgr_reservations` (`name VARBINARY(100)` primary key, `token`, `until`
+//! µs), keeps cross-process fairness as the native store's `<table>_reservations` does: a
+//! waiter that has waited 200 ms reserves the next grant of the name for 100 ms after its
+//! latest try, so a process that releases and re-takes a lock at once cannot starve pollers
+//! in other processes (Python peers do not honour reservations: they never see them).
+//! Nothing else is created: no procedures, no triggers, nothing in Django's table.
 //!
 //! # Clock
 //!
@@ -39,8 +45,8 @@
 //!    placeholder is never committed: it is overwritten by a grant or deleted before COMMIT,
 //!    so no reader ever sees it;
 //! 2. per name `SELECT … WHERE name = ? FOR UPDATE` (the row, now locked);
-//! 3. one plain read of the side rows of those names (their lock rows are locked, and only
-//!    a holder of a lock row writes its side row, so the read is current);
+//! 3. plain reads of the side rows and reservations of those names (their lock rows are
+//!    locked, and only a holder of a lock row writes them, so the reads are current);
 //! 4. `SELECT UTC_TIMESTAMP(6)`;
 //! 5. the shared row state machine ([`rows`](crate::store::rows)) decides in memory; the
 //!    changed rows are written back (a grant: an upsert of the lock row and its side row;
@@ -73,7 +79,7 @@
 //!
 //! A grant starts a background sweep (at most once a second per store, again at once after
 //! a full batch): up to 64 lock rows that expired more than `?retain=` ago (default 1 h)
-//! and up to 64 orphaned side rows, found with plain reads and removed one by one by
+//! up to 64 orphaned side rows and up to 64 lapsed reservations, found with plain reads and removed one by one by
 //! primary key after checking again under the row's lock. Every write also removes the
 //! orphaned side rows it meets.
 
@@ -96,10 +102,15 @@ use crate::options::{Cursor, Expired, ListQuery, Page, SetOutcome, SetPolicy};
 use crate::store::lockmgr::{
     self as spec, MAX_NAME_CHARS, SIDE_TABLE as SIDE, TABLE, check_namespace, table_missing,
 };
-use crate::store::rows::{self, Row, Table, micros};
+use crate::store::rows::{self, Reservation, Row, Table, micros};
 use crate::store::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, WakeHub, Wakeups,
 };
+
+/// locksmith's reservations table (cross-process fairness, as in the native store): the
+/// next grant of a name reserved for a waiter that has waited long. `until` is
+/// microseconds on the store clock.
+const RES: &str = "locksmith_lockmgr_reservations";
 
 /// The Unix epoch as a DATETIME literal: every time is microseconds from it.
 const EPOCH: &str = "TIMESTAMP'1970-01-01 00:00:00'";
@@ -220,6 +231,9 @@ pub(super) async fn open(o: Opening) -> Result<Arc<dyn Store>> {
 pub(crate) struct LockmgrStore {
     shared: Arc<Shared>,
     jobs: mpsc::UnboundedSender<Job>,
+    /// Tokens whose latest try was answered `Held`: their next try reads first (no row
+    /// locks), and only runs the transaction when the lock looks free.
+    waiting: Mutex<HashSet<Token>>,
 }
 
 struct Shared {
@@ -323,6 +337,16 @@ impl LockmgrStore {
             )),
             _ => map_err(e, "open"),
         })?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {RES} (
+                name  VARBINARY({MAX_NAME_CHARS}) NOT NULL PRIMARY KEY,
+                token VARBINARY(128) NOT NULL,
+                until BIGINT NOT NULL
+            ) ENGINE = InnoDB"
+        )))
+        .execute(&pool)
+        .await
+        .map_err(|e| map_err(e, "open"))?;
         let shared = Arc::new(Shared {
             pool,
             hub: WakeHub::default(),
@@ -334,7 +358,42 @@ impl LockmgrStore {
         });
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(background(shared.clone(), rx));
-        Ok(Arc::new(LockmgrStore { shared, jobs }))
+        Ok(Arc::new(LockmgrStore {
+            shared,
+            jobs,
+            waiting: Mutex::default(),
+        }))
+    }
+
+    async fn try_acquire_inner(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
+        let polled = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&claim.token);
+        // (a waiter that has waited long goes on to the transaction, which reserves the
+        // next grant for it)
+        if polled
+            && claim.waited < rows::RESERVE_AFTER
+            && let Some((row, now)) = self.shared.read_one(ns, &claim.name).await?
+        {
+            // still held by someone else (a plain read: committed rows only)
+            if row.live(now) && row.token.as_ref() != Some(&claim.token) {
+                return Ok(Grant::Held(row.info(claim.name.as_str(), now, UNIX_EPOCH)));
+            }
+        }
+        let c = claim.clone();
+        let answer = self
+            .shared
+            .transact(ns, &[claim.name.as_str()], move |t| {
+                let out = rows::try_acquire(t, &c)?;
+                Ok(twin_info(t, c.name.as_str(), out))
+            })
+            .await?;
+        if matches!(answer, Grant::Acquired { .. }) {
+            self.after_grant();
+        }
+        Ok(answer)
     }
 
     fn after_grant(&self) {
@@ -347,10 +406,28 @@ impl LockmgrStore {
 /// A driver error of this layout: Django's table gone is a configuration error naming the
 /// migration; everything else as the native store maps it.
 fn lm_err(e: sqlx::Error, op: &str) -> Error {
+    let text = scrub(&e.to_string());
+    if db_number(&e) == Some(1146) && text.contains(SIDE) {
+        return Error::store(
+            KIND,
+            false,
+            format!(
+                "MySQL {op} failed: {text} — locksmith's side table {SIDE} was dropped; connect again to create it"
+            ),
+        );
+    }
+    if db_number(&e) == Some(1366) {
+        return Error::store(
+            KIND,
+            false,
+            format!(
+                "MySQL {op} failed: {text} — Django's table {TABLE} cannot store this name or owner in its character set; give the Django database utf8mb4 (Django's recommendation), or use names it can hold"
+            ),
+        );
+    }
     if db_number(&e) == Some(1146) {
         return Error::config(format!(
-            "MySQL {op} failed: {} — layout=django-lockmgr needs Django's table {TABLE}: run `python manage.py migrate lockmgr` in the Django project (locksmith creates its side table {SIDE} itself on connect)",
-            scrub(&e.to_string())
+            "MySQL {op} failed: {text} — layout=django-lockmgr needs Django's table {TABLE}: run `python manage.py migrate lockmgr` in the Django project (locksmith creates its side table {SIDE} itself on connect)"
         ));
     }
     map_err(e, op)
@@ -513,6 +590,8 @@ struct Snap {
     loaded: HashMap<String, Option<Loaded>>,
     current: HashMap<String, Option<Row>>,
     dirty: BTreeSet<String>,
+    res: HashMap<String, Option<Reservation>>,
+    dirty_res: BTreeSet<String>,
 }
 
 impl Table for Snap {
@@ -549,6 +628,29 @@ impl Table for Snap {
 
     fn next_fence(&mut self) -> Result<u64> {
         Ok(0) // no fencing in this layout
+    }
+
+    fn reservation(&mut self, name: &str) -> Result<Option<Reservation>> {
+        Ok(self
+            .res
+            .get(name)
+            .cloned()
+            .flatten()
+            .filter(|r| r.until > self.now))
+    }
+
+    fn reserve(&mut self, name: &str, reservation: &Reservation) -> Result<()> {
+        self.res.insert(name.to_string(), Some(reservation.clone()));
+        self.dirty_res.insert(name.to_string());
+        Ok(())
+    }
+
+    fn unreserve(&mut self, name: &str) -> Result<()> {
+        if self.res.get(name).is_some_and(Option::is_some) {
+            self.res.insert(name.to_string(), None);
+            self.dirty_res.insert(name.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -698,6 +800,23 @@ impl Shared {
                 }
             }
         }
+        let mut res: HashMap<String, Option<Reservation>> = HashMap::new();
+        if !sorted.is_empty() {
+            let q = format!(
+                "SELECT name, token, until FROM {RES} WHERE name IN {}",
+                placeholders_sql(sorted.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(q.as_str()));
+            for n in sorted {
+                query = query.bind(n.as_bytes());
+            }
+            for r in query.fetch_all(&mut *tx).await? {
+                let name = text(&r, 0)?.unwrap_or_default();
+                let token = text(&r, 1)?.and_then(|t| t.parse().ok());
+                let until = int(&r, 2)?.unwrap_or(0);
+                res.insert(name, token.map(|token| Reservation { token, until }));
+            }
+        }
         let now: i64 = {
             let r = sqlx::query(AssertSqlSafe(format!("SELECT {}", now_sql())))
                 .bind(off)
@@ -710,6 +829,8 @@ impl Shared {
             loaded: HashMap::new(),
             current: HashMap::new(),
             dirty: BTreeSet::new(),
+            res,
+            dirty_res: BTreeSet::new(),
         };
         for n in sorted {
             let loaded = locks.get(*n).map(|lock| {
@@ -846,6 +967,27 @@ impl Shared {
                 .bind(name.as_bytes())
                 .execute(&mut *tx)
                 .await?;
+        }
+        for name in &snap.dirty_res {
+            match snap.res.get(name).cloned().flatten() {
+                Some(r) => {
+                    sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO {RES} (name, token, until) VALUES (?, ?, ?)
+                         ON DUPLICATE KEY UPDATE token = VALUES(token), until = VALUES(until)"
+                    )))
+                    .bind(name.as_bytes())
+                    .bind(r.token.expose().as_bytes())
+                    .bind(r.until)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query(AssertSqlSafe(format!("DELETE FROM {RES} WHERE name = ?")))
+                        .bind(name.as_bytes())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
         }
         tx.commit().await?;
         Ok(Ok(out))
@@ -1029,6 +1171,25 @@ async fn sweep(shared: &Shared) -> std::result::Result<usize, sqlx::Error> {
             Err(e) => return Err(e),
         }
     }
+    let lapsed: Vec<Vec<u8>> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT name FROM {RES} WHERE until <= {} LIMIT {SWEEP_BATCH}",
+        now_sql()
+    )))
+    .bind(off)
+    .fetch_all(&shared.pool)
+    .await?;
+    for name in lapsed {
+        retrying(|| {
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {RES} WHERE name = ? AND until <= {}",
+                now_sql()
+            )))
+            .bind(name.as_slice())
+            .bind(off)
+            .execute(&shared.pool)
+        })
+        .await?;
+    }
     Ok(expired.max(found))
 }
 
@@ -1047,18 +1208,17 @@ impl Store for LockmgrStore {
     }
 
     async fn try_acquire(&self, ns: &Namespace, claim: &Claim) -> Result<Grant> {
-        let c = claim.clone();
-        let answer = self
-            .shared
-            .transact(ns, &[claim.name.as_str()], move |t| {
-                let out = rows::try_acquire(t, &c)?;
-                Ok(twin_info(t, c.name.as_str(), out))
-            })
-            .await?;
-        if matches!(answer, Grant::Acquired { .. }) {
-            self.after_grant();
+        let answer = self.try_acquire_inner(ns, claim).await;
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(answer, Ok(Grant::Held(_))) {
+            if waiting.len() >= 4096 {
+                waiting.clear(); // tokens that stopped trying; forgetting costs a transaction
+            }
+            waiting.insert(claim.token.clone());
+        } else {
+            waiting.remove(&claim.token);
         }
-        Ok(answer)
+        answer
     }
 
     async fn try_acquire_all(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
@@ -1312,5 +1472,78 @@ fn twin_info(t: &Snap, name: &str, out: Grant) -> Grant {
             Grant::Held(info)
         }
         (out, _) => out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_refused_naming_the_column() {
+        assert!(check_name(&"a".repeat(100)).is_ok());
+        assert!(check_name(&"\u{e9}".repeat(50)).is_ok());
+        let err = check_name(&"a".repeat(101)).unwrap_err().to_string();
+        assert!(
+            err.contains("varchar(100)") && err.contains("101 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn times_outside_the_datetime_column_are_refused() {
+        assert!(time_range("lease", MAX_US).is_ok());
+        assert!(time_range("lease", 0).is_ok());
+        let err = time_range("lease", MAX_US + 1).unwrap_err().to_string();
+        assert!(err.contains("9999"), "{err}");
+        assert!(time_range("lease", PLACEHOLDER_US - 1).is_err());
+    }
+
+    #[test]
+    fn side_rows_match_only_their_own_lock_row() {
+        let lock = LockCols {
+            name: "job".into(),
+            locked_by: Some("w".into()),
+            lock_process: Some(1),
+            until: Some(10),
+            created: Some(5),
+        };
+        let side = SideCols {
+            name: "job".into(),
+            token: Some(Token::new().expose().to_string()),
+            host: "h".into(),
+            min_hold: None,
+            created: Some(5),
+            locked_by: Some("w".into()),
+            lock_process: Some(1),
+        };
+        assert!(side.matches(&lock));
+        let (row, ours) = to_row(&lock, Some(&side), 7);
+        assert!(ours && row.token.is_some() && row.host == "h");
+        let retaken = LockCols {
+            created: Some(6),
+            ..lock.clone()
+        };
+        assert!(!side.matches(&retaken));
+        let (row, ours) = to_row(&retaken, Some(&side), 7);
+        assert!(!ours && row.host.is_empty());
+        assert_ne!(
+            row.token.as_ref().map(Token::expose),
+            side.token.as_deref(),
+            "a Python row's token is one nobody holds"
+        );
+        let twin = LockCols {
+            name: "JOB".into(),
+            ..lock.clone()
+        };
+        assert!(!side.matches(&twin));
+        let placeholder = LockCols {
+            name: "x".into(),
+            locked_by: None,
+            lock_process: None,
+            until: Some(PLACEHOLDER_US),
+            created: Some(PLACEHOLDER_US),
+        };
+        assert!(placeholder.placeholder() && !lock.placeholder());
     }
 }
