@@ -556,3 +556,85 @@ pub async fn target() -> Option<crate::Target> {
     target.keep_alive = Some(Box::new(server));
     Some(target)
 }
+
+/// The database of the django-lockmgr layout's targets and tests.
+pub const LOCKMGR_DATABASE: &str = "django";
+
+/// MariaDB's default collation of `utf8mb4`, the one a Django project's database usually
+/// has: case-, accent- and trailing-space-insensitive, so `Lock`, `lock` and `lock ` are one
+/// primary key of Django's table.
+pub const COLLATION_CI: &str = "utf8mb4_general_ci";
+
+/// A byte-exact collation (binary, NO PAD), as Django's docs suggest for case-sensitive
+/// columns: every name locksmith tells apart is its own row.
+pub const COLLATION_BIN: &str = "utf8mb4_nopad_bin";
+
+/// Creates [`LOCKMGR_DATABASE`] (`utf8mb4`, `collation`) on `server` with Django's
+/// `lockmgr_lock` table from [`crate::lockmgr::MYSQL`] (what `python manage.py migrate
+/// lockmgr` runs; the table takes the database's collation, as Django's does), and returns
+/// the layout's URL (`mysql://…/django?layout=django-lockmgr`).
+pub fn lockmgr_database(server: &MariaDb, collation: &str) -> Result<String, String> {
+    let mut sql = format!(
+        "CREATE DATABASE {LOCKMGR_DATABASE} CHARACTER SET utf8mb4 COLLATE {collation}; USE {LOCKMGR_DATABASE};"
+    );
+    for statement in crate::lockmgr::MYSQL {
+        sql.push_str(statement);
+        sql.push(';');
+    }
+    server.sql(&sql)?;
+    Ok(format!(
+        "{}?layout=django-lockmgr",
+        server.url_for(LOCKMGR_DATABASE)
+    ))
+}
+
+/// A conformance target for the django-lockmgr layout (`?layout=django-lockmgr`): a fresh
+/// MariaDB server for this test with Django's table made by [`lockmgr_database`] in a
+/// [`COLLATION_BIN`] database, declaring [`crate::lockmgr::capabilities`], with the native target's fault switch, restart hook and
+/// clock hook. `None` (SKIPPED, or a failure when servers are required) when MariaDB is not
+/// installed. (It always starts its own server: [`URL_ENV`] is not used, since the layout
+/// needs Django's table.)
+///
+/// Why a byte-exact collation: the suite holds `Lock`, `lock` and `LOCK` (and `é1` next to
+/// `e1`) as different locks at once, which a case- and accent-insensitive table cannot
+/// store as different rows. What the layout does on such a table (the usual one) is tested
+/// by `tests/lockmgr_mysql.rs`.
+#[cfg(feature = "mysql")]
+pub async fn lockmgr_target() -> Option<crate::Target> {
+    let server = match tokio::task::spawn_blocking(MariaDb::start)
+        .await
+        .expect("start mariadbd")
+    {
+        Ok(server) => Arc::new(server),
+        Err(why) => {
+            crate::skip_store("mysql-lockmgr", &why);
+            return None;
+        }
+    };
+    let url = lockmgr_database(&server, COLLATION_BIN).expect("create Django's lockmgr_lock table");
+    let mut target = crate::Target::new("mysql", url, crate::lockmgr::capabilities());
+    let s = server.clone();
+    target.faults = Some(Arc::new(
+        move |offline| {
+            if offline { s.freeze() } else { s.thaw() }
+        },
+    ));
+    let s = server.clone();
+    target.restart = Some(Arc::new(move || {
+        let s = s.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || s.restart())
+                .await
+                .expect("restart mariadbd");
+        })
+    }));
+    let identity = format!(
+        "mysql://127.0.0.1:{}/{LOCKMGR_DATABASE}?layout=django-lockmgr",
+        server.port()
+    );
+    target.step_clock = Some(Arc::new(move |micros| {
+        locksmith::store::mysql::step_clock(&identity, micros);
+    }));
+    target.keep_alive = Some(Box::new(server));
+    Some(target)
+}

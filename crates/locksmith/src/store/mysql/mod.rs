@@ -7,6 +7,9 @@
 //! mysql://user:password@db.example.com/app?ssl-mode=verify-identity&ssl-ca=/etc/ca.pem
 //! ```
 //!
+//! `?layout=django-lockmgr` keeps the locks in a Django project's `lockmgr_lock` table
+//! instead, shared with its Python code (django-lockmgr 2.x); see the `lockmgr` submodule.
+//!
 //! # How it works
 //!
 //! - **Layout.** Table `locksmith_locks` (`?table=NAME`: ASCII letters, digits and `_`, at
@@ -63,6 +66,7 @@
 //! - A service that already has a sqlx `MySqlPool` hands it over with
 //!   [`MySqlStore::from_pool`] and [`Locksmith::with_store`](crate::Locksmith::with_store).
 
+mod lockmgr;
 mod sql;
 
 use std::collections::{BTreeSet, HashMap};
@@ -196,6 +200,30 @@ pub fn step_clock(identity: &str, micros: i64) {
 /// Opens the store a `mysql://` or `mariadb://` URL names.
 pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
     let redacted = url.redacted().to_string();
+    let layout = match url.take("layout") {
+        None => false,
+        Some(l) if l == crate::store::lockmgr::LAYOUT => true,
+        Some(other) => {
+            return Err(Error::config(format!(
+                "store URL {redacted:?}: layout={other:?} is not a layout the MySQL store knows — use layout={} (a Django project's lockmgr_lock table), or leave it out for locksmith's own tables",
+                crate::store::lockmgr::LAYOUT
+            )));
+        }
+    };
+    if layout {
+        if url.take("table").is_some() {
+            return Err(crate::store::lockmgr::url_refuses(
+                &redacted,
+                "keeps its locks in Django's table lockmgr_lock — drop ?table= (point the URL at the Django project's database instead)",
+            ));
+        }
+        if !url.namespace.as_str().is_empty() {
+            return Err(crate::store::lockmgr::url_refuses(
+                &redacted,
+                "has no namespaces (django-lockmgr keeps one table) — drop ?namespace=, or give each group of services its own database",
+            ));
+        }
+    }
     let table = url
         .take("table")
         .unwrap_or_else(|| DEFAULT_TABLE.to_string());
@@ -220,9 +248,15 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
         }
     }
     let socket = url.take("socket");
-    url.finish(
-        ", ?table=, ?retain=, ?pool=, ?socket=, ?ssl-mode=, ?ssl-ca=, ?ssl-cert= and ?ssl-key=",
-    )?;
+    if layout {
+        url.finish(
+            ", ?layout=django-lockmgr, ?retain=, ?pool=, ?socket=, ?ssl-mode=, ?ssl-ca=, ?ssl-cert= and ?ssl-key=",
+        )?;
+    } else {
+        url.finish(
+            ", ?layout=, ?table=, ?retain=, ?pool=, ?socket=, ?ssl-mode=, ?ssl-ca=, ?ssl-cert= and ?ssl-key=",
+        )?;
+    }
 
     let raw = format!("mysql://{}", url.body);
     let mut options: MySqlConnectOptions = raw.parse().map_err(|e: sqlx::Error| {
@@ -244,6 +278,23 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
         Some(s) => format!("unix:{s}"),
         None => format!("{}:{}", options.get_host(), options.get_port()),
     };
+    if layout {
+        let identity = format!(
+            "mysql://{place}/{db}?layout={}",
+            crate::store::lockmgr::LAYOUT
+        );
+        let key = format!("{raw}|{socket:?}|{tls:?}|layout|{pool_size}");
+        return lockmgr::open(lockmgr::Opening {
+            options,
+            pool_size,
+            timeout: url.timeout,
+            identity,
+            key,
+            retain,
+            redacted,
+        })
+        .await;
+    }
     let identity = format!("mysql://{place}/{db}?table={table}");
     // Everything that picks the connection, secrets included; kept in memory only.
     let key = format!("{raw}|{socket:?}|{tls:?}|{table}|{pool_size}");
