@@ -819,7 +819,8 @@ impl RedisStore {
         Ok(names)
     }
 
-    /// The masters of the cluster, from `CLUSTER NODES`.
+    /// The masters of the cluster, from `CLUSTER NODES`; a retryable error while a failed
+    /// master still serves slots (a failover in progress).
     async fn masters(
         &self,
         conn: &redis::cluster_async::ClusterConnection,
@@ -833,10 +834,24 @@ impl RedisStore {
         let mut out = Vec::new();
         for line in text.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 3
-                || !fields[2].split(',').any(|f| f == "master")
-                || fields[2].contains("fail")
-            {
+            if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
+                continue;
+            }
+            if fields[2].contains("fail") {
+                // A failed master that still serves slots holds locks no other node can
+                // list until its replica takes over: skipping it would return a page that
+                // silently leaves them out. A failed master without slots (replaced) holds
+                // nothing.
+                if fields.len() > 8 {
+                    return Err(Error::store(
+                        KIND,
+                        true,
+                        format!(
+                            "cannot list: the cluster master {} is failing and its slots have no successor yet — retry once the failover is done",
+                            fields[1].split('@').next().unwrap_or_default()
+                        ),
+                    ));
+                }
                 continue;
             }
             let addr = fields[1].split('@').next().unwrap_or_default();

@@ -8,6 +8,8 @@
 //! [`WakeHub`]'s idle hook), and a message wakes that name's waiters only. When the
 //! connection drops, the actor reconnects with backoff, subscribes every channel that still
 //! has waiters, and wakes every waiter, because messages sent while it was away are lost.
+//! On a cluster, the loss of any node's connection counts as a drop: the new connection
+//! finds the channels' current masters, so waiters follow a failover.
 //!
 //! A single node uses plain `SUBSCRIBE`/`PUBLISH` on a RESP2 pub/sub connection (redis-rs
 //! offers `SSUBSCRIBE` only on cluster connections; on one node both cost the same); a
@@ -251,8 +253,10 @@ impl Actor {
             if !channels.is_empty() {
                 let again = tokio::time::timeout(self.timeout, conn.subscribe(&channels)).await;
                 if !matches!(again, Ok(Ok(()))) {
+                    // E.g. a cluster whose failed master has no successor yet.
                     drop(hub);
                     tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             }
@@ -277,12 +281,11 @@ impl Actor {
                             if let Some(hub) = self.hub.upgrade() {
                                 hub.notify_all();
                             }
-                            if matches!(conn, Conn::Cluster(_)) {
-                                // redis-rs reconnects cluster nodes and subscribes again
-                                // itself; only the waiters need to re-try.
-                                if events.is_closed() { break; }
-                                continue;
-                            }
+                            // A cluster connection too is built anew: redis-rs reconnects a
+                            // dropped node and subscribes it again, but it learns a new
+                            // topology only when a command fails, and this connection sends
+                            // none after a failover — its subscriptions would stay with the
+                            // dead master. A new connection reads the topology afresh.
                             break;
                         }
                     },
