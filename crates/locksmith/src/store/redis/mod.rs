@@ -56,6 +56,7 @@
 //! (atomic), and name-by-name with rollback on a cluster, where the names live on different
 //! slots (`atomic_multi = false` there).
 
+mod cluster;
 mod keys;
 pub mod prl;
 mod scripts;
@@ -102,7 +103,7 @@ const KIND: &str = "redis";
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(Arc<cluster::ClusterConn>),
 }
 
 impl Conn {
@@ -121,14 +122,20 @@ impl Conn {
         }
         match self {
             Conn::Single(c) => call.invoke_async(&mut c.clone()).await,
-            Conn::Cluster(c) => call.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                c.run(|mut c| async move { call.invoke_async(&mut c).await })
+                    .await
+            }
         }
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
         match self {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                c.run(|mut c| async move { cmd.query_async(&mut c).await })
+                    .await
+            }
         }
     }
 }
@@ -316,6 +323,7 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
                 }
                 b.build()
             };
+            let builder = Arc::new(builder);
             let client = builder(None).map_err(|e| bad(&format!("{:?}", e.kind())))?;
             let conn = client
                 .get_async_connection()
@@ -331,7 +339,7 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
                 }
                 let blockers = b.build().map_err(|e| bad(&format!("{:?}", e.kind())))?;
                 return Ok(prl::PrlStore::build(
-                    Conn::Cluster(conn),
+                    Conn::Cluster(cluster::ClusterConn::fixed(conn)),
                     true,
                     identity,
                     prl_opts,
@@ -341,15 +349,14 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
             }
             let mut caps = capabilities(false);
             caps.atomic_multi = false;
+            let rebuild: cluster::Build = {
+                let builder = builder.clone();
+                Arc::new(move || builder(None))
+            };
+            let conn = Conn::Cluster(cluster::ClusterConn::new(conn, rebuild, timeout));
             let source = subs::Source::Cluster(Arc::new(move |push| builder(Some(push))));
             Ok(RedisStore::build(
-                Conn::Cluster(conn),
-                true,
-                prefix,
-                identity,
-                caps,
-                source,
-                timeout,
+                conn, true, prefix, identity, caps, source, timeout,
             ))
         }
         "redis" | "rediss" | "redis+unix" => {
@@ -596,7 +603,11 @@ impl RedisStore {
         source: subs::Source,
         timeout: Duration,
     ) -> Arc<dyn Store> {
-        let subs = subs::Subscriptions::start(source, prefix.clone(), timeout);
+        let renewals = match &conn {
+            Conn::Cluster(c) => Some(c.renewals()),
+            Conn::Single(_) => None,
+        };
+        let subs = subs::Subscriptions::start(source, renewals, prefix.clone(), timeout);
         let (tx, rx) = mpsc::unbounded_channel();
         let store = Arc::new(RedisStore {
             conn,
@@ -799,8 +810,7 @@ impl RedisStore {
                             },
                         );
                         let value = conn
-                            .clone()
-                            .route_command(cmd, routing)
+                            .run(|mut c| async move { c.route_command(cmd, routing).await })
                             .await
                             .map_err(store_error)?;
                         let (next, found): (u64, Vec<String>) =
@@ -821,14 +831,11 @@ impl RedisStore {
 
     /// The masters of the cluster, from `CLUSTER NODES`; a retryable error while a failed
     /// master still serves slots (a failover in progress).
-    async fn masters(
-        &self,
-        conn: &redis::cluster_async::ClusterConnection,
-    ) -> Result<Vec<(String, u16)>> {
+    async fn masters(&self, conn: &Arc<cluster::ClusterConn>) -> Result<Vec<(String, u16)>> {
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("NODES");
-        let text: String = cmd
-            .query_async(&mut conn.clone())
+        let text: String = conn
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
             .await
             .map_err(store_error)?;
         let mut out = Vec::new();

@@ -81,7 +81,15 @@ impl std::fmt::Debug for Subscriptions {
 
 impl Subscriptions {
     /// Starts the actor on the current runtime.
-    pub(super) fn start(source: Source, prefix: String, timeout: Duration) -> Subscriptions {
+    /// `renewals` (cluster): changes when the store's command connection was built anew
+    /// after stalled calls; the subscription connection is then built anew as well, since
+    /// its channels' masters may have changed without any of its connections dropping.
+    pub(super) fn start(
+        source: Source,
+        renewals: Option<tokio::sync::watch::Receiver<u64>>,
+        prefix: String,
+        timeout: Duration,
+    ) -> Subscriptions {
         let (tx, rx) = mpsc::unbounded_channel::<Command>();
         let idle_tx = tx.clone();
         let idle_prefix = prefix.clone();
@@ -96,6 +104,7 @@ impl Subscriptions {
         let connections = Arc::new(AtomicU64::new(0));
         let actor = Actor {
             source,
+            renewals,
             hub: Arc::downgrade(&hub),
             timeout,
             connections: connections.clone(),
@@ -147,6 +156,7 @@ fn closed() -> Error {
 
 struct Actor {
     source: Source,
+    renewals: Option<tokio::sync::watch::Receiver<u64>>,
     hub: std::sync::Weak<WakeHub>,
     timeout: Duration,
     connections: Arc<AtomicU64>,
@@ -217,7 +227,9 @@ impl Actor {
                     events.send(event).map_err(|_| ())
                 });
                 let client = build(sink)?;
-                let conn = tokio::time::timeout(self.timeout, client.get_async_connection())
+                // The seeds may include a node that stopped answering: connecting may wait
+                // out its timeouts before another node answers.
+                let conn = tokio::time::timeout(self.timeout * 4, client.get_async_connection())
                     .await
                     .map_err(|_| io_timeout())??;
                 Ok((Conn::Cluster(conn), rx))
@@ -225,7 +237,7 @@ impl Actor {
         }
     }
 
-    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         // Channel → the name it wakes, for every channel subscribed on the server.
         let mut subscribed: HashMap<String, (Namespace, LockName)> = HashMap::new();
         let mut backoff = Duration::from_millis(10);
@@ -267,8 +279,18 @@ impl Actor {
             }
             drop(hub);
             reconnect = true;
+            if let Some(r) = self.renewals.as_mut() {
+                r.mark_unchanged();
+            }
             loop {
                 tokio::select! {
+                    () = renewed(self.renewals.as_mut()) => {
+                        // The cluster's topology may have changed: subscribe afresh.
+                        if let Some(hub) = self.hub.upgrade() {
+                            hub.notify_all();
+                        }
+                        break;
+                    }
                     event = events.recv() => match event {
                         Some(Event::Message(channel)) => {
                             if let (Some((ns, name)), Some(hub)) =
@@ -327,6 +349,17 @@ impl Actor {
             }
         }
     }
+}
+
+/// Resolves when the command connection was built anew; never without `renewals` (or once
+/// the store is gone).
+async fn renewed(renewals: Option<&mut tokio::sync::watch::Receiver<u64>>) {
+    if let Some(r) = renewals
+        && r.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 fn io_timeout() -> redis::RedisError {
