@@ -3,7 +3,10 @@
 //! failover fail with retryable errors or succeed (never hang, never a non-retryable
 //! error); afterwards the same `Locksmith`s acquire, release, extend and list on every slot,
 //! waiters are woken through sharded pub/sub on the new master, surviving locks stay held, a
-//! lock deleted on the new master is reported lost, and fences keep increasing.
+//! lock deleted on the new master is reported lost, and fences keep increasing. A second
+//! test freezes (SIGSTOP) a master instead: its connections stay open, so the store must
+//! notice the stalled calls to find the new master, and the waiters must follow while the
+//! old master is still frozen.
 //!
 //! Survival is made deterministic: after acquiring, `WAIT 1` on the dying master makes sure
 //! every grant reached its replica (replication is asynchronous; without it some grants
@@ -92,6 +95,8 @@ async fn probe<T>(
     value
 }
 
+/// A master is killed (SIGKILL) with locks held on every master and waiters blocked on
+/// its names; its replica takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_fails_over_and_everything_carries_on() {
     let started = Instant::now();
@@ -367,6 +372,8 @@ async fn a_master_fails_over_and_everything_carries_on() {
     eprintln!("whole test: {:?}", started.elapsed());
 }
 
+/// A master frozen (SIGSTOP) for longer than `cluster-node-timeout` is replaced by its
+/// replica; the store finds the new master although no connection dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_master_is_replaced_and_waiters_follow() {
     let started = Instant::now();

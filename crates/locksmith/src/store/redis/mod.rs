@@ -50,6 +50,20 @@
 //! Releases publish a wake-up from inside their script; one subscription connection per
 //! store multiplexes every waiter of this process (see `subs`).
 //!
+//! # Cluster failover
+//!
+//! List every node, replicas too, in a `redis+cluster://` URL: any of them can tell the
+//! topology. While a master fails over, calls on its slots fail with retryable errors (or
+//! wait within the call timeout for the promotion); `list` and `reset_all` fail retryably
+//! while a failed master still serves slots rather than leave its locks out. Afterwards the
+//! same store carries on: redis-rs follows a master that died, and a master that stops
+//! answering without closing its connections (frozen, cut off) makes calls stall, which
+//! connects the cluster afresh (see `cluster`). The subscription connection is built anew
+//! then too, or when any of its nodes drops, so waiters subscribe on the new masters and
+//! re-poll at once. Locks whose grants had not reached the replica are gone on the new
+//! master: their holders are told at their next renewal (`lost()`), and fences stay
+//! increasing (they are hybrid, see above).
+//!
 //! # Multi-key operations
 //!
 //! `acquire_all`, `set_locks` and `clear` of many names are one script on a single node
