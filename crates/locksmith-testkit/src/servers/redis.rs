@@ -426,9 +426,16 @@ fn node_args(config: &RedisConfig, dir: &Path, port: u16) -> Vec<String> {
     args
 }
 
-/// A three-master Redis Cluster (no replicas) made with `redis-cli --cluster create`.
+/// A Redis Cluster of three masters made with `redis-cli --cluster create`: without
+/// replicas ([`RedisCluster::start`]), or with replicas that take over when a master dies
+/// ([`RedisCluster::start_with_replicas`]), for failover tests.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Each node's cluster node id (`CLUSTER MYID`), read at startup so a dead node can
+    /// still be recognised in other nodes' `CLUSTER NODES`.
+    ids: Vec<String>,
+    /// The nodes killed by [`RedisCluster::kill_node`].
+    dead: Vec<bool>,
 }
 
 impl std::fmt::Debug for RedisCluster {
@@ -439,10 +446,108 @@ impl std::fmt::Debug for RedisCluster {
     }
 }
 
+/// A node's view of one cluster node, from a line of `CLUSTER NODES`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// The node id.
+    pub id: String,
+    /// The client port.
+    pub port: u16,
+    /// The flags (`myself`, `master`, `slave`, `fail?`, `fail`, …).
+    pub flags: Vec<String>,
+    /// The master's node id for a replica (`None` for a master).
+    pub master_of: Option<String>,
+    /// The slot ranges it serves, inclusive.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    /// Whether the node is a master (`master` flag), whatever its health.
+    pub fn is_master(&self) -> bool {
+        self.flags.iter().any(|f| f == "master")
+    }
+
+    /// Whether the node is flagged failing (`fail` or `fail?`).
+    pub fn is_failing(&self) -> bool {
+        self.flags.iter().any(|f| f == "fail" || f == "fail?")
+    }
+
+    /// Whether it serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    }
+}
+
+/// Parses `CLUSTER NODES` output.
+pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 {
+            continue;
+        }
+        let addr = f[1].split('@').next().unwrap_or_default();
+        let Some(port) = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) else {
+            continue;
+        };
+        let slots = f[8..]
+            .iter()
+            .filter(|r| !r.starts_with('['))
+            .filter_map(|r| match r.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => r.parse().ok().map(|a| (a, a)),
+            })
+            .collect();
+        out.push(ClusterNode {
+            id: f[0].to_string(),
+            port,
+            flags: f[2].split(',').map(str::to_string).collect(),
+            master_of: (f[3] != "-").then(|| f[3].to_string()),
+            slots,
+        });
+    }
+    out
+}
+
+/// How often the failover helpers poll.
+const POLL: Duration = Duration::from_millis(100);
+
 impl RedisCluster {
     /// Starts three masters and joins them; `None` when `redis-server` or `redis-cli` is
     /// missing (SKIPPED).
     pub async fn start() -> Option<RedisCluster> {
+        RedisCluster::start_nodes(0, Duration::from_millis(2000)).await
+    }
+
+    /// Starts three masters with `replicas` replicas each (`--cluster-replicas`) and a
+    /// `cluster-node-timeout` of 1 s, so a dead master's replica is promoted a few seconds
+    /// after it dies; waits until every replica has synced with its master. `None` when
+    /// `redis-server` or `redis-cli` is missing (SKIPPED).
+    pub async fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
+        assert!(
+            replicas >= 1,
+            "start_with_replicas needs at least one replica"
+        );
+        let cluster = RedisCluster::start_nodes(replicas, Duration::from_millis(1000)).await?;
+        let deadline = Instant::now() + super::READY_TIMEOUT;
+        'sync: loop {
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster's replicas did not sync in time"
+            );
+            for node in &cluster.nodes {
+                let info = node.command(&["INFO", "replication"]).await.text();
+                if info.contains("role:slave") && !info.contains("master_link_status:up") {
+                    tokio::time::sleep(POLL).await;
+                    continue 'sync;
+                }
+            }
+            break;
+        }
+        Some(cluster)
+    }
+
+    async fn start_nodes(replicas: usize, node_timeout: Duration) -> Option<RedisCluster> {
         let Some(cli) = find_binary("redis-cli", &[]) else {
             crate::skip_store(
                 "redis-cluster",
@@ -451,7 +556,7 @@ impl RedisCluster {
             return None;
         };
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let bus = free_port();
             let config = RedisConfig {
                 extra: vec![
@@ -460,7 +565,7 @@ impl RedisCluster {
                     "--cluster-port".into(),
                     bus.to_string(),
                     "--cluster-node-timeout".into(),
-                    "2000".into(),
+                    node_timeout.as_millis().to_string(),
                 ],
                 ..RedisConfig::default()
             };
@@ -474,7 +579,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -483,36 +588,37 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let mut ids = Vec::new();
+        for node in &nodes {
+            ids.push(node.command(&["CLUSTER", "MYID"]).await.text());
+        }
+        let dead = vec![false; nodes.len()];
+        let cluster = RedisCluster { nodes, ids, dead };
         let deadline = Instant::now() + super::READY_TIMEOUT;
-        'wait: loop {
+        loop {
             assert!(
                 Instant::now() < deadline,
                 "the test cluster did not become ready"
             );
-            for node in &cluster.nodes {
-                let info = node.command(&["CLUSTER", "INFO"]).await.text();
-                if !info.contains("cluster_state:ok") {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue 'wait;
-                }
+            if cluster.state_ok_everywhere().await {
+                break;
             }
-            break;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Some(cluster)
     }
 
-    /// The masters' ports.
+    /// Every node's port (masters and replicas, dead or alive), in start order.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
-    /// The nodes.
+    /// The nodes, in start order (which of them are masters: [`RedisCluster::masters`]).
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }
 
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`, every node as a seed.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .ports()
@@ -522,10 +628,193 @@ impl RedisCluster {
         format!("redis+cluster://{}", hosts.join(","))
     }
 
-    /// Freezes or thaws every node.
+    /// Freezes or thaws every live node.
     pub fn set_frozen(&self, frozen: bool) {
-        for n in &self.nodes {
-            n.set_frozen(frozen);
+        for (n, dead) in self.nodes.iter().zip(&self.dead) {
+            if !dead {
+                n.set_frozen(frozen);
+            }
+        }
+    }
+
+    /// Whether every live node says `cluster_state:ok` (`false` if one does not answer).
+    pub async fn state_ok_everywhere(&self) -> bool {
+        for (node, dead) in self.nodes.iter().zip(&self.dead) {
+            if *dead {
+                continue;
+            }
+            match command(node.port, None, &["CLUSTER", "INFO"]).await {
+                Ok(r) if r.text().contains("cluster_state:ok") => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// `CLUSTER NODES` as the first live node (other than `except`) that answers sees it.
+    async fn view(&self, except: Option<usize>) -> Vec<ClusterNode> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.dead[i] || Some(i) == except {
+                continue;
+            }
+            if let Ok(Reply::Bulk(Some(text))) =
+                command(node.port, None, &["CLUSTER", "NODES"]).await
+            {
+                return parse_cluster_nodes(&text);
+            }
+        }
+        panic!("no live cluster node answered CLUSTER NODES");
+    }
+
+    fn index_of_id(&self, id: &str) -> Option<usize> {
+        self.ids.iter().position(|i| i == id)
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`, asked of a live node).
+    pub async fn slot_of(&self, key: &str) -> u16 {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.dead[i] {
+                continue;
+            }
+            if let Ok(Reply::Int(slot)) =
+                command(node.port, None, &["CLUSTER", "KEYSLOT", key]).await
+            {
+                return u16::try_from(slot).expect("a slot below 16384");
+            }
+        }
+        panic!("no live cluster node answered CLUSTER KEYSLOT");
+    }
+
+    /// The index (in [`RedisCluster::nodes`]) of the master serving `key`'s slot now.
+    pub async fn master_of(&self, key: &str) -> usize {
+        let slot = self.slot_of(key).await;
+        let view = self.view(None).await;
+        let master = view
+            .iter()
+            .find(|n| n.is_master() && n.serves(slot))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}: {view:?}"));
+        self.index_of_id(&master.id)
+            .expect("a node of this cluster")
+    }
+
+    /// The indexes of the masters that serve slots now.
+    pub async fn masters(&self) -> Vec<usize> {
+        let view = self.view(None).await;
+        let mut out: Vec<usize> = view
+            .iter()
+            .filter(|n| n.is_master() && !n.slots.is_empty())
+            .filter_map(|n| self.index_of_id(&n.id))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Kills node `index` (SIGKILL); it stays dead. Its replica takes over after about
+    /// `cluster-node-timeout` plus an election ([`RedisCluster::wait_failover`]).
+    pub fn kill_node(&mut self, index: usize) {
+        self.nodes[index].process.lock().unwrap().kill();
+        self.dead[index] = true;
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) node `index`. A master frozen for longer than
+    /// `cluster-node-timeout` is failed over and comes back as a replica when thawed.
+    pub fn set_node_frozen(&self, index: usize, frozen: bool) {
+        self.nodes[index].set_frozen(frozen);
+    }
+
+    /// Waits (at most `limit`) until the slots master `old` served belong to another node,
+    /// as every live node other than `old` sees it, and every live node other than `old`
+    /// says `cluster_state:ok`; returns the new master's index. Panics after `limit`.
+    pub async fn wait_failover(&self, old: usize, slots: &[(u16, u16)], limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        let old_id = self.ids[old].clone();
+        let first = slots.first().expect("the old master's slots").0;
+        'wait: loop {
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over node {old}'s slots within {limit:?}: {:?}",
+                self.view(Some(old)).await
+            );
+            let mut new_master = None;
+            for (i, node) in self.nodes.iter().enumerate() {
+                if self.dead[i] || i == old {
+                    continue;
+                }
+                let (Ok(Reply::Bulk(Some(text))), Ok(info)) = (
+                    command(node.port, None, &["CLUSTER", "NODES"]).await,
+                    command(node.port, None, &["CLUSTER", "INFO"]).await,
+                ) else {
+                    tokio::time::sleep(POLL).await;
+                    continue 'wait;
+                };
+                let view = parse_cluster_nodes(&text);
+                let owner = view.iter().find(|n| n.is_master() && n.serves(first));
+                match owner {
+                    Some(o) if o.id != old_id && info.text().contains("cluster_state:ok") => {
+                        let idx = self.index_of_id(&o.id).expect("a node of this cluster");
+                        if new_master.is_some_and(|m| m != idx) {
+                            tokio::time::sleep(POLL).await;
+                            continue 'wait;
+                        }
+                        new_master = Some(idx);
+                    }
+                    _ => {
+                        tokio::time::sleep(POLL).await;
+                        continue 'wait;
+                    }
+                }
+            }
+            return new_master.expect("a live node besides the old master");
+        }
+    }
+
+    /// The slot ranges node `index` serves now, as the cluster sees it.
+    pub async fn slots_of(&self, index: usize) -> Vec<(u16, u16)> {
+        let id = &self.ids[index];
+        self.view(None)
+            .await
+            .into_iter()
+            .find(|n| &n.id == id)
+            .map(|n| n.slots)
+            .unwrap_or_default()
+    }
+
+    /// Makes sure every write node `index` (a master) accepted so far reached at least one
+    /// replica: writes a key of one of its slots and sends `WAIT 1 <timeout>` on the same
+    /// connection (replication is ordered, so earlier writes got there first). Returns the
+    /// number of replicas that acknowledged.
+    pub async fn sync_replicas(&self, index: usize, timeout: Duration) -> i64 {
+        let slots = self.slots_of(index).await;
+        let mut key = None;
+        for i in 0..10_000 {
+            let k = format!("locksmith-testkit:sync:{i}");
+            let slot = self.slot_of(&k).await;
+            if slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)) {
+                key = Some(k);
+                break;
+            }
+        }
+        let key = key.expect("a key on the node's slots");
+        let port = self.nodes[index].port;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to the master");
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        write
+            .write_all(&encode(&["SET", &key, "1"]))
+            .await
+            .expect("send SET");
+        let set = read_reply(&mut read).await.expect("SET reply");
+        assert_eq!(set, Reply::Status("OK".into()), "SET {key}");
+        let ms = timeout.as_millis().to_string();
+        write
+            .write_all(&encode(&["WAIT", "1", &ms]))
+            .await
+            .expect("send WAIT");
+        match read_reply(&mut read).await.expect("WAIT reply") {
+            Reply::Int(n) => n,
+            other => panic!("WAIT answered {other:?}"),
         }
     }
 }

@@ -50,12 +50,27 @@
 //! Releases publish a wake-up from inside their script; one subscription connection per
 //! store multiplexes every waiter of this process (see `subs`).
 //!
+//! # Cluster failover
+//!
+//! List every node, replicas too, in a `redis+cluster://` URL: any of them can tell the
+//! topology. While a master fails over, calls on its slots fail with retryable errors (or
+//! wait within the call timeout for the promotion); `list` and `reset_all` fail retryably
+//! while a failed master still serves slots rather than leave its locks out. Afterwards the
+//! same store carries on: redis-rs follows a master that died, and a master that stops
+//! answering without closing its connections (frozen, cut off) makes calls stall, which
+//! connects the cluster afresh (see `cluster`). The subscription connection is built anew
+//! then too, or when any of its nodes drops, so waiters subscribe on the new masters and
+//! re-poll at once. Locks whose grants had not reached the replica are gone on the new
+//! master: their holders are told at their next renewal (`lost()`), and fences stay
+//! increasing (they are hybrid, see above).
+//!
 //! # Multi-key operations
 //!
 //! `acquire_all`, `set_locks` and `clear` of many names are one script on a single node
 //! (atomic), and name-by-name with rollback on a cluster, where the names live on different
 //! slots (`atomic_multi = false` there).
 
+mod cluster;
 mod keys;
 pub mod prl;
 mod scripts;
@@ -102,7 +117,7 @@ const KIND: &str = "redis";
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(Arc<cluster::ClusterConn>),
 }
 
 impl Conn {
@@ -121,14 +136,20 @@ impl Conn {
         }
         match self {
             Conn::Single(c) => call.invoke_async(&mut c.clone()).await,
-            Conn::Cluster(c) => call.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                c.run(|mut c| async move { call.invoke_async(&mut c).await })
+                    .await
+            }
         }
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
         match self {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                c.run(|mut c| async move { cmd.query_async(&mut c).await })
+                    .await
+            }
         }
     }
 }
@@ -316,6 +337,7 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
                 }
                 b.build()
             };
+            let builder = Arc::new(builder);
             let client = builder(None).map_err(|e| bad(&format!("{:?}", e.kind())))?;
             let conn = client
                 .get_async_connection()
@@ -331,7 +353,7 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
                 }
                 let blockers = b.build().map_err(|e| bad(&format!("{:?}", e.kind())))?;
                 return Ok(prl::PrlStore::build(
-                    Conn::Cluster(conn),
+                    Conn::Cluster(cluster::ClusterConn::fixed(conn)),
                     true,
                     identity,
                     prl_opts,
@@ -341,15 +363,14 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
             }
             let mut caps = capabilities(false);
             caps.atomic_multi = false;
+            let rebuild: cluster::Build = {
+                let builder = builder.clone();
+                Arc::new(move || builder(None))
+            };
+            let conn = Conn::Cluster(cluster::ClusterConn::new(conn, rebuild, timeout));
             let source = subs::Source::Cluster(Arc::new(move |push| builder(Some(push))));
             Ok(RedisStore::build(
-                Conn::Cluster(conn),
-                true,
-                prefix,
-                identity,
-                caps,
-                source,
-                timeout,
+                conn, true, prefix, identity, caps, source, timeout,
             ))
         }
         "redis" | "rediss" | "redis+unix" => {
@@ -596,7 +617,11 @@ impl RedisStore {
         source: subs::Source,
         timeout: Duration,
     ) -> Arc<dyn Store> {
-        let subs = subs::Subscriptions::start(source, prefix.clone(), timeout);
+        let renewals = match &conn {
+            Conn::Cluster(c) => Some(c.renewals()),
+            Conn::Single(_) => None,
+        };
+        let subs = subs::Subscriptions::start(source, renewals, prefix.clone(), timeout);
         let (tx, rx) = mpsc::unbounded_channel();
         let store = Arc::new(RedisStore {
             conn,
@@ -799,8 +824,7 @@ impl RedisStore {
                             },
                         );
                         let value = conn
-                            .clone()
-                            .route_command(cmd, routing)
+                            .run(|mut c| async move { c.route_command(cmd, routing).await })
                             .await
                             .map_err(store_error)?;
                         let (next, found): (u64, Vec<String>) =
@@ -819,24 +843,36 @@ impl RedisStore {
         Ok(names)
     }
 
-    /// The masters of the cluster, from `CLUSTER NODES`.
-    async fn masters(
-        &self,
-        conn: &redis::cluster_async::ClusterConnection,
-    ) -> Result<Vec<(String, u16)>> {
+    /// The masters of the cluster, from `CLUSTER NODES`; a retryable error while a failed
+    /// master still serves slots (a failover in progress).
+    async fn masters(&self, conn: &Arc<cluster::ClusterConn>) -> Result<Vec<(String, u16)>> {
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("NODES");
-        let text: String = cmd
-            .query_async(&mut conn.clone())
+        let text: String = conn
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
             .await
             .map_err(store_error)?;
         let mut out = Vec::new();
         for line in text.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 3
-                || !fields[2].split(',').any(|f| f == "master")
-                || fields[2].contains("fail")
-            {
+            if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
+                continue;
+            }
+            if fields[2].contains("fail") {
+                // A failed master that still serves slots holds locks no other node can
+                // list until its replica takes over: skipping it would return a page that
+                // silently leaves them out. A failed master without slots (replaced) holds
+                // nothing.
+                if fields.len() > 8 {
+                    return Err(Error::store(
+                        KIND,
+                        true,
+                        format!(
+                            "cannot list: the cluster master {} is failing and its slots have no successor yet — retry once the failover is done",
+                            fields[1].split('@').next().unwrap_or_default()
+                        ),
+                    ));
+                }
                 continue;
             }
             let addr = fields[1].split('@').next().unwrap_or_default();

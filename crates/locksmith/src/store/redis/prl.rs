@@ -267,7 +267,9 @@ impl Blockers {
                         .await?;
                 Ok(Conn::Single(conn))
             }
-            Blockers::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+            Blockers::Cluster(client) => Ok(Conn::Cluster(super::cluster::ClusterConn::fixed(
+                client.get_async_connection().await?,
+            ))),
         }
     }
 }
@@ -438,6 +440,7 @@ impl PrlStore {
         let mut keys = Vec::new();
         match &self.conn {
             Conn::Cluster(conn) => {
+                let conn = &conn.get();
                 for (host, port) in masters(conn).await? {
                     let mut cursor = 0u64;
                     loop {

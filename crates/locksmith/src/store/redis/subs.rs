@@ -8,6 +8,8 @@
 //! [`WakeHub`]'s idle hook), and a message wakes that name's waiters only. When the
 //! connection drops, the actor reconnects with backoff, subscribes every channel that still
 //! has waiters, and wakes every waiter, because messages sent while it was away are lost.
+//! On a cluster, the loss of any node's connection counts as a drop: the new connection
+//! finds the channels' current masters, so waiters follow a failover.
 //!
 //! A single node uses plain `SUBSCRIBE`/`PUBLISH` on a RESP2 pub/sub connection (redis-rs
 //! offers `SSUBSCRIBE` only on cluster connections; on one node both cost the same); a
@@ -79,7 +81,15 @@ impl std::fmt::Debug for Subscriptions {
 
 impl Subscriptions {
     /// Starts the actor on the current runtime.
-    pub(super) fn start(source: Source, prefix: String, timeout: Duration) -> Subscriptions {
+    /// `renewals` (cluster): changes when the store's command connection was built anew
+    /// after stalled calls; the subscription connection is then built anew as well, since
+    /// its channels' masters may have changed without any of its connections dropping.
+    pub(super) fn start(
+        source: Source,
+        renewals: Option<tokio::sync::watch::Receiver<u64>>,
+        prefix: String,
+        timeout: Duration,
+    ) -> Subscriptions {
         let (tx, rx) = mpsc::unbounded_channel::<Command>();
         let idle_tx = tx.clone();
         let idle_prefix = prefix.clone();
@@ -94,6 +104,7 @@ impl Subscriptions {
         let connections = Arc::new(AtomicU64::new(0));
         let actor = Actor {
             source,
+            renewals,
             hub: Arc::downgrade(&hub),
             timeout,
             connections: connections.clone(),
@@ -145,6 +156,7 @@ fn closed() -> Error {
 
 struct Actor {
     source: Source,
+    renewals: Option<tokio::sync::watch::Receiver<u64>>,
     hub: std::sync::Weak<WakeHub>,
     timeout: Duration,
     connections: Arc<AtomicU64>,
@@ -215,7 +227,9 @@ impl Actor {
                     events.send(event).map_err(|_| ())
                 });
                 let client = build(sink)?;
-                let conn = tokio::time::timeout(self.timeout, client.get_async_connection())
+                // The seeds may include a node that stopped answering: connecting may wait
+                // out its timeouts before another node answers.
+                let conn = tokio::time::timeout(self.timeout * 4, client.get_async_connection())
                     .await
                     .map_err(|_| io_timeout())??;
                 Ok((Conn::Cluster(conn), rx))
@@ -223,7 +237,7 @@ impl Actor {
         }
     }
 
-    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         // Channel → the name it wakes, for every channel subscribed on the server.
         let mut subscribed: HashMap<String, (Namespace, LockName)> = HashMap::new();
         let mut backoff = Duration::from_millis(10);
@@ -251,8 +265,10 @@ impl Actor {
             if !channels.is_empty() {
                 let again = tokio::time::timeout(self.timeout, conn.subscribe(&channels)).await;
                 if !matches!(again, Ok(Ok(()))) {
+                    // E.g. a cluster whose failed master has no successor yet.
                     drop(hub);
                     tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             }
@@ -263,8 +279,18 @@ impl Actor {
             }
             drop(hub);
             reconnect = true;
+            if let Some(r) = self.renewals.as_mut() {
+                r.mark_unchanged();
+            }
             loop {
                 tokio::select! {
+                    () = renewed(self.renewals.as_mut()) => {
+                        // The cluster's topology may have changed: subscribe afresh.
+                        if let Some(hub) = self.hub.upgrade() {
+                            hub.notify_all();
+                        }
+                        break;
+                    }
                     event = events.recv() => match event {
                         Some(Event::Message(channel)) => {
                             if let (Some((ns, name)), Some(hub)) =
@@ -277,12 +303,11 @@ impl Actor {
                             if let Some(hub) = self.hub.upgrade() {
                                 hub.notify_all();
                             }
-                            if matches!(conn, Conn::Cluster(_)) {
-                                // redis-rs reconnects cluster nodes and subscribes again
-                                // itself; only the waiters need to re-try.
-                                if events.is_closed() { break; }
-                                continue;
-                            }
+                            // A cluster connection too is built anew: redis-rs reconnects a
+                            // dropped node and subscribes it again, but it learns a new
+                            // topology only when a command fails, and this connection sends
+                            // none after a failover — its subscriptions would stay with the
+                            // dead master. A new connection reads the topology afresh.
                             break;
                         }
                     },
@@ -324,6 +349,17 @@ impl Actor {
             }
         }
     }
+}
+
+/// Resolves when the command connection was built anew; never without `renewals` (or once
+/// the store is gone).
+async fn renewed(renewals: Option<&mut tokio::sync::watch::Receiver<u64>>) {
+    if let Some(r) = renewals
+        && r.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 fn io_timeout() -> redis::RedisError {
