@@ -282,7 +282,8 @@ fn each_side_holds_for_the_other(db: Db) {
 }
 
 /// The CLI lists a Python-held lock with its holder, finds `run` busy on it, and clears it;
-/// Python then sees it free.
+/// Python then sees it free. A lock the CLI holds is Locked for Python; `set` renews
+/// Python's lock and creates a new one; `reset` empties the table.
 fn cli_lists_and_clears_a_python_lock(db: Db) {
     let mut py = db.peer();
     py.ok(json!(["get", "nightly-report", 600, "celery@web1", 4242]));
@@ -316,6 +317,21 @@ fn cli_lists_and_clears_a_python_lock(db: Db) {
     let (code, out, err) = db.cli(&["release", "deploy", "--token", token]);
     assert_eq!(code, Some(0), "{out}{err}");
     py.ok(json!(["get", "deploy", 60]));
+
+    // `set` renews Python's lock as django-lockmgr's set_lock does (the row stays
+    // Python's), and creates a missing one that Python then sees held.
+    let (code, out, err) = db.cli(&["set", "deploy", "backfill", "--ttl", "10m"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let list = py.ok(json!(["list"]));
+    let deploy = find(&list, "deploy").expect("Python's row");
+    let left = deploy["expires_seconds"].as_f64().unwrap();
+    assert!(left > 500.0, "renewed to 10 minutes: {deploy}");
+    assert_ne!(deploy["locked_by"], Value::Null, "still Python's: {deploy}");
+    assert_eq!(py.ok(json!(["is_locked", "backfill"]))["locked"], true);
+    // `reset` removes every row, Python's and locksmith's.
+    let (code, out, err) = db.cli(&["reset", "--force"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(py.ok(json!(["list"]))["locks"], json!([]));
 }
 
 /// Python decides expiry with its own clock. A peer whose clock runs an hour ahead deletes
