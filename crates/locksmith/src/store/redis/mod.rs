@@ -498,6 +498,43 @@ fn unreachable(shown: &str, err: RedisError) -> Error {
     )
 }
 
+/// The masters to walk for `list`/`reset_all`, from a `CLUSTER NODES` reply: every healthy
+/// master's address. A failed master that still serves slots holds locks no other node can
+/// list until its replica takes over, so skipping it would return a page that silently
+/// leaves them out: that is a retryable error. A failed master without slots (replaced)
+/// holds nothing and is skipped, as are replicas.
+pub(super) fn cluster_masters(nodes: &str) -> Result<Vec<(String, u16)>> {
+    let mut out = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
+            continue;
+        }
+        let addr = fields[1].split('@').next().unwrap_or_default();
+        if fields[2].contains("fail") {
+            if fields.len() > 8 {
+                return Err(Error::store(
+                    KIND,
+                    true,
+                    format!(
+                        "cannot list: the cluster master {addr} is failing and its slots have no successor yet — retry once the failover is done"
+                    ),
+                ));
+            }
+            continue;
+        }
+        if let Some((host, port)) = addr.rsplit_once(':')
+            && let Ok(port) = port.parse()
+        {
+            out.push((host.to_string(), port));
+        }
+    }
+    if out.is_empty() {
+        return Err(bad_reply("cluster nodes"));
+    }
+    Ok(out)
+}
+
 /// Capabilities of the native layout; `persistent` as the server is configured.
 fn capabilities(persistent: bool) -> Capabilities {
     let mut caps = Capabilities::NONE;
@@ -852,40 +889,7 @@ impl RedisStore {
             .run(|mut c| async move { cmd.query_async(&mut c).await })
             .await
             .map_err(store_error)?;
-        let mut out = Vec::new();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
-                continue;
-            }
-            if fields[2].contains("fail") {
-                // A failed master that still serves slots holds locks no other node can
-                // list until its replica takes over: skipping it would return a page that
-                // silently leaves them out. A failed master without slots (replaced) holds
-                // nothing.
-                if fields.len() > 8 {
-                    return Err(Error::store(
-                        KIND,
-                        true,
-                        format!(
-                            "cannot list: the cluster master {} is failing and its slots have no successor yet — retry once the failover is done",
-                            fields[1].split('@').next().unwrap_or_default()
-                        ),
-                    ));
-                }
-                continue;
-            }
-            let addr = fields[1].split('@').next().unwrap_or_default();
-            if let Some((host, port)) = addr.rsplit_once(':')
-                && let Ok(port) = port.parse()
-            {
-                out.push((host.to_string(), port));
-            }
-        }
-        if out.is_empty() {
-            return Err(bad_reply("cluster nodes"));
-        }
-        Ok(out)
+        cluster_masters(&text)
     }
 
     /// Removes the named locks (one script on a single node), waking their waiters.
@@ -1340,6 +1344,42 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_masters_never_skip_a_failing_master_with_slots() {
+        let healthy = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+b1 127.0.0.1:7002@17002 master - 0 0 2 connected 5461-10922
+c1 127.0.0.1:7003@17003 master - 0 0 3 connected 10923-16383
+r1 127.0.0.1:7004@17004 slave a1 0 0 1 connected
+";
+        assert_eq!(
+            cluster_masters(healthy).unwrap(),
+            [7001, 7002, 7003].map(|p| ("127.0.0.1".to_string(), p))
+        );
+        // The master failed and its replica has not taken its slots yet: retry later.
+        let failing = healthy.replace(
+            "b1 127.0.0.1:7002@17002 master",
+            "b1 127.0.0.1:7002@17002 master,fail",
+        );
+        let err = cluster_masters(&failing).unwrap_err();
+        assert!(
+            err.is_retryable() && err.to_string().contains("7002"),
+            "{err}"
+        );
+        // Replaced: the failed node has no slots left, its successor lists them.
+        let replaced = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+b1 127.0.0.1:7002@17002 master,fail - 0 0 2 disconnected
+r2 127.0.0.1:7005@17005 master - 0 0 4 connected 5461-10922
+c1 127.0.0.1:7003@17003 master - 0 0 3 connected 10923-16383
+";
+        assert_eq!(
+            cluster_masters(replaced).unwrap(),
+            [7001, 7005, 7003].map(|p| ("127.0.0.1".to_string(), p))
+        );
+        assert!(cluster_masters("").is_err());
+    }
 
     #[test]
     fn info_fields_parse() {

@@ -587,24 +587,7 @@ async fn masters(conn: &redis::cluster_async::ClusterConnection) -> Result<Vec<(
         .query_async(&mut conn.clone())
         .await
         .map_err(store_error)?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let master = f.len() >= 3 && f[2].split(',').any(|x| x == "master");
-        if !master || f[2].contains("fail") {
-            continue;
-        }
-        let addr = f[1].split('@').next().unwrap_or_default();
-        if let Some((host, port)) = addr.rsplit_once(':')
-            && let Ok(port) = port.parse()
-        {
-            out.push((host.to_string(), port));
-        }
-    }
-    if out.is_empty() {
-        return Err(bad_reply("cluster nodes"));
-    }
-    Ok(out)
+    super::cluster_masters(&text)
 }
 
 /// Whole seconds, rounded up (the core already rounds to the 1 s granularity), at least 1.
