@@ -417,7 +417,7 @@ impl LockmgrStore {
         });
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(detached_worker(inner.clone(), rx));
-        tokio::spawn(refill_shared(Arc::downgrade(&inner)));
+        tokio::spawn(super::refill_shared(Arc::downgrade(&inner)));
         Ok(Arc::new(LockmgrStore {
             inner,
             identity: settings.identity.clone(),
@@ -517,24 +517,9 @@ async fn prepare(conns: &Conns, shown: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reconnects shared clients that died, twice a second, until the store is dropped (as
-/// the native layout does).
-async fn refill_shared(inner: std::sync::Weak<Inner>) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        for (i, slot) in inner.conns.shared.iter().enumerate() {
-            let dead = slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .is_none_or(|c| c.is_closed());
-            if dead {
-                let _ = inner.conns.connect_slot(i).await;
-            }
-        }
+impl super::OwnsConns for Inner {
+    fn conns(&self) -> &Conns {
+        &self.conns
     }
 }
 

@@ -861,23 +861,36 @@ fn check_version(version: Option<i32>, sql: &Statements) -> Result<()> {
     }
 }
 
+/// What owns a store's [`Conns`] (the native layout's and the django-lockmgr layout's
+/// store state), for the background work both layouts share.
+trait OwnsConns: Send + Sync + 'static {
+    fn conns(&self) -> &Conns;
+}
+
+impl OwnsConns for Inner {
+    fn conns(&self) -> &Conns {
+        &self.conns
+    }
+}
+
 /// Reconnects shared clients that died (a terminated backend, a restarted server) in the
 /// background, twice a second, so calls are spread over every shared client again; ends
 /// when the store is dropped.
-async fn refill_shared(inner: std::sync::Weak<Inner>) {
+async fn refill_shared<I: OwnsConns>(inner: std::sync::Weak<I>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        for (i, slot) in inner.conns.shared.iter().enumerate() {
+        let conns = inner.conns();
+        for (i, slot) in conns.shared.iter().enumerate() {
             let dead = slot
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .is_none_or(|c| c.is_closed());
             if dead {
-                let _ = inner.conns.connect_slot(i).await;
+                let _ = conns.connect_slot(i).await;
             }
         }
     }
