@@ -139,6 +139,15 @@ pub(crate) fn spans(input: &Input) -> BTreeMap<String, Vec<Span>> {
             let told = f.at.max(at + exp);
             for (key, span) in by_key.iter_mut() {
                 if &key.0 == name && key.1 == fence {
+                    // Frozen between the store's grant and the moment the holder recorded
+                    // its start (a `locksmith run` whose command had not begun): the start
+                    // it wrote after the thaw lies past the lease the store reported, so the
+                    // holder never held the lock while it was valid. Its late resource ops,
+                    // if any, are the fence's to reject (checked below); it is not a grant
+                    // to order against later ones.
+                    if told <= span.start {
+                        span.empty = true;
+                    }
                     span.end = span.end.min(told).max(span.start);
                 }
             }
@@ -181,7 +190,7 @@ pub(crate) fn check(input: &Input) -> Report {
         for s in list {
             if s.empty {
                 r.notes.push(format!(
-                    "{name:?}: worker {}'s guard (fence {}) was lost before acquire returned",
+                    "{name:?}: worker {}'s hold (fence {}) was lost before its holder began it",
                     s.worker, s.fence
                 ));
                 continue;
@@ -511,6 +520,50 @@ mod tests {
         let r = check(&input);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert_eq!(r.rejected, 1);
+    }
+
+    #[test]
+    fn a_hold_recorded_after_its_frozen_lease_ended_is_not_ordered() {
+        // Worker 1 (a `locksmith run`) was granted fence 10 and frozen before its command
+        // recorded the start; the lease ran out, worker 2 held fence 11, and worker 1's
+        // start was recorded after the thaw.
+        let mut input = clean();
+        input.holds[0].mode = "cli".into();
+        input.holds[0].deadline = None;
+        input.holds[0].start = 3000 * MS;
+        input.holds[0].end = 3001 * MS;
+        input.holds[0].lost_at = Some(3001 * MS);
+        input.holds[1].start = 1100 * MS;
+        input.holds[1].end = 1200 * MS;
+        input.ops.clear();
+        input.counters.clear();
+        assert!(
+            check(&input)
+                .violations
+                .iter()
+                .any(|v| v.contains("backwards")),
+            "unexplained, the late start looks like a fence going backwards"
+        );
+        input.faults.push(Fault {
+            kind: "sigstop".into(),
+            at: 6 * MS,
+            until: Some(2600 * MS),
+            name: Some("a".into()),
+            fence: Some(10),
+            expires_in: Some(1000 * MS),
+            inspected_at: Some(5 * MS),
+            pid: Some(1),
+            note: String::new(),
+        });
+        let r = check(&input);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        // A start recorded inside the reported lease is still ordered (and fails).
+        input.holds[0].start = 500 * MS;
+        input.holds[0].end = 700 * MS;
+        input.holds[0].lost_at = Some(700 * MS);
+        input.holds[1].start = 800 * MS;
+        input.holds[1].fence = 9;
+        assert!(!check(&input).violations.is_empty());
     }
 
     #[test]
