@@ -341,20 +341,20 @@ pub(crate) async fn open(url: &mut StoreUrl) -> Result<Arc<dyn Store>> {
     Ok(store)
 }
 
+#[cfg_attr(not(feature = "mysql-tls"), allow(unused_mut))]
 fn apply_tls(
     mut options: MySqlConnectOptions,
     tls: &[(&str, String)],
     redacted: &str,
 ) -> Result<MySqlConnectOptions> {
+    #[cfg(not(feature = "mysql-tls"))]
+    if let Some((key, _)) = tls.first() {
+        return Err(Error::config(format!(
+            "store URL {redacted:?} asks for TLS ({key}=) but this build has no TLS for MySQL — enable locksmith's `mysql-tls` cargo feature"
+        )));
+    }
+    #[cfg(feature = "mysql-tls")]
     for (key, value) in tls {
-        #[cfg(not(feature = "mysql-tls"))]
-        {
-            let _ = (key, value, &mut options);
-            return Err(Error::config(format!(
-                "store URL {redacted:?} asks for TLS ({key}=) but this build has no TLS for MySQL — enable locksmith's `mysql-tls` cargo feature"
-            )));
-        }
-        #[cfg(feature = "mysql-tls")]
         {
             options = match *key {
                 "ssl-mode" => {
