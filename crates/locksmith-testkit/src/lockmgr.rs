@@ -28,14 +28,14 @@ pub const MYSQL: &[&str] = &[
 ];
 
 /// What every version of the layout must declare: no fencing or namespaces, names of at
-/// most 100 bytes, µs leases, waiters in other processes polling every 100 ms (Python
+/// most 100 bytes, µs leases, waiters in other processes polling every 25 ms at most (Python
 /// releases notify nobody), everything else as the native SQL stores.
 pub fn capabilities() -> Capabilities {
     let mut caps = Capabilities::NONE;
     caps.persistent = true;
     caps.cross_process = true;
     caps.notify = true;
-    caps.poll_interval = Some(Duration::from_millis(100));
+    caps.poll_interval = Some(Duration::from_millis(25));
     caps.atomic_multi = true;
     caps.never_expire = true;
     caps.expired_visible = true;

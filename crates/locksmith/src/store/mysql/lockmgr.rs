@@ -1451,7 +1451,7 @@ impl Store for LockmgrStore {
 
     async fn subscribe(&self, ns: &Namespace, name: &LockName) -> Result<Wakeups> {
         // This process's releases wake its waiters; Python peers and other processes are
-        // polled (every 100 ms at most).
+        // polled (every `POLL_INTERVAL`, 25 ms, at most).
         Ok(self.shared.hub.subscribe(ns, name))
     }
 

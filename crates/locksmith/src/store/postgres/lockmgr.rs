@@ -54,9 +54,10 @@
 //! `reserved_until`, µs of the store clock): waiters in other processes poll, so a waiter
 //! that has waited long reserves the next grant as on SQLite (see
 //! [`rows`](super::super::rows)), which keeps a polling waiter from starving while other
-//! processes churn the lock. Since the reserver polls every 100 ms here (not 25 ms), a
-//! reservation lasts 200 ms longer than on SQLite (300 ms after the reserver's last try):
-//! a reserver that went away holds a free lock back for at most that long. A side row with only a reservation has `created_at` NULL and
+//! processes churn the lock. A reservation lasts two of the reserver's polls
+//! (`POLL_INTERVAL`, 25 ms) longer than on SQLite (150 ms after the reserver's last try),
+//! since a transaction here takes longer: a reserver that went away holds a free lock back
+//! for at most that long. A side row with only a reservation has `created_at` NULL and
 //! never matches a lock row. Django ignores the table.
 //!
 //! # Waiting and garbage
@@ -635,8 +636,9 @@ impl Table for TxTable {
     }
 
     fn reserve(&mut self, name: &str, reservation: &Reservation) -> Result<()> {
-        // The reserver polls every POLL_INTERVAL at most (not every 25 ms as on SQLite):
-        // its reservation must outlive the gap between two of its tries.
+        // The reserver polls every POLL_INTERVAL at most, and a try here is a longer
+        // transaction than on SQLite: its reservation must outlive the gap between two of
+        // its tries.
         let reservation = Reservation {
             token: reservation.token.clone(),
             until: reservation.until.saturating_add(RESERVE_EXTRA),
