@@ -332,6 +332,12 @@ impl RawRedis {
         (outside, inside)
     }
 
+    /// The server's CPU time so far (user + system, every thread) from `INFO cpu`, in µs:
+    /// what a cycle costs the server, compared between the baseline and locksmith.
+    pub(crate) async fn server_cpu_us(&self) -> f64 {
+        (self.info_field("used_cpu_user").await + self.info_field("used_cpu_sys").await) * 1e6
+    }
+
     /// A server figure from `INFO` (e.g. `total_commands_processed`, `used_memory`).
     pub(crate) async fn info_field(&self, field: &str) -> f64 {
         let text: String = redis::cmd("INFO")
@@ -367,6 +373,14 @@ impl RawPostgres {
             client,
             ns: format!("bench-raw-{}", uuid::Uuid::new_v4().simple()),
         })
+    }
+
+    /// One `SELECT 1`: a bare round trip on the same connection.
+    pub(crate) async fn ping(&self) {
+        self.client
+            .query_typed("SELECT 1", &[])
+            .await
+            .expect("raw SELECT 1");
     }
 
     pub(crate) async fn acquire(&self, name: &str, token: u128) -> bool {

@@ -187,6 +187,46 @@ pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
             None,
         ));
     }
+    if let Raw::Postgres(raw) = &env.raw.1 {
+        // What a handoff is compared with: one bare round trip, and the release statement
+        // alone (a round trip plus the commit that wakes waiters).
+        let (mut rtt, mut release) = (Vec::new(), Vec::new());
+        let start = Instant::now();
+        while start.elapsed() < env.budget / 2 {
+            let t = Instant::now();
+            raw.ping().await;
+            rtt.push(us(t.elapsed()));
+        }
+        let ping_took = start.elapsed();
+        let start = Instant::now();
+        let name = format!("u{}-release-only", env.run);
+        while start.elapsed() < env.budget / 2 {
+            let token = fastrand::u128(..);
+            assert!(
+                raw.acquire(&name, token).await,
+                "raw baseline: {name} is free"
+            );
+            let t = Instant::now();
+            assert!(
+                raw.release(&name, token).await,
+                "raw baseline: {name} is held"
+            );
+            release.push(us(t.elapsed()));
+        }
+        let release_took = start.elapsed();
+        out.extend(rate_samples(
+            "raw tokio-postgres: round trip (SELECT 1)",
+            rtt,
+            ping_took,
+            None,
+        ));
+        out.extend(rate_samples(
+            "raw tokio-postgres: release statement alone",
+            release,
+            release_took,
+            None,
+        ));
+    }
     for fresh in [false, true] {
         for spawned in [false, true] {
             let what = format!(
@@ -200,13 +240,47 @@ pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
             let raw_name = format!("{raw_label}: {what}");
             let raw_run = raw_cycles(raw.clone(), fresh, format!("{tag}-raw"), budget);
             let lm_run = lm_cycles(env.lm.clone(), fresh, tag.clone(), budget);
-            let ((rl, re, rs), (ll, le, ls)) = if spawned {
-                let r = tokio::spawn(raw_run).await?;
-                let l = tokio::spawn(lm_run).await??;
-                (r, l)
-            } else {
-                (raw_run.await, lm_run.await?)
+            let server_cpu = || async {
+                match &env.raw.1 {
+                    Raw::Redis(r) => Some(r.server_cpu_us().await),
+                    _ => None,
+                }
             };
+            let before_raw = server_cpu().await;
+            let raw_result = if spawned {
+                tokio::spawn(raw_run).await?
+            } else {
+                raw_run.await
+            };
+            let before_lm = server_cpu().await;
+            let lm_result = if spawned {
+                tokio::spawn(lm_run).await??
+            } else {
+                lm_run.await?
+            };
+            let after_lm = server_cpu().await;
+            let ((rl, re, rs), (ll, le, ls)) = (raw_result, lm_result);
+            if let (Some(b_raw), Some(b_lm), Some(a_lm)) = (before_raw, before_lm, after_lm) {
+                // The server's own CPU per cycle (the two `INFO` calls between runs are
+                // noise next to thousands of cycles).
+                out.push(Sample::new(
+                    &raw_name,
+                    "server cpu/cycle",
+                    "µs",
+                    Better::Lower,
+                    (b_lm - b_raw) / rl.len() as f64,
+                ));
+                out.push(
+                    Sample::new(
+                        &what,
+                        "server cpu/cycle",
+                        "µs",
+                        Better::Lower,
+                        (a_lm - b_lm) / ll.len() as f64,
+                    )
+                    .against(&raw_name),
+                );
+            }
             let raw_mean = us(re) / rl.len() as f64;
             let lm_mean = us(le) / ll.len() as f64;
             let (raw_cycles_n, lm_cycles_n) = (rl.len() as f64, ll.len() as f64);
