@@ -27,6 +27,10 @@ pub struct RedisConfig {
     /// Serve TLS only: the node listens with `tls-port` and a self-signed certificate made
     /// by the `openssl` CLI (see [`RedisServer::ca_file`]).
     pub tls: bool,
+    /// A cluster node (`cluster-enabled yes`) with this `cluster-node-timeout`; its cluster
+    /// bus port is picked afresh on each start attempt, as the client port is, so a port
+    /// taken between the pick and the bind costs a retry, not a failed test.
+    pub cluster_node_timeout: Option<Duration>,
     /// Extra `--option value` arguments.
     pub extra: Vec<String>,
 }
@@ -226,7 +230,8 @@ impl RedisServer {
             if config.tls {
                 make_cert(dir.path());
             }
-            let args = node_args(&config, dir.path(), port);
+            let bus = config.cluster_node_timeout.map(|_| free_port());
+            let args = node_args(&config, dir.path(), port, bus);
             let bin = binary.clone();
             let process =
                 ServerProcess::start("redis-server", dir.path().join("redis.log"), move || {
@@ -367,7 +372,7 @@ async fn restart_process(process: &Arc<Mutex<ServerProcess>>, port: u16, passwor
     }
 }
 
-fn node_args(config: &RedisConfig, dir: &Path, port: u16) -> Vec<String> {
+fn node_args(config: &RedisConfig, dir: &Path, port: u16, bus: Option<u16>) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--bind".into(),
         "127.0.0.1".into(),
@@ -397,6 +402,16 @@ fn node_args(config: &RedisConfig, dir: &Path, port: u16) -> Vec<String> {
         ]);
     } else {
         args.extend(["--port".into(), port.to_string()]);
+    }
+    if let (Some(timeout), Some(bus)) = (config.cluster_node_timeout, bus) {
+        args.extend([
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-port".into(),
+            bus.to_string(),
+            "--cluster-node-timeout".into(),
+            timeout.as_millis().to_string(),
+        ]);
     }
     if config.persistent {
         args.extend([
@@ -557,16 +572,8 @@ impl RedisCluster {
         };
         let mut nodes = Vec::new();
         for _ in 0..3 * (1 + replicas) {
-            let bus = free_port();
             let config = RedisConfig {
-                extra: vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-port".into(),
-                    bus.to_string(),
-                    "--cluster-node-timeout".into(),
-                    node_timeout.as_millis().to_string(),
-                ],
+                cluster_node_timeout: Some(node_timeout),
                 ..RedisConfig::default()
             };
             nodes.push(RedisServer::start(config).await?);
