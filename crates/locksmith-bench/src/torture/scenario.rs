@@ -263,6 +263,52 @@ fn children_of(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether `pid`, or a process in one of the process groups `groups`, holds a POSIX write
+/// lock (from `/proc/locks`) on the SQLite database file or its WAL index (`-shm`): a write
+/// transaction in progress, which no other process can get past until it ends.
+fn holds_sqlite_write_lock(pid: i32, groups: &[i32], db: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let inodes: Vec<u64> = [db.to_path_buf(), PathBuf::from(shm)]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.ino())
+        .collect();
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let mut pids = vec![pid];
+    for line in locks.lines() {
+        if let Some(p) = line
+            .split_whitespace()
+            .nth(4)
+            .and_then(|p| p.parse::<i32>().ok())
+            && nix::unistd::getpgid(Some(Pid::from_raw(p)))
+                .is_ok_and(|g| groups.contains(&g.as_raw()))
+        {
+            pids.push(p);
+        }
+    }
+    locks
+        .lines()
+        .any(|line| pids.iter().any(|&p| is_write_lock_of(line, p, &inodes)))
+}
+
+/// One line of `/proc/locks` (`1: POSIX  ADVISORY  WRITE 4242 fd:01:1234 120 120`) is a
+/// write lock `pid` holds on one of `inodes` (a request still waiting, `1: -> POSIX …`,
+/// is not).
+fn is_write_lock_of(line: &str, pid: i32, inodes: &[u64]) -> bool {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    f.len() >= 6
+        && f[1] == "POSIX"
+        && f[3] == "WRITE"
+        && f[4].parse::<i32>() == Ok(pid)
+        && f[5]
+            .rsplit(':')
+            .next()
+            .and_then(|i| i.parse::<u64>().ok())
+            .is_some_and(|i| inodes.contains(&i))
+}
+
 /// Runs one scenario in a fresh directory under `root`.
 pub(crate) fn run(
     scenario: Scenario,
@@ -863,6 +909,25 @@ fn sigstop(ctx: &mut Ctx) {
         for k in &kids {
             let _ = killpg(Pid::from_raw(*k), Signal::SIGSTOP);
         }
+        let files: Vec<PathBuf> = ctx
+            .sqlite_path()
+            .into_iter()
+            .chain([ctx.resource.clone()])
+            .collect();
+        if files
+            .iter()
+            .any(|db| holds_sqlite_write_lock(pid, &kids, db))
+        {
+            // Frozen inside a write transaction — on the store's file, or on the shared
+            // resource (a SQLite file too) during its fenced write — it would hold that
+            // file's only write lock and stop every other worker: SQLite's single writer,
+            // not what this scenario tests (a frozen *holder*). Thaw it and pick again.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+            for k in &kids {
+                let _ = killpg(Pid::from_raw(*k), Signal::SIGCONT);
+            }
+            continue;
+        }
         n += 1;
         std::thread::sleep(stop_for);
         let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
@@ -1146,4 +1211,38 @@ fn redis_freezes(ctx: &mut Ctx, server: &locksmith_testkit::servers::redis::Redi
         });
     }
     ctx.sleep_until_end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_locks_lines() {
+        let inodes = [1234];
+        let held = "1: POSIX  ADVISORY  WRITE 4242 fd:01:1234 120 120";
+        assert!(is_write_lock_of(held, 4242, &inodes));
+        assert!(!is_write_lock_of(held, 4243, &inodes));
+        assert!(!is_write_lock_of(held, 4242, &[99]));
+        let read = "2: POSIX  ADVISORY  READ 4242 fd:01:1234 123 123";
+        assert!(!is_write_lock_of(read, 4242, &inodes));
+        let waiting = "3: -> POSIX  ADVISORY  WRITE 4242 fd:01:1234 120 120";
+        assert!(!is_write_lock_of(waiting, 4242, &inodes));
+    }
+
+    #[test]
+    fn a_write_transaction_is_seen_and_its_end_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let me = std::process::id() as i32;
+        assert!(!holds_sqlite_write_lock(me, &[], &db));
+        conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1)")
+            .unwrap();
+        assert!(holds_sqlite_write_lock(me, &[], &db));
+        conn.execute_batch("COMMIT").unwrap();
+        assert!(!holds_sqlite_write_lock(me, &[], &db));
+    }
 }
