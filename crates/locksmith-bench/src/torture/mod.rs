@@ -379,8 +379,9 @@ fn describe(s: Scenario) -> &'static str {
             "A holder (a library worker, or `locksmith run` with its command) is frozen with SIGSTOP for \
              2×TTL + 0.5 s, then SIGCONT (a process caught inside a SQLite write transaction, on the store's \
              file or the shared resource's, is thawed at once and another moment picked: frozen there it would \
-             stop every process's writes, which is SQLite's single writer, not the lock manager). Checked: others get locks meanwhile; the frozen holder reports the \
-             lock lost (`run` exits 76 after stopping its command); its late writes are rejected by the fence."
+             stop every process's writes, which is SQLite's single writer, not the lock manager). Checked: \
+             others get locks meanwhile; the frozen holder reports the lock lost (`run` exits 76 after stopping \
+             its command); its late writes are rejected by the fence."
         }
         Scenario::SqliteTxKill => {
             "A second process opens the lock file, `BEGIN IMMEDIATE; DELETE FROM locksmith_locks; DELETE FROM \

@@ -275,38 +275,26 @@ fn holds_sqlite_write_lock(pid: i32, groups: &[i32], db: &Path) -> bool {
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.ino())
         .collect();
-    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let mut pids = vec![pid];
-    for line in locks.lines() {
-        if let Some(p) = line
-            .split_whitespace()
-            .nth(4)
-            .and_then(|p| p.parse::<i32>().ok())
-            && nix::unistd::getpgid(Some(Pid::from_raw(p)))
-                .is_ok_and(|g| groups.contains(&g.as_raw()))
-        {
-            pids.push(p);
-        }
-    }
-    locks
+    let in_groups = |p: i32| {
+        nix::unistd::getpgid(Some(Pid::from_raw(p))).is_ok_and(|g| groups.contains(&g.as_raw()))
+    };
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
         .lines()
-        .any(|line| pids.iter().any(|&p| is_write_lock_of(line, p, &inodes)))
+        .filter_map(held_write_lock)
+        .any(|(p, inode)| inodes.contains(&inode) && (p == pid || in_groups(p)))
 }
 
-/// One line of `/proc/locks` (`1: POSIX  ADVISORY  WRITE 4242 fd:01:1234 120 120`) is a
-/// write lock `pid` holds on one of `inodes` (a request still waiting, `1: -> POSIX …`,
-/// is not).
-fn is_write_lock_of(line: &str, pid: i32, inodes: &[u64]) -> bool {
+/// The `(pid, inode)` of a POSIX write lock held, from one line of `/proc/locks`
+/// (`1: POSIX  ADVISORY  WRITE 4242 fd:01:1234 120 120`); `None` for any other line,
+/// including a request still waiting (`1: -> POSIX …`).
+fn held_write_lock(line: &str) -> Option<(i32, u64)> {
     let f: Vec<&str> = line.split_whitespace().collect();
-    f.len() >= 6
-        && f[1] == "POSIX"
-        && f[3] == "WRITE"
-        && f[4].parse::<i32>() == Ok(pid)
-        && f[5]
-            .rsplit(':')
-            .next()
-            .and_then(|i| i.parse::<u64>().ok())
-            .is_some_and(|i| inodes.contains(&i))
+    if f.len() < 6 || f[1] != "POSIX" || f[3] != "WRITE" {
+        return None;
+    }
+    let inode = f[5].rsplit(':').next()?.parse().ok()?;
+    Some((f[4].parse().ok()?, inode))
 }
 
 /// Runs one scenario in a fresh directory under `root`.
@@ -1219,15 +1207,12 @@ mod tests {
 
     #[test]
     fn proc_locks_lines() {
-        let inodes = [1234];
         let held = "1: POSIX  ADVISORY  WRITE 4242 fd:01:1234 120 120";
-        assert!(is_write_lock_of(held, 4242, &inodes));
-        assert!(!is_write_lock_of(held, 4243, &inodes));
-        assert!(!is_write_lock_of(held, 4242, &[99]));
+        assert_eq!(held_write_lock(held), Some((4242, 1234)));
         let read = "2: POSIX  ADVISORY  READ 4242 fd:01:1234 123 123";
-        assert!(!is_write_lock_of(read, 4242, &inodes));
+        assert_eq!(held_write_lock(read), None);
         let waiting = "3: -> POSIX  ADVISORY  WRITE 4242 fd:01:1234 120 120";
-        assert!(!is_write_lock_of(waiting, 4242, &inodes));
+        assert_eq!(held_write_lock(waiting), None);
     }
 
     #[test]
