@@ -82,6 +82,7 @@ pub enum FaultMode {
 struct State {
     modes: HashMap<Op, FaultMode>,
     calls: HashMap<Op, u64>,
+    in_flight: HashMap<Op, u64>,
     declared: Option<Capabilities>,
     ttls: Vec<Option<Duration>>,
 }
@@ -150,10 +151,43 @@ impl Faults {
         state.calls.get(&op).copied().unwrap_or(0)
     }
 
+    /// How many calls of `op` have started and not yet answered (nor been dropped). A
+    /// cancelled caller's call finishes in the background, so a test waits for this to be 0
+    /// before it judges what the call left in the store.
+    pub fn in_flight(&self, op: Op) -> u64 {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.in_flight.get(&op).copied().unwrap_or(0)
+    }
+
     fn enter(&self, op: Op) -> FaultMode {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         *state.calls.entry(op).or_default() += 1;
         state.modes.get(&op).copied().unwrap_or_default()
+    }
+
+    /// Counts a call of `op` in flight until the returned guard drops.
+    fn flying(&self, op: Op) -> Flying {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *state.in_flight.entry(op).or_default() += 1;
+        Flying {
+            faults: self.clone(),
+            op,
+        }
+    }
+}
+
+/// One call in flight, counted in [`Faults::in_flight`] until dropped.
+struct Flying {
+    faults: Faults,
+    op: Op,
+}
+
+impl Drop for Flying {
+    fn drop(&mut self) {
+        let mut state = self.faults.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = state.in_flight.get_mut(&self.op) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -237,7 +271,9 @@ impl Layer for Faulty {
             return answer;
         };
         let mode = self.faults.enter(op);
+        let flying = self.faults.flying(op);
         Box::pin(async move {
+            let _flying = flying;
             match mode {
                 FaultMode::Pass => answer.await,
                 FaultMode::FailBefore => Err(self.injected(op, "failed before applying")),
