@@ -85,6 +85,7 @@ struct State {
     in_flight: HashMap<Op, u64>,
     declared: Option<Capabilities>,
     ttls: Vec<Option<Duration>>,
+    waits: Vec<Duration>,
 }
 
 /// The switchboard of one [`Faulty`] store: which operations fail how, and how often each
@@ -140,9 +141,20 @@ impl Faults {
             .clone()
     }
 
+    /// How long each claim `try_acquire` / `try_acquire_all` received had already waited
+    /// ([`Claim::waited`]), in order.
+    pub fn waits_seen(&self) -> Vec<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waits
+            .clone()
+    }
+
     fn saw(&self, claims: &[Claim]) {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         state.ttls.extend(claims.iter().map(|c| c.ttl));
+        state.waits.extend(claims.iter().map(|c| c.waited));
     }
 
     /// How many times operations of `op` were called (whatever their fate).

@@ -584,6 +584,7 @@ macro_rules! for_each_case {
             apply_then_fail_leaves_no_lock,
             fail_before_applying_is_retryable,
             cancel_during_backoff_leaves_nothing,
+            first_try_has_not_waited,
             failed_release_retried_in_background,
             drop_never_blocks_on_hung_store,
             subscribe_failure_keeps_waiting,

@@ -812,12 +812,17 @@ async fn try_loop(
     let mut poll = caps.poll_interval.map(Backoff::new);
     let mut on_error = Backoff::starting(Duration::from_millis(10), Duration::from_secs(1));
     let mut contended = false;
+    // The first try has not waited (the claims come with `waited` zero): a store may go
+    // straight to its write path for it (SQLite skips the poller's read first).
+    let mut first_try = true;
     loop {
         if let Some((_, w)) = wakeups.as_mut() {
             w.mark_seen();
         }
         let sent = Instant::now();
-        claims = stamped(&claims, sent.saturating_duration_since(started));
+        if !std::mem::take(&mut first_try) {
+            claims = stamped(&claims, sent.saturating_duration_since(started));
+        }
         let answer = try_claims(inner, &claims).answer().await;
         let attempt = match answer {
             Ok(attempt) => attempt,

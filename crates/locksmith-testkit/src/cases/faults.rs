@@ -100,6 +100,43 @@ pub async fn cancel_during_backoff_leaves_nothing(ctx: Ctx) {
     .await;
 }
 
+/// A claim's first try reaches the store with `waited` zero — stores may take a faster path
+/// for it (SQLite writes at once instead of reading first) — and a later try of the same
+/// wait carries how long it has waited.
+pub async fn first_try_has_not_waited(ctx: Ctx) {
+    let (lm, faults) = ctx.faulty_client().await;
+    let g = lm.lock("fw").acquire().await.unwrap();
+    assert_eq!(
+        faults.waits_seen(),
+        [Duration::ZERO],
+        "an uncontended acquire"
+    );
+    let (lm2, faults2) = ctx.faulty_client().await;
+    let waiter = tokio::spawn(async move {
+        let g = lm2.lock("fw").wait(Wait::For(SOON)).acquire().await;
+        g.unwrap().release().await.unwrap();
+    });
+    // Long enough for the waiter's first try to find the lock held.
+    eventually("the waiter's first try", || async {
+        !faults2.waits_seen().is_empty()
+    })
+    .await;
+    tokio::time::sleep(ms(100)).await;
+    g.release().await.unwrap();
+    waiter.await.unwrap();
+    let waits = faults2.waits_seen();
+    assert_eq!(
+        waits[0],
+        Duration::ZERO,
+        "the waiter's first try: {waits:?}"
+    );
+    let last = *waits.last().unwrap();
+    assert!(
+        waits.len() >= 2 && last >= ms(100),
+        "the try after the release did not carry the wait: {waits:?}"
+    );
+}
+
 /// A `release()` that fails returns the error and is retried in the background: the lock
 /// is free soon after the store answers again (long before its 60 s lease ends).
 pub async fn failed_release_retried_in_background(ctx: Ctx) {

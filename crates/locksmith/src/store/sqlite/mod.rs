@@ -100,7 +100,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod lockmgr;
@@ -177,13 +177,27 @@ CREATE INDEX IF NOT EXISTS locksmith_locks_expires_at ON locksmith_locks (expire
     WHERE expires_at IS NOT NULL;
 ";
 
-/// A grant's garbage sweep: rows expired before `?1`, at most `?2` ([`SWEEP_LIMIT`]) of them.
-const SWEEP_LOCKS: &str = "DELETE FROM locksmith_locks WHERE (namespace, name) IN (
-     SELECT namespace, name FROM locksmith_locks
-     WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)";
-/// A grant's sweep of lapsed reservations (before `?1`), at most `?2` ([`SWEEP_LIMIT`]).
-const SWEEP_RESERVATIONS: &str = "DELETE FROM locksmith_reservations WHERE (namespace, name) IN (
-     SELECT namespace, name FROM locksmith_reservations WHERE until <= ?1 LIMIT ?2)";
+/// A grant's garbage sweep: rows expired before `?1`, at most [`SWEEP_LIMIT`] of them.
+///
+/// The limit is spliced into the text, never bound: SQLite re-prepares a statement on every
+/// bind of a `LIMIT` parameter (the limit may change the plan), which costs more than the
+/// rest of the grant (BENCHMARKS.md, "What the profile taught").
+static SWEEP_LOCKS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM locksmith_locks WHERE (namespace, name) IN (
+           SELECT namespace, name FROM locksmith_locks
+           WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT {SWEEP_LIMIT})"
+    )
+});
+/// A grant's sweep of lapsed reservations (before `?1`), at most [`SWEEP_LIMIT`], spliced
+/// in like [`SWEEP_LOCKS`]'s.
+static SWEEP_RESERVATIONS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM locksmith_reservations WHERE (namespace, name) IN (
+           SELECT namespace, name FROM locksmith_reservations WHERE until <= ?1
+           LIMIT {SWEEP_LIMIT})"
+    )
+});
 
 /// Upgrades a version-1 file (before `min_hold` was recorded).
 const MIGRATE_V1: &str = "ALTER TABLE locksmith_locks ADD COLUMN min_hold INTEGER;";
@@ -257,25 +271,37 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// run. So a guard dropped (or a handle closed) right before exit is released, whichever
 /// thread dropped the last handle and whether or not a runtime was still running.
 mod exit_drain {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::{Condvar, Mutex, Once};
     use std::time::Duration;
 
     /// The longest the exit handler waits for queued jobs.
     pub(super) const EXIT_DRAIN: Duration = Duration::from_secs(1);
 
-    static QUEUED: Mutex<usize> = Mutex::new(0);
+    /// Jobs sent and not yet run. Counted without a lock: every store call passes here twice,
+    /// and a mutex and condvar on that path cost the worker two or three futex calls per job
+    /// (a contended lock with the caller queuing its next job, and a wake-up nobody waited
+    /// for).
+    static QUEUED: AtomicUsize = AtomicUsize::new(0);
+    /// Threads in [`wait`]: only with one of them does the count reaching zero take the lock.
+    static WAITING: AtomicUsize = AtomicUsize::new(0);
+    static LOCK: Mutex<()> = Mutex::new(());
     static DRAINED: Condvar = Condvar::new();
 
     /// A job is about to be sent to a worker.
     pub(super) fn queued() {
-        *QUEUED.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        QUEUED.fetch_add(1, SeqCst);
     }
 
     /// A job has run (or was never sent).
     pub(super) fn ran() {
-        let mut n = QUEUED.lock().unwrap_or_else(|e| e.into_inner());
-        *n = n.saturating_sub(1);
-        if *n == 0 {
+        let before = QUEUED
+            .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)))
+            .unwrap_or(0);
+        // Sequentially consistent on both sides: either this load sees the waiter, or the
+        // waiter's check (after it counted itself) sees the count at zero.
+        if before <= 1 && WAITING.load(SeqCst) > 0 {
+            let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
             DRAINED.notify_all();
         }
     }
@@ -286,8 +312,10 @@ mod exit_drain {
         if std::thread::current().name() == Some(super::WORKER_THREAD) {
             return;
         }
-        let n = QUEUED.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = DRAINED.wait_timeout_while(n, EXIT_DRAIN, |n| *n > 0);
+        WAITING.fetch_add(1, SeqCst);
+        let held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = DRAINED.wait_timeout_while(held, EXIT_DRAIN, |_| QUEUED.load(SeqCst) > 0);
+        WAITING.fetch_sub(1, SeqCst);
     }
 
     extern "C" fn at_exit() {
@@ -991,15 +1019,25 @@ impl Table for SqlTable<'_> {
     }
 
     fn next_fence(&mut self) -> Result<u64, SqlError> {
-        // hybrid_fence in SQL; a lost counter row is recreated from the clock.
+        // hybrid_fence in SQL: an UPDATE, then a read of the new value. Not an upsert with
+        // RETURNING: SQLite buffers RETURNING rows in an ephemeral table (its own pager and
+        // page cache, created and destroyed per statement) and journals the upsert's
+        // statement, two allocations of 64–90 KiB per grant that the allocator hands back to
+        // the kernel each time (madvise and page faults in the profile).
+        let updated = self
+            .conn
+            .prepare_cached("UPDATE locksmith_fence SET value = max(value + 1, ?1) WHERE id = 0")?
+            .execute([self.now])?;
+        if updated == 0 {
+            // The counter row was lost: recreated from the clock.
+            self.conn
+                .prepare_cached("INSERT INTO locksmith_fence (id, value) VALUES (0, max(?1, 1))")?
+                .execute([self.now])?;
+        }
         let fence: i64 = self
             .conn
-            .prepare_cached(
-                "INSERT INTO locksmith_fence (id, value) VALUES (0, max(?1, 1))
-                 ON CONFLICT (id) DO UPDATE SET value = max(value + 1, excluded.value)
-                 RETURNING value",
-            )?
-            .query_row([self.now], |r| r.get(0))?;
+            .prepare_cached("SELECT value FROM locksmith_fence WHERE id = 0")?
+            .query_row([], |r| r.get(0))?;
         Ok(u64::try_from(fence).unwrap_or(0))
     }
 
@@ -1210,14 +1248,9 @@ impl Worker {
             // Garbage, bounded per grant (only grants create rows and reservations): rows
             // expired more than `retain` ago, in any namespace (through the expiry index),
             // and lapsed reservations.
-            // The limit is spliced in, not bound: SQLite re-prepares a statement on every
-            // bind of a LIMIT parameter (it may change the plan), which cost more than the
-            // rest of the grant.
             let cutoff = now.saturating_sub(self.clock.retain.load(Ordering::SeqCst));
-            tx.prepare_cached(SWEEP_LOCKS)?
-                .execute([cutoff, SWEEP_LIMIT])?;
-            tx.prepare_cached(SWEEP_RESERVATIONS)?
-                .execute([now, SWEEP_LIMIT])?;
+            tx.prepare_cached(&SWEEP_LOCKS)?.execute([cutoff])?;
+            tx.prepare_cached(&SWEEP_RESERVATIONS)?.execute([now])?;
         }
         tx.commit()?;
         Ok(out)
@@ -1596,6 +1629,59 @@ mod tests {
         assert!(matches!(e, Error::Store { .. }), "{e:?}");
         assert!(e.is_retryable());
         assert!(e.to_string().contains("/x/locks.db is full"), "{e}");
+    }
+
+    /// SQLite re-prepares a statement whose `LIMIT` is a bound parameter on every run, which
+    /// cost more than the rest of a grant: the sweeps run many times, never re-prepared.
+    #[tokio::test]
+    async fn grant_sweeps_are_never_re_prepared() {
+        let dir = std::env::temp_dir().join(format!("locksmith-prep-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(dir.join("l.db")).await.unwrap();
+        let ns = Namespace::default();
+        for i in 0..(4 * SWEEP_EVERY) {
+            let claim = Claim::new(
+                LockName::new(format!("p{i}")).unwrap(),
+                Token::new(),
+                "o",
+                "h",
+                1,
+                Some(Duration::from_secs(60)),
+            );
+            let grant = store.try_acquire(&ns, &claim).await.unwrap();
+            assert!(matches!(grant, Grant::Acquired { .. }), "{grant:?}");
+            store
+                .release(&ns, &claim.name, &claim.token, None)
+                .await
+                .unwrap();
+        }
+        let counts = store
+            .run(|w| {
+                let mut counts = Vec::new();
+                for sql in [&*SWEEP_LOCKS, &*SWEEP_RESERVATIONS] {
+                    let stmt = w.conn.prepare_cached(sql)?;
+                    counts.push((
+                        stmt.get_status(rusqlite::StatementStatus::Run),
+                        stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                    ));
+                }
+                Ok(counts)
+            })
+            .await
+            .unwrap();
+        for (runs, reprepared) in counts {
+            assert!(
+                runs >= 4,
+                "the sweep ran {runs} times in {} grants",
+                4 * SWEEP_EVERY
+            );
+            assert_eq!(
+                reprepared, 0,
+                "a sweep was re-prepared {reprepared} times in {runs} runs"
+            );
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
