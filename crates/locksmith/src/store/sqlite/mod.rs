@@ -947,6 +947,10 @@ struct SqlTable<'c> {
     conn: &'c Connection,
     ns: &'c str,
     now: i64,
+    /// Names this operation found without any reservation row and has not reserved since:
+    /// a grant's `unreserve` of one of them has nothing to remove, so the statement is
+    /// skipped.
+    unreserved: Vec<String>,
 }
 
 const COLUMNS: &str = "token, owner, host, pid, fence, acquired_at, expires_at, min_hold";
@@ -1042,17 +1046,21 @@ impl Table for SqlTable<'_> {
     }
 
     fn reservation(&mut self, name: &str) -> Result<Option<Reservation>, SqlError> {
+        // Lapsed rows are read too (and ignored), so that only a name with no row at all is
+        // remembered as having nothing for `unreserve` to remove.
         let found: Option<(String, i64)> = self
             .conn
             .prepare_cached(
                 "SELECT token, until FROM locksmith_reservations
-                 WHERE namespace = ?1 AND name = ?2 AND until > ?3",
+                 WHERE namespace = ?1 AND name = ?2",
             )?
-            .query_row(params![self.ns, name, self.now], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(params![self.ns, name], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
+        if found.is_none() && !self.unreserved.iter().any(|n| n == name) {
+            self.unreserved.push(name.to_string());
+        }
         Ok(found.and_then(|(token, until)| {
+            (until > self.now).then_some(())?;
             Some(Reservation {
                 token: token.parse().ok()?,
                 until,
@@ -1061,6 +1069,7 @@ impl Table for SqlTable<'_> {
     }
 
     fn reserve(&mut self, name: &str, reservation: &Reservation) -> Result<(), SqlError> {
+        self.unreserved.retain(|n| n != name);
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO locksmith_reservations (namespace, name, token, until)
@@ -1076,6 +1085,9 @@ impl Table for SqlTable<'_> {
     }
 
     fn unreserve(&mut self, name: &str) -> Result<(), SqlError> {
+        if self.unreserved.iter().any(|n| n == name) {
+            return Ok(());
+        }
         self.conn
             .prepare_cached(
                 "DELETE FROM locksmith_reservations WHERE namespace = ?1 AND name = ?2",
@@ -1204,6 +1216,7 @@ impl Worker {
             conn: &self.conn,
             ns: ns.as_str(),
             now: self.clock.now(),
+            unreserved: Vec::new(),
         })
     }
 
@@ -1239,6 +1252,7 @@ impl Worker {
             conn: &tx,
             ns: ns.as_str(),
             now,
+            unreserved: Vec::new(),
         })?;
         let sweep = sweep && {
             self.since_sweep = (self.since_sweep + 1) % SWEEP_EVERY;
