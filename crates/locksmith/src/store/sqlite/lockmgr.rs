@@ -682,10 +682,19 @@ impl Worker {
     }
 
     fn lm_try_acquire(&mut self, claim: &Claim) -> Result<Grant, SqlError> {
-        // As the native store: a first try writes at once; a poller reads first and writes
-        // only when the lock looks free or it should reserve it.
+        // As the native store: a first try writes at once unless another connection is
+        // writing (then it reads first, as a poller); a poller reads first and writes only
+        // when the lock looks free or it should reserve it.
         if claim.waited.is_zero() {
-            return self.lm_write(true, |t| rows::try_acquire(t, claim));
+            self.conn.busy_timeout(Duration::ZERO)?;
+            let first = self.lm_write(true, |t| rows::try_acquire(t, claim));
+            if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+                tracing::warn!(error = %e, "could not restore SQLite's busy timeout");
+            }
+            match first {
+                Err(e) if e.is_busy() => {}
+                answer => return answer,
+            }
         }
         let name = claim.name.as_str();
         let (row, reserved, now) = self.lm_read(|t| {

@@ -1275,8 +1275,24 @@ impl Worker {
         // itself): most first tries find the lock free, and a read first would cost a second
         // transaction. Later tries read first: a poller that finds the lock held (and need
         // not reserve it) writes nothing.
+        //
+        // That first write does not wait for the file: if another connection is writing, it
+        // fails at once and the try reads first like a poller. Waiting in SQLite's busy
+        // handler (it sleeps 1, 2, 5, 10 ms…) for a write lock that another process holds
+        // for its grant — where the answer is "held" — cost every cross-process handoff
+        // milliseconds (BENCHMARKS.md).
         if claim.waited.is_zero() {
-            return self.grant(ns, |t| rows::try_acquire(t, claim));
+            self.conn.busy_timeout(Duration::ZERO)?;
+            let first = self.grant(ns, |t| rows::try_acquire(t, claim));
+            if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+                // Never lose the answer: later calls that find the file busy are retried
+                // from the async side.
+                tracing::warn!(error = %e, "could not restore SQLite's busy timeout");
+            }
+            match first {
+                Err(e) if e.is_busy() => {}
+                answer => return answer,
+            }
         }
         let name = claim.name.as_str();
         let seen = self.read(ns, |t| {
