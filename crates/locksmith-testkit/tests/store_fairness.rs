@@ -396,3 +396,41 @@ fn a_polling_waiter_in_another_process_is_not_starved() {
         "the polling waiter waited {longest:?} (bound {BOUND:?}): {waits:?}"
     );
 }
+
+/// The claim holding the reservation is next in line: its `Held` answers ask it to poll
+/// again within a few milliseconds (`LockInfo::retry_in`); nobody else's do.
+#[tokio::test]
+async fn the_reserver_is_asked_to_poll_soon() {
+    let (_f, store) = open().await;
+    let retry_in = |g: Grant| match g {
+        Grant::Held(info) => info.retry_in,
+        other => panic!("expected held, got {other:?}"),
+    };
+    let ns = Namespace::default();
+    let holder = claim("hot", Duration::ZERO);
+    assert!(acquired(&*store, &holder).await);
+    let short = claim("hot", Duration::from_millis(100));
+    assert_eq!(
+        retry_in(store.try_acquire(&ns, &short).await.unwrap()),
+        None
+    );
+    let reserver = claim("hot", LONG);
+    let first = retry_in(store.try_acquire(&ns, &reserver).await.unwrap());
+    assert!(
+        first.is_some_and(|d| d <= Duration::from_millis(5)),
+        "{first:?}"
+    );
+    let again = retry_in(store.try_acquire(&ns, &reserver).await.unwrap());
+    assert!(
+        again.is_some_and(|d| d <= Duration::from_millis(5)),
+        "{again:?}"
+    );
+    let other = claim("hot", LONG);
+    assert_eq!(
+        retry_in(store.try_acquire(&ns, &other).await.unwrap()),
+        None,
+        "only the reserver polls fast"
+    );
+    release(&*store, &holder).await;
+    assert!(acquired(&*store, &reserver).await);
+}

@@ -45,6 +45,11 @@ pub struct LockInfo {
     pub acquired_at: Option<SystemTime>,
     /// When the lease expires (display only); `None` when it never expires.
     pub expires_at: Option<SystemTime>,
+    /// How soon the store asks the waiter that got this answer to try again, where it asks:
+    /// a store whose waiters in other processes poll gives the waiter next in line (SQLite's
+    /// reservation holder) a short interval, so the lock reaches it soon after its release.
+    /// `None` otherwise; not part of the lock's state.
+    pub retry_in: Option<Duration>,
 }
 
 impl LockInfo {
@@ -64,6 +69,7 @@ impl LockInfo {
             min_hold: None,
             acquired_at: None,
             expires_at: None,
+            retry_in: None,
         }
     }
 }

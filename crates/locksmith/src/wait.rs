@@ -667,6 +667,9 @@ fn next_try(
             .expires_in
             .unwrap_or(REPOLL)
             .clamp(Duration::from_millis(1), REPOLL);
+    if let Some(hint) = holder.retry_in {
+        at = at.min(now + hint.max(Duration::from_millis(1)));
+    }
     if let Some(backoff) = poll {
         at = at.min(now + backoff.next());
     }

@@ -34,7 +34,9 @@
 //!   (the larger of [`Claim::waited`](super::Claim::waited), filled in by the core, and how
 //!   long this process has been trying with the claim's token) and finds the lock held
 //!   writes a *reservation* of the next grant, valid for 100 ms after its latest try
-//!   (it refreshes it while it keeps polling; releasing its token removes it). While another
+//!   (it refreshes it while it keeps polling; releasing its token removes it). The
+//!   reserver polls every 2 ms while it waits (`LockInfo::retry_in`), so a reserved
+//!   handoff takes about that long after the release, not a whole poll interval. While another
 //!   token's reservation is live, the free lock is granted to nobody else: they see it held,
 //!   with holder fields `None`, `released = true` and `expires_in` the reservation's time
 //!   left. A grant removes the name's reservation, and a live reservation is never taken
@@ -132,6 +134,11 @@ pub const SCHEMA_VERSION: i64 = 2;
 pub const APPLICATION_ID: i64 = 0x4C4B_534D;
 
 const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How soon the claim holding a name's reservation polls again while the lock is held
+/// ([`LockInfo::retry_in`](crate::LockInfo::retry_in)); other pollers back off up to
+/// [`POLL_CAP`].
+const RESERVER_POLL: Duration = Duration::from_millis(2);
 /// How long a call keeps retrying a busy file before giving up with a retryable error.
 const BUSY_LIMIT: Duration = Duration::from_secs(10);
 /// The backoff cap of busy retries and of other processes' pollers.
@@ -1300,14 +1307,29 @@ impl Worker {
             let reserved = t.reservation(name)?;
             Ok((row, reserved, t.now))
         })?;
+        // The claim holding the name's reservation is next in line: it is asked to poll
+        // again soon, so the lock reaches it shortly after the holder lets go rather than up
+        // to a whole poll interval later. One claim per name at a time polls that fast.
+        let next_in_line = |answer: Grant, reserver: bool| match answer {
+            Grant::Held(mut info) if reserver => {
+                info.retry_in = Some(RESERVER_POLL);
+                Grant::Held(info)
+            }
+            other => other,
+        };
         match seen {
             (Some(row), reserved, now) => {
                 if row.token.as_ref() == Some(&claim.token) {
                     return Ok(Grant::AlreadyHeld);
                 }
+                let mine = reserved.as_ref().is_some_and(|r| r.token == claim.token);
                 if !rows::wants_reservation(claim, reserved.as_ref(), now) {
-                    return Ok(Grant::Held(row.info(name, now, UNIX_EPOCH)));
+                    let held = Grant::Held(row.info(name, now, UNIX_EPOCH));
+                    return Ok(next_in_line(held, mine));
                 }
+                // It reserves (or refreshes its reservation) in the write below.
+                let answer = self.grant(ns, |t| rows::try_acquire(t, claim))?;
+                return Ok(next_in_line(answer, true));
             }
             (None, Some(r), now) if r.token != claim.token => {
                 return Ok(Grant::Held(rows::reserved_info(name, &r, now)));
