@@ -23,6 +23,9 @@ use crate::store::{Released, Store};
 #[derive(Clone, Debug)]
 pub(crate) struct Calls {
     pub(crate) store: Arc<dyn Store>,
+    /// The store's [`identity`](Store::identity), computed once: it keys this process's
+    /// waiting queues, which every `acquire` joins.
+    pub(crate) identity: Arc<str>,
     pub(crate) timeout: Duration,
     background: Arc<Background>,
     /// Starts the tasks of guards that live long enough to need one.
@@ -61,6 +64,7 @@ impl Drop for Running {
 impl Calls {
     pub(crate) fn new(store: Arc<dyn Store>, timeout: Duration) -> Calls {
         Calls {
+            identity: store.identity().into(),
             store,
             timeout,
             background: Arc::default(),

@@ -332,7 +332,7 @@ impl LockGuard {
     async fn release_with(mut self, min_hold: Option<Duration>) -> Result<()> {
         self.stop_watchdog();
         let held = self.held.clone();
-        let status = held.status.send_replace(Status::Releasing);
+        let status = held.set_status(Status::Releasing);
         let now = Instant::now();
         let lost = held.loss_at(status, now).is_some();
         let answer = held

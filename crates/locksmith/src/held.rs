@@ -109,7 +109,13 @@ impl Held {
             lease_lock: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
         };
-        held.status.send_replace(held.held_status(sent, terms.ttl));
+        // Nobody can be subscribed yet: set the first status without waking anyone (a
+        // watch channel's notification wakes eight internal lists, even with no receiver).
+        let first = held.held_status(sent, terms.ttl);
+        held.status.send_if_modified(|s| {
+            *s = first;
+            false
+        });
         held
     }
 
@@ -215,7 +221,21 @@ impl Held {
 
     /// Ends tracking; returns the status it had.
     pub(crate) fn finish(&self) -> Status {
-        self.status.send_replace(Status::Done)
+        self.set_status(Status::Done)
+    }
+
+    /// Sets the status and returns the old one, waking subscribers only if there are any: a
+    /// watch channel's notification wakes eight internal lists even with no receiver, a
+    /// cost every short hold paid twice on release. The count is read under the channel's
+    /// write lock, so a subscriber that then reads the status sees the new one (the guard
+    /// task's starter subscribes before it checks the status).
+    pub(crate) fn set_status(&self, new: Status) -> Status {
+        let mut old = new;
+        self.status.send_if_modified(|s| {
+            old = std::mem::replace(s, new);
+            self.status.receiver_count() > 0
+        });
+        old
     }
 
     /// Changes the lease in the store and records what this process can vouch for, under

@@ -704,7 +704,7 @@ impl Locksmith {
     /// [`Error::InvalidName`].
     pub fn local_waiters(&self, name: &str) -> Result<usize> {
         Ok(registry::queued(
-            &self.inner.calls.store,
+            &self.inner.calls.identity,
             &self.inner.ns,
             &LockName::new(name)?,
         ))

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::Notify;
 
 use crate::name::{LockName, Namespace};
-use crate::store::Store;
 
-type Key = (String, Namespace, LockName);
+/// A queue's key: the store's identity (computed once per connection, see
+/// [`Calls::identity`](crate::calls::Calls::identity)), the namespace and the name.
+type Key = (Arc<str>, Namespace, LockName);
 
 #[derive(Default)]
 struct Slot {
@@ -44,9 +45,9 @@ impl std::fmt::Debug for Ticket {
 }
 
 impl Ticket {
-    /// Joins the end of the queue for `name` on `store`.
-    pub(crate) fn join(store: &Arc<dyn Store>, ns: &Namespace, name: &LockName) -> Ticket {
-        let key = (store.identity(), ns.clone(), name.clone());
+    /// Joins the end of the queue for `name` on the store whose identity is `store`.
+    pub(crate) fn join(store: &Arc<str>, ns: &Namespace, name: &LockName) -> Ticket {
+        let key = (store.clone(), ns.clone(), name.clone());
         let slot = Arc::new(Slot::default());
         lock_queues()
             .entry(key.clone())
@@ -105,20 +106,22 @@ impl Drop for Ticket {
 }
 
 /// How many acquirers in this process are queued for `name` on `store`.
-pub(crate) fn queued(store: &Arc<dyn Store>, ns: &Namespace, name: &LockName) -> usize {
-    let key = (store.identity(), ns.clone(), name.clone());
+pub(crate) fn queued(store: &Arc<str>, ns: &Namespace, name: &LockName) -> usize {
+    let key = (store.clone(), ns.clone(), name.clone());
     lock_queues().get(&key).map_or(0, VecDeque::len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::memory::MemoryStore;
     use std::time::Duration;
 
     #[tokio::test]
     async fn fifo_and_hand_over() {
         let store: Arc<dyn Store> = MemoryStore::new();
+        let store: Arc<str> = store.identity().into();
         let ns = Namespace::default();
         let name = LockName::new("q").unwrap();
         let a = Ticket::join(&store, &ns, &name);
@@ -138,12 +141,6 @@ mod tests {
             .await
             .unwrap();
         drop(c);
-        assert_eq!(
-            lock_queues()
-                .keys()
-                .filter(|k| k.0 == store.identity())
-                .count(),
-            0
-        );
+        assert_eq!(lock_queues().keys().filter(|k| k.0 == store).count(), 0);
     }
 }

@@ -771,7 +771,7 @@ async fn wait_loop(
         Wait::No => None,
         _ if claims.len() > 1 => None,
         _ => {
-            let ticket = Ticket::join(&calls.store, &inner.ns, &first);
+            let ticket = Ticket::join(&calls.identity, &inner.ns, &first);
             // A timer only for waits with a deadline (boxed, so queued waiters without one
             // do not carry its space).
             let turned = match deadline {
