@@ -36,6 +36,8 @@ fn lock_queues() -> std::sync::MutexGuard<'static, HashMap<Key, VecDeque<Arc<Slo
 pub(crate) struct Ticket {
     key: Key,
     slot: Arc<Slot>,
+    /// Joined an empty queue: head from the start, until dropped (so `turn` need not look).
+    first: bool,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -49,11 +51,12 @@ impl Ticket {
     pub(crate) fn join(store: &Arc<str>, ns: &Namespace, name: &LockName) -> Ticket {
         let key = (store.clone(), ns.clone(), name.clone());
         let slot = Arc::new(Slot::default());
-        lock_queues()
-            .entry(key.clone())
-            .or_default()
-            .push_back(slot.clone());
-        Ticket { key, slot }
+        let mut queues = lock_queues();
+        let queue = queues.entry(key.clone()).or_default();
+        let first = queue.is_empty();
+        queue.push_back(slot.clone());
+        drop(queues);
+        Ticket { key, slot, first }
     }
 
     fn is_head(&self) -> bool {
@@ -69,6 +72,9 @@ impl Ticket {
     ///
     /// Cancel safe: the ticket keeps its place until dropped.
     pub(crate) async fn turn(&self) {
+        if self.first {
+            return;
+        }
         loop {
             let notified = self.slot.turn.notified();
             if self.is_head() {
