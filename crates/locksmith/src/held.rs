@@ -109,13 +109,8 @@ impl Held {
             lease_lock: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
         };
-        // Nobody can be subscribed yet: set the first status without waking anyone (a
-        // watch channel's notification wakes eight internal lists, even with no receiver).
-        let first = held.held_status(sent, terms.ttl);
-        held.status.send_if_modified(|s| {
-            *s = first;
-            false
-        });
+        // Nobody can be subscribed yet, so this wakes no one.
+        held.set_status(held.held_status(sent, terms.ttl));
         held
     }
 

@@ -685,16 +685,11 @@ impl Worker {
         // As the native store: a first try writes at once unless another connection is
         // writing (then it reads first, as a poller); a poller reads first and writes only
         // when the lock looks free or it should reserve it.
-        if claim.waited.is_zero() {
-            self.conn.busy_timeout(Duration::ZERO)?;
-            let first = self.lm_write(true, |t| rows::try_acquire(t, claim));
-            if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
-                tracing::warn!(error = %e, "could not restore SQLite's busy timeout");
-            }
-            match first {
-                Err(e) if e.is_busy() => {}
-                answer => return answer,
-            }
+        if claim.waited.is_zero()
+            && let Some(answer) =
+                self.without_waiting(|w| w.lm_write(true, |t| rows::try_acquire(t, claim)))
+        {
+            return answer;
         }
         let name = claim.name.as_str();
         let (row, reserved, now) = self.lm_read(|t| {

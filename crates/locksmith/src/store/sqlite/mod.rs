@@ -1288,18 +1288,11 @@ impl Worker {
         // handler (it sleeps 1, 2, 5, 10 ms…) for a write lock that another process holds
         // for its grant — where the answer is "held" — cost every cross-process handoff
         // milliseconds (BENCHMARKS.md).
-        if claim.waited.is_zero() {
-            self.conn.busy_timeout(Duration::ZERO)?;
-            let first = self.grant(ns, |t| rows::try_acquire(t, claim));
-            if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
-                // Never lose the answer: later calls that find the file busy are retried
-                // from the async side.
-                tracing::warn!(error = %e, "could not restore SQLite's busy timeout");
-            }
-            match first {
-                Err(e) if e.is_busy() => {}
-                answer => return answer,
-            }
+        if claim.waited.is_zero()
+            && let Some(answer) =
+                self.without_waiting(|w| w.grant(ns, |t| rows::try_acquire(t, claim)))
+        {
+            return answer;
         }
         let name = claim.name.as_str();
         let seen = self.read(ns, |t| {
@@ -1337,6 +1330,27 @@ impl Worker {
             _ => {}
         }
         self.grant(ns, |t| rows::try_acquire(t, claim))
+    }
+
+    /// Runs `op` with SQLite's busy handler off; `None` if the file was busy (another
+    /// connection writing), so the caller can take its path that does not write.
+    fn without_waiting<T>(
+        &mut self,
+        op: impl FnOnce(&mut Worker) -> Result<T, SqlError>,
+    ) -> Option<Result<T, SqlError>> {
+        if let Err(e) = self.conn.busy_timeout(Duration::ZERO) {
+            return Some(Err(e.into()));
+        }
+        let answer = op(self);
+        if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+            // Never lose the answer: later calls that find the file busy are retried from
+            // the async side.
+            tracing::warn!(error = %e, "could not restore SQLite's busy timeout");
+        }
+        match answer {
+            Err(e) if e.is_busy() => None,
+            answer => Some(answer),
+        }
     }
 
     fn release(
