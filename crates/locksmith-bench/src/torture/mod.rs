@@ -4,13 +4,16 @@
 //! broken promise.
 //!
 //! ```text
-//! locksmith-bench torture [--store URL|mysql] [--scenario NAME]... [--long] [--report FILE]
+//! locksmith-bench torture [--store URL|mysql|postgres|redis] [--scenario NAME]... [--long] [--report FILE]
 //! cargo run -p locksmith-bench --release -- torture --long    # writes RELIABILITY.md
 //! ```
 //!
 //! `--store mysql` starts a MariaDB server of the test kit that the harness controls, for
 //! the server scenarios (`server-restart`, `conn-kill`, `server-freeze`; see `server.rs`);
-//! without a server of its own they say SKIPPED.
+//! without a server of its own they say SKIPPED. `--store postgres` starts a PostgreSQL server
+//! per scenario (`postgres.rs`), `--store redis` one persistent `redis-server` for the run (the
+//! `redis-*` scenarios always start their own). Any other URL is opened once before a worker
+//! starts, so a bad URL or a dead server is one clear error.
 //!
 //! Workers are this same binary re-executed (`torture-worker`, and `torture-body` as the
 //! command of `locksmith run`; `torture-sqlite` is the second SQLite connection). The
@@ -52,8 +55,9 @@ enum Cli {
 /// `torture` options.
 #[derive(Args, Debug)]
 struct TortureArgs {
-    /// The store URL (default: a fresh SQLite file per scenario). Scenarios that need a
-    /// SQLite file are skipped, loudly, on other stores.
+    /// The store URL (default: a fresh SQLite file per scenario), or `mysql`, `postgres` or
+    /// `redis` for a server the harness starts itself. Scenarios that need a SQLite file are
+    /// skipped, loudly, on other stores.
     #[arg(long)]
     store: Option<String>,
     /// Run only these scenarios (repeatable; default: all).
@@ -143,6 +147,47 @@ fn locksmith_bin() -> Result<PathBuf, String> {
     }
 }
 
+/// Starts a persistent `redis-server` of the test kit, on a runtime kept for its lifetime.
+fn start_redis() -> Result<
+    (
+        tokio::runtime::Runtime,
+        locksmith_testkit::servers::redis::RedisServer,
+    ),
+    String,
+> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("no runtime: {e}"))?;
+    let config = locksmith_testkit::servers::redis::RedisConfig {
+        persistent: true,
+        ..Default::default()
+    };
+    let server = rt
+        .block_on(locksmith_testkit::servers::redis::RedisServer::start(
+            config,
+        ))
+        .ok_or("redis-server is not installed (apt-get install redis-server)")?;
+    Ok((rt, server))
+}
+
+/// Opens the store once before any worker starts, so a bad URL or a dead server is one clear
+/// error here rather than a panic in every worker.
+fn check_store(url: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("no runtime: {e}"))?;
+    rt.block_on(async {
+        let lm = tokio::time::timeout(Duration::from_secs(10), locksmith::Locksmith::connect(url))
+            .await
+            .map_err(|_| "the store did not answer within 10 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        let _ = lm.close().await;
+        Ok(())
+    })
+}
+
 fn torture(mut a: TortureArgs) -> ExitCode {
     a.store = match server::resolve_store(a.store.take()) {
         Ok(s) => s,
@@ -151,6 +196,29 @@ fn torture(mut a: TortureArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `--store redis`: a redis-server of the test kit (persistent), alive for the whole run.
+    let _redis = match a.store.as_deref() {
+        Some("redis" | "redis://") => match start_redis() {
+            Ok((rt, server)) => {
+                a.store = Some(format!("{}?timeout=1s", server.url()));
+                Some((rt, server))
+            }
+            Err(e) => {
+                eprintln!("torture: cannot start a server for --store redis: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    if let Some(url) = a.store.as_deref().filter(|s| *s != "postgres")
+        && let Err(e) = check_store(url)
+    {
+        eprintln!(
+            "torture: --store {}: {e} — pass a store URL that works, or `mysql`, `postgres` or `redis` for a server the harness starts itself",
+            locksmith::redact_url(url)
+        );
+        return ExitCode::from(2);
+    }
     let locksmith = match a.locksmith.clone().map(Ok).unwrap_or_else(locksmith_bin) {
         Ok(p) => p,
         Err(e) => {
