@@ -189,6 +189,8 @@ fn check_store(url: &str) -> Result<(), String> {
 }
 
 fn torture(mut a: TortureArgs) -> ExitCode {
+    // As given on the command line, for the report's "reproduce" line and its section.
+    let store_arg = a.store.clone();
     a.store = match server::resolve_store(a.store.take()) {
         Ok(s) => s,
         Err(e) => {
@@ -264,9 +266,11 @@ fn torture(mut a: TortureArgs) -> ExitCode {
             .then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../RELIABILITY.md"))
     });
     if let Some(path) = report {
-        let text = markdown(&a, &plan, &outcomes, &table);
-        match std::fs::write(&path, text) {
-            Ok(()) => eprintln!("torture: wrote {}", path.display()),
+        let key = section_key(store_arg.as_deref());
+        let text = markdown(&a, store_arg.as_deref(), &plan, &outcomes, &table);
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        match std::fs::write(&path, with_section(&old, key, &text)) {
+            Ok(()) => eprintln!("torture: wrote the {key} section of {}", path.display()),
             Err(e) => eprintln!("torture: cannot write {}: {e}", path.display()),
         }
     }
@@ -351,25 +355,85 @@ fn table(outcomes: &[Outcome]) -> String {
     t.to_string()
 }
 
-fn markdown(a: &TortureArgs, plan: &Plan, outcomes: &[Outcome], table: &str) -> String {
+/// Which section of the report a run writes: one per kind of store, so a run on one store
+/// leaves the others' results in place.
+fn section_key(store: Option<&str>) -> &'static str {
+    let scheme = store.map_or("sqlite", |s| s.split("://").next().unwrap_or(s));
+    match scheme {
+        "sqlite" => "sqlite",
+        "postgres" | "postgresql" => "postgres",
+        "mysql" | "mariadb" => "mysql",
+        s if s.starts_with("redis") => "redis",
+        "memory" => "memory",
+        _ => "other",
+    }
+}
+
+/// `report` with the section `key` set to `section`: replaced between its markers where it
+/// exists, appended otherwise (after the file's title, written when the file is new).
+fn with_section(report: &str, key: &str, section: &str) -> String {
+    let (start, end) = (
+        format!("<!-- torture:{key} -->"),
+        format!("<!-- /torture:{key} -->"),
+    );
+    let block = format!("{start}\n{}\n{end}", section.trim_end());
+    if let (Some(a), Some(b)) = (report.find(&start), report.find(&end))
+        && a < b
+    {
+        return format!("{}{block}{}", &report[..a], &report[b + end.len()..]);
+    }
+    let mut out = if report.trim().is_empty() {
+        "# Reliability\n\nWhat the torture harness (`crates/locksmith-bench/src/torture`) found, one \
+         section per store; each section is rewritten by the command it shows and leaves the others \
+         alone.\n"
+            .to_string()
+    } else {
+        report.trim_end().to_string() + "\n"
+    };
+    out.push('\n');
+    out.push_str(&block);
+    out.push('\n');
+    out
+}
+
+fn markdown(
+    a: &TortureArgs,
+    store_arg: Option<&str>,
+    plan: &Plan,
+    outcomes: &[Outcome],
+    table: &str,
+) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let total: usize = outcomes.iter().map(|o| o.report.holds).sum();
     let faults: usize = outcomes.iter().map(|o| o.faults).sum();
     let violations: usize = outcomes.iter().map(|o| o.report.violations.len()).sum();
-    let _ = writeln!(s, "# Reliability\n");
+    let title = match section_key(store_arg) {
+        "sqlite" if store_arg.is_none() => "SQLite (a fresh file per scenario) and the CLI",
+        "sqlite" => "SQLite",
+        "postgres" => "PostgreSQL",
+        "mysql" => "MySQL/MariaDB",
+        "redis" => "Redis",
+        "memory" => "memory",
+        _ => "other stores",
+    };
+    let _ = writeln!(s, "## {title}\n");
     let _ = writeln!(
         s,
-        "The torture harness (`crates/locksmith-bench/src/torture`, issue 10) ran {} scenarios: \
-         {total} lock cycles, {faults} faults injected, **{violations} violations**.\n",
-        outcomes.len()
+        "{} scenarios: {total} lock cycles, {faults} faults injected, **{violations} violations** \
+         (run {}).\n",
+        outcomes.len(),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
     );
     let mut cmd = "cargo run -p locksmith-bench --release -- torture".to_string();
     if a.long {
         cmd.push_str(" --long");
     }
-    if let Some(st) = &a.store {
+    if let Some(st) = store_arg {
         let _ = write!(cmd, " --store {}", locksmith::redact_url(st));
+    }
+    for sc in &a.scenario {
+        let _ = write!(cmd, " --scenario {}", sc.label());
     }
     let _ = writeln!(s, "Reproduce with:\n\n```sh\n{cmd}\n```\n");
     let _ = writeln!(
@@ -387,7 +451,6 @@ fn markdown(a: &TortureArgs, plan: &Plan, outcomes: &[Outcome], table: &str) -> 
         humantime::format_duration(plan.duration)
     );
     let _ = writeln!(s, "{table}\n");
-    let _ = writeln!(s, "## Per scenario\n");
     for o in outcomes {
         let _ = writeln!(s, "### {}\n", o.scenario.label());
         if let Some(sk) = &o.skipped {
@@ -519,5 +582,34 @@ fn describe(s: Scenario) -> &'static str {
              renewals cannot get through report the lock lost before the lease could end; no double holder; \
              their late writes are rejected by the fence; progress after each thaw."
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{section_key, with_section};
+
+    #[test]
+    fn a_run_rewrites_its_own_section_only() {
+        let first = with_section("", "sqlite", "## SQLite\n\nold sqlite\n");
+        assert!(first.starts_with("# Reliability\n"));
+        let both = with_section(&first, "redis", "## Redis\n\nredis run\n");
+        let again = with_section(&both, "sqlite", "## SQLite\n\nnew sqlite\n");
+        assert!(again.contains("new sqlite") && !again.contains("old sqlite"));
+        assert!(again.contains("redis run"));
+        assert_eq!(again.matches("<!-- torture:sqlite -->").count(), 1);
+        assert_eq!(again.matches("<!-- /torture:redis -->").count(), 1);
+        // The section keeps its place: SQLite before Redis.
+        assert!(again.find("new sqlite") < again.find("redis run"));
+    }
+
+    #[test]
+    fn sections_are_keyed_by_the_kind_of_store() {
+        assert_eq!(section_key(None), "sqlite");
+        assert_eq!(section_key(Some("sqlite:///tmp/x.db")), "sqlite");
+        assert_eq!(section_key(Some("redis")), "redis");
+        assert_eq!(section_key(Some("redis+cluster://a:1,b:2")), "redis");
+        assert_eq!(section_key(Some("postgres")), "postgres");
+        assert_eq!(section_key(Some("mariadb://u@h/db")), "mysql");
     }
 }

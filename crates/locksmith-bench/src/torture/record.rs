@@ -31,6 +31,19 @@ pub(crate) enum Record {
         /// When `acquire` returned.
         start: u64,
     },
+    /// Written (and flushed) just before a library worker calls `release`: a kill that lands
+    /// after this may find the release already on its way to the store, so the lock can be
+    /// free before its lease would have ended.
+    Releasing {
+        /// The worker's id.
+        worker: u32,
+        /// The lock name.
+        name: String,
+        /// The grant's fence.
+        fence: u64,
+        /// When the worker called `release`.
+        at: u64,
+    },
     /// A finished hold: `(name, fence, start, end, worker, outcome)` and the resource write.
     Hold(Hold),
     /// An attempt that did not get the lock, or a store error.

@@ -641,6 +641,12 @@ fn gather(dir: &Path, resource: &Path) -> Input {
                     input.last_activity = input.last_activity.max(start);
                     input.grants.push((worker, name, fence, start));
                 }
+                Record::Releasing {
+                    name, fence, at, ..
+                } => {
+                    input.last_activity = input.last_activity.max(at);
+                    input.releasing.push((name, fence, at));
+                }
                 Record::Hold(h) => {
                     input.last_activity = input.last_activity.max(h.end);
                     input.holds.push(h);

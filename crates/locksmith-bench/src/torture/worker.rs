@@ -282,6 +282,7 @@ pub(crate) fn worker(args: WorkerArgs) {
                         body(&mut res, &name, fence, args.id, args.hold, &g, &mut w)
                     });
                     let end = mono_ns();
+                    releasing(&mut log, args.id, &name, fence);
                     let released = g.release().await;
                     finish(
                         &mut log, &args, name, fence, start, end, w, stepped, write, released,
@@ -325,6 +326,7 @@ pub(crate) fn worker(args: WorkerArgs) {
                 };
                 let write = body(&mut res, &name, fence, args.id, args.hold, &g, &mut w);
                 let end = mono_ns();
+                releasing(&mut log, args.id, &name, fence);
                 let released = g.release();
                 finish(
                     &mut log, &args, name, fence, start, end, w, stepped, write, released,
@@ -340,6 +342,19 @@ pub(crate) fn worker(args: WorkerArgs) {
             }
         }
     }
+}
+
+/// Logs (flushed, like every record) that the worker is about to release `name`.
+fn releasing(log: &mut std::fs::File, worker: u32, name: &str, fence: u64) {
+    append(
+        log,
+        &Record::Releasing {
+            worker,
+            name: name.to_string(),
+            fence,
+            at: mono_ns(),
+        },
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
