@@ -302,7 +302,12 @@ pub(crate) async fn run(lm: &Locksmith, args: RunArgs, out: Out) -> Result<u8, F
         }
     };
     tokio::pin!(max_hold);
-    let mut check = tokio::time::interval(OWNERSHIP_CHECK);
+    // The first check comes one period after the grant (an interval's first tick is at once,
+    // which would spend a store call on a lock just granted).
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + OWNERSHIP_CHECK,
+        OWNERSHIP_CHECK,
+    );
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let status = loop {
         let why = tokio::select! {

@@ -82,3 +82,40 @@ fn run_status_list_and_clear_on_redis() {
     assert!(!text(&out).contains("wrong-Secret-3"), "{}", text(&out));
     assert!(text(&out).contains(":***@"), "{}", text(&out));
 }
+
+/// `run` of a short command costs the store its grant and its release, and no ownership
+/// check (the first comes 500 ms after the grant).
+#[test]
+fn run_of_a_short_command_makes_two_store_calls() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(server) = rt.block_on(RedisServer::start(RedisConfig::default())) else {
+        locksmith_testkit::skip_store("redis", "redis-server is not installed");
+        return;
+    };
+    let url = format!("{}?namespace=calls", server.url());
+    // Once to load the scripts, then counted.
+    assert!(
+        locksmith(&url, &["run", "quick", "--", "true"])
+            .status
+            .success()
+    );
+    rt.block_on(server.command(&["CONFIG", "RESETSTAT"]));
+    let out = locksmith(&url, &["run", "quick", "--", "sleep", "0.1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stats = rt
+        .block_on(server.command(&["INFO", "commandstats"]))
+        .text();
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        calls("evalsha") + calls("eval"),
+        2,
+        "one acquire and one release script: {stats}"
+    );
+}
