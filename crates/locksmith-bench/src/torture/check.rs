@@ -201,7 +201,11 @@ pub(crate) fn check(input: &Input) -> Report {
                 if s.start < a.end {
                     if a.stepped || s.stepped || broken.contains(&(a.worker, a.fence)) {
                         r.step_overlaps += 1;
+                        // Both leases are the step's now, whichever of the two began first
+                        // (a `locksmith run` hold begins when its command starts, so the
+                        // stepped grant may sort before the unstepped hold it broke).
                         broken.insert((a.worker, a.fence));
+                        broken.insert((s.worker, s.fence));
                     } else {
                         r.violations.push(format!(
                             "{name:?}: worker {} (fence {}) held from {} while worker {} (fence {}) held until {} and was not told it was lost ({} ms overlap)",
@@ -744,6 +748,27 @@ mod tests {
             "{:?}",
             check(&input).violations
         );
+    }
+
+    #[test]
+    fn a_hold_broken_by_a_stepped_grant_that_sorts_first_is_the_steps() {
+        let mut input = clean();
+        // Worker 1's command started at 5 ms (its grant came a little earlier); the stepped
+        // worker 2 took the lease at 2 ms and let it go at 8 ms; worker 3 then got the free
+        // row at 10 ms while worker 1's command still ran.
+        input.holds[0].start = 5 * MS;
+        input.holds[0].end = 30 * MS;
+        input.holds[0].deadline = None;
+        input.holds[1].start = 2 * MS;
+        input.holds[1].end = 8 * MS;
+        input.holds[1].stepped = true;
+        input.holds.push(hold(3, 12, 10, 20));
+        let r = check(&input);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.step_overlaps, 2);
+        // Without the step, worker 3's overlap with worker 1 is a violation.
+        input.holds[1].stepped = false;
+        assert!(!check(&input).violations.is_empty());
     }
 
     #[test]
