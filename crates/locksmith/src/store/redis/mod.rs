@@ -1047,7 +1047,11 @@ fn parse_info(name: &str, f: &[String]) -> Result<LockInfo> {
     let int = |s: &str| s.parse::<i64>().map_err(|_| bad_reply("a lock's info"));
     let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
     let (at, pttl, now) = (int(&f[4])?, int(&f[7])?, int(&f[8])?);
-    let expires_in = (pttl >= 0).then(|| Duration::from_millis(pttl as u64));
+    // Every lease is set 1 ms longer than asked (the scripts' `lease`, because `PEXPIRE`
+    // counts from a time truncated to the millisecond), so what is surely left is one
+    // millisecond less than `PTTL`: a lock just granted for 60 s reports at most 60 s.
+    let expires_in =
+        (pttl >= 0).then(|| Duration::from_millis(pttl.saturating_sub(1).max(0) as u64));
     let mut info = LockInfo::new(name, expires_in);
     info.owner = Some(f[0].clone());
     info.host = Some(f[1].clone());
@@ -1346,6 +1350,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_lease_margin_is_not_reported_as_time_left() {
+        let fields = |pttl: &str| -> Vec<String> {
+            [
+                "owner", "host", "7", "42", "1000000", "", "0", pttl, "2000000",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        // Granted for 60 s just now: PTTL is 60,001 ms (the 1 ms margin of `lease`).
+        let info = parse_info("n", &fields("60001")).unwrap();
+        assert_eq!(info.expires_in, Some(Duration::from_secs(60)));
+        assert_eq!(
+            parse_info("n", &fields("0")).unwrap().expires_in,
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_info("n", &fields("-1")).unwrap().expires_in, None);
+    }
+
+    #[test]
     fn cluster_masters_never_skip_a_failing_master_with_slots() {
         let healthy = "\
 a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
@@ -1400,7 +1423,8 @@ c1 127.0.0.1:7003@17003 master - 0 0 3 connected 10923-16383
         let info = parse_info("n", &f).unwrap();
         assert_eq!(info.fence, Some(1_700_000_000_000_123));
         assert_eq!(info.held_for, Some(Duration::from_millis(100)));
-        assert_eq!(info.expires_in, Some(Duration::from_millis(1500)));
+        // PTTL less the 1 ms margin every lease carries.
+        assert_eq!(info.expires_in, Some(Duration::from_millis(1499)));
         assert!(!info.released);
     }
 }
