@@ -393,6 +393,22 @@ mod tests {
     }
 
     /// Two clean holds, two writes, counter 2.
+    /// The harness's SIGKILL of worker 1, holder of fence 10 on "a", inspected at 1 ms with
+    /// `expires_in` left.
+    fn sigkill(at: u64, expires_in: u64) -> Fault {
+        Fault {
+            kind: "sigkill".into(),
+            at,
+            until: None,
+            name: Some("a".into()),
+            fence: Some(10),
+            expires_in: Some(expires_in),
+            inspected_at: Some(MS),
+            pid: Some(1),
+            note: String::new(),
+        }
+    }
+
     fn clean() -> Input {
         Input {
             holds: vec![hold(1, 10, 0, 10), hold(2, 11, 11, 20)],
@@ -620,17 +636,7 @@ mod tests {
         // Worker 1 was killed holding fence 10: a grant, no hold record.
         input.holds.remove(0);
         input.grants.push((1, "a".into(), 10, 0));
-        input.faults.push(Fault {
-            kind: "sigkill".into(),
-            at: 2 * MS,
-            until: None,
-            name: Some("a".into()),
-            fence: Some(10),
-            expires_in: Some(30 * MS),
-            inspected_at: Some(MS),
-            pid: Some(1),
-            note: String::new(),
-        });
+        input.faults.push(sigkill(2 * MS, 30 * MS));
         let r = check(&input);
         assert!(
             r.violations.iter().any(|v| v.contains("before its lease")),
@@ -647,17 +653,7 @@ mod tests {
     #[test]
     fn a_holder_that_released_before_the_kill_may_be_followed_at_once() {
         let mut input = clean();
-        input.faults.push(Fault {
-            kind: "sigkill".into(),
-            at: 10 * MS,
-            until: None,
-            name: Some("a".into()),
-            fence: Some(10),
-            expires_in: Some(900 * MS),
-            inspected_at: Some(MS),
-            pid: Some(1),
-            note: String::new(),
-        });
+        input.faults.push(sigkill(10 * MS, 900 * MS));
         // Worker 1 wrote its hold record (released) before it was killed.
         let r = check(&input);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
@@ -676,17 +672,7 @@ mod tests {
     #[test]
     fn a_holder_killed_mid_release_may_be_followed_at_once() {
         let mut input = clean();
-        input.faults.push(Fault {
-            kind: "sigkill".into(),
-            at: 10 * MS,
-            until: None,
-            name: Some("a".into()),
-            fence: Some(10),
-            expires_in: Some(900 * MS),
-            inspected_at: Some(MS),
-            pid: Some(1),
-            note: String::new(),
-        });
+        input.faults.push(sigkill(10 * MS, 900 * MS));
         // Killed with no hold record: the early grant of fence 11 is a violation...
         input.holds.remove(0);
         input.grants.push((1, "a".into(), 10, 0));

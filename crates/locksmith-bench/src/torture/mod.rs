@@ -147,30 +147,6 @@ fn locksmith_bin() -> Result<PathBuf, String> {
     }
 }
 
-/// Starts a persistent `redis-server` of the test kit, on a runtime kept for its lifetime.
-fn start_redis() -> Result<
-    (
-        tokio::runtime::Runtime,
-        locksmith_testkit::servers::redis::RedisServer,
-    ),
-    String,
-> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("no runtime: {e}"))?;
-    let config = locksmith_testkit::servers::redis::RedisConfig {
-        persistent: true,
-        ..Default::default()
-    };
-    let server = rt
-        .block_on(locksmith_testkit::servers::redis::RedisServer::start(
-            config,
-        ))
-        .ok_or("redis-server is not installed (apt-get install redis-server)")?;
-    Ok((rt, server))
-}
-
 /// Opens the store once before any worker starts, so a bad URL or a dead server is one clear
 /// error here rather than a panic in every worker.
 fn check_store(url: &str) -> Result<(), String> {
@@ -200,13 +176,15 @@ fn torture(mut a: TortureArgs) -> ExitCode {
     };
     // `--store redis`: a redis-server of the test kit (persistent), alive for the whole run.
     let _redis = match a.store.as_deref() {
-        Some("redis" | "redis://") => match start_redis() {
-            Ok((rt, server)) => {
+        Some("redis" | "redis://") => match scenario::start_redis(true) {
+            Some((rt, server)) => {
                 a.store = Some(format!("{}?timeout=1s", server.url()));
                 Some((rt, server))
             }
-            Err(e) => {
-                eprintln!("torture: cannot start a server for --store redis: {e}");
+            None => {
+                eprintln!(
+                    "torture: cannot start a server for --store redis: redis-server is not installed (apt-get install redis-server)"
+                );
                 return ExitCode::from(2);
             }
         },

@@ -298,6 +298,28 @@ fn held_write_lock(line: &str) -> Option<(i32, u64)> {
 }
 
 /// Runs one scenario in a fresh directory under `root`.
+/// Starts a `redis-server` of the test kit (`persistent`: `appendonly yes` + `appendfsync
+/// always`) on a runtime kept for its lifetime; `None` when redis-server is not installed.
+pub(crate) fn start_redis(
+    persistent: bool,
+) -> Option<(
+    tokio::runtime::Runtime,
+    locksmith_testkit::servers::redis::RedisServer,
+)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let config = locksmith_testkit::servers::redis::RedisConfig {
+        persistent,
+        ..Default::default()
+    };
+    let server = rt.block_on(locksmith_testkit::servers::redis::RedisServer::start(
+        config,
+    ))?;
+    Some((rt, server))
+}
+
 pub(crate) fn run(
     scenario: Scenario,
     plan: &Plan,
@@ -321,19 +343,9 @@ pub(crate) fn run(
     );
     let mut redis_server = None;
     if redis {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let config = locksmith_testkit::servers::redis::RedisConfig {
-            persistent: scenario != Scenario::RedisRestartVolatile,
-            ..Default::default()
-        };
-        match rt.block_on(locksmith_testkit::servers::redis::RedisServer::start(
-            config,
-        )) {
-            Some(server) => redis_server = Some((rt, server)),
-            None => skipped = Some("SKIPPED: redis-server is not installed".to_string()),
+        redis_server = start_redis(scenario != Scenario::RedisRestartVolatile);
+        if redis_server.is_none() {
+            skipped = Some("SKIPPED: redis-server is not installed".to_string());
         }
     }
     let mut pg = None;
