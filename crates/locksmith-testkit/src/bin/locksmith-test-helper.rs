@@ -12,7 +12,7 @@
 //! - `min-hold URL NAME MIN_HOLD_MS` — acquire with a 10 s TTL and that `min_hold`, release
 //!   at once, print `released <F>` and exit.
 //! - `hold-for URL NAME HOLD_MS` — acquire with a 60 s TTL, print `acquired <F>`, release
-//!   after HOLD_MS and print `released <unix µs>`.
+//!   after HOLD_MS and print `released <unix µs>`, the time read just before the release.
 //! - `drop-exit URL NAME` — acquire with a 60 s TTL, print `acquired <F>`, drop the guard
 //!   and exit at once (the release must not be lost to the exit).
 //! - `blocking-drop-exit URL NAME` — the same through `locksmith::blocking`, from `main`.
@@ -239,11 +239,13 @@ async fn run(args: &[&str]) -> Result<ExitCode, String> {
                 .map_err(|e| failed("acquire", &e))?;
             say(&format!("acquired {}", guard.fence()));
             tokio::time::sleep(hold).await;
-            guard.release().await.map_err(|e| failed("release", &e))?;
-            let now = std::time::SystemTime::now()
+            // The time is read before the release starts: a waiter may get the lock (and
+            // read its own clock) before this process sees `release` return.
+            let releasing = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .expect("clock after 1970");
-            say(&format!("released {}", now.as_micros()));
+            guard.release().await.map_err(|e| failed("release", &e))?;
+            say(&format!("released {}", releasing.as_micros()));
             Ok(ExitCode::SUCCESS)
         }
         ["drop-exit", url, name] => {
