@@ -119,6 +119,8 @@ pub enum Cap {
     MinHold,
     /// [`Capabilities::ordered_list`].
     OrderedList,
+    /// [`Capabilities::pushed_grants`].
+    PushedGrants,
 }
 
 impl Cap {
@@ -137,6 +139,7 @@ impl Cap {
             Cap::Namespaces => caps.namespaces,
             Cap::MinHold => caps.min_hold,
             Cap::OrderedList => caps.ordered_list,
+            Cap::PushedGrants => caps.pushed_grants,
         }
     }
 
@@ -155,6 +158,7 @@ impl Cap {
             Cap::Namespaces => "namespaces",
             Cap::MinHold => "min_hold",
             Cap::OrderedList => "ordered_list",
+            Cap::PushedGrants => "pushed_grants",
         }
     }
 }
@@ -570,6 +574,9 @@ macro_rules! for_each_case {
             expired_takeover_race_one_winner,
             // wake-ups and re-polls
             waiter_woken_when_lease_shortened,
+            pushed_grant_hands_over_in_order,
+            abandoned_waiters_leave_the_queue,
+            dead_waiter_process_never_granted,
             repoll_at_holder_expiry_bounded,
             held_for_tracks_real_time,
             // names, prefixes, namespaces, TTLs

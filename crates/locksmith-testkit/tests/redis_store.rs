@@ -215,11 +215,13 @@ async fn one_subscription_connection_for_many_waiters() {
     }
     // Wait until every name is subscribed. The holder's guards listen for clears of
     // their names on its one pub/sub connection; the waiters add exactly one more: two
-    // connections, each multiplexing N + 1 channels.
+    // connections, each multiplexing two channels for each of the N + 1 names (the name's
+    // wake-ups, and the grants pushed to this store's waiters of it).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let subs = subscription_connections(&server).await;
-        if subs == [N as u64 + 1, N as u64 + 1] {
+        let channels = 2 * (N as u64 + 1);
+        if subs == [channels, channels] {
             break;
         }
         assert!(Instant::now() < deadline, "subscriptions: {subs:?}");

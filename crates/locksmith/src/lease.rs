@@ -40,6 +40,17 @@ impl Token {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A public id of this token, for a store to publish with a grant it pushes to a queued
+    /// waiter (see [`Capabilities::pushed_grants`](crate::Capabilities::pushed_grants)):
+    /// 64 bits of a keyed hash whose key is random per process, so it tells nothing about
+    /// the token and only this process can match it.
+    pub fn grant_id(&self) -> String {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+            std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+        format!("{:016x}", KEY.hash_one(&*self.0))
+    }
 }
 
 impl Default for Token {

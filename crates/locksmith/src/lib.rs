@@ -684,6 +684,7 @@ impl Locksmith {
                 ttl,
                 min_hold: None,
                 waited: std::time::Duration::ZERO,
+                queue: false,
             })
             .collect();
         let policy = SetPolicy { ttl, ..policy };

@@ -490,6 +490,7 @@ impl Inner {
             ttl: plan.ttl,
             min_hold: plan.min_hold,
             waited: Duration::ZERO,
+            queue: false,
         }
     }
 
@@ -655,6 +656,36 @@ impl Drop for Unsettled<'_> {
     }
 }
 
+fn acquired_metrics(kind: &'static str, locks: usize, contended: bool, started: Instant) {
+    metrics::counter!("locksmith_acquired_total", "store" => kind).increment(locks as u64);
+    if contended {
+        metrics::histogram!("locksmith_wait_seconds", "store" => kind)
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A claim a store with pushed grants has queued: if the wait ends without the lock (an
+/// error, a timeout, the caller went away), the claim's token is released, which takes it
+/// off the queue and hands on a grant that reached it too late.
+struct Queued<'a> {
+    calls: &'a Calls,
+    ns: &'a Namespace,
+    claim: Option<Claim>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            release_claims(
+                self.calls,
+                self.ns,
+                std::slice::from_ref(&claim),
+                "the wait ended while queued",
+            );
+        }
+    }
+}
+
 /// When to try again after finding the lock held by `holder`.
 fn next_try(
     holder: &LockInfo,
@@ -815,11 +846,43 @@ async fn try_loop(
     let mut poll = caps.poll_interval.map(Backoff::new);
     let mut on_error = Backoff::starting(Duration::from_millis(10), Duration::from_secs(1));
     let mut contended = false;
+    // A store that pushes grants queues this claim when the lock is held; a release may
+    // then hand it the lock, announced through the subscription.
+    let pushed = caps.pushed_grants && claims.len() == 1 && plan.wait != Wait::No;
+    if pushed {
+        claims = claims
+            .iter()
+            .map(|c| Claim {
+                queue: true,
+                ..c.clone()
+            })
+            .collect();
+    }
+    let mut grant_id = pushed.then(|| claims[0].grant_id());
+    // The send time of the last try that found the lock held (and so queued the claim).
+    let mut queued_at: Option<Instant> = None;
+    // Leaves the store's queue if this loop ends without the lock.
+    let mut queued = Queued {
+        calls,
+        ns: &inner.ns,
+        claim: None,
+    };
     // The first try has not waited (the claims come with `waited` zero): a store may go
     // straight to its write path for it (SQLite skips the poller's read first).
     let mut first_try = true;
     loop {
         if let Some((_, w)) = wakeups.as_mut() {
+            if let (Some(id), Some(at)) = (grant_id.as_deref(), queued_at)
+                && let Some(grant) = w.take_grant(id)
+            {
+                // A release handed the lock to this claim: its lease started no earlier
+                // than the last try that queued it, plus what the store measured since.
+                queued.claim = None;
+                let sent = at + grant.after_last_try;
+                tracing::debug!(lock = %first, fence = grant.fence, waited = ?started.elapsed(), "acquired (pushed grant)");
+                acquired_metrics(kind, claims.len(), contended, started);
+                return Ok((claims, vec![grant.fence], sent));
+            }
             w.mark_seen();
         }
         let sent = Instant::now();
@@ -834,6 +897,11 @@ async fn try_loop(
                 if plan.token.is_none() {
                     release_claims(calls, &inner.ns, &claims, "the try failed");
                     claims = refreshed(&claims);
+                    // The release took the old token off the store's queue too.
+                    queued.claim = None;
+                    if pushed {
+                        grant_id = Some(claims[0].grant_id());
+                    }
                 } else {
                     unsettled.claims = Some(claims.clone());
                 }
@@ -854,16 +922,15 @@ async fn try_loop(
         match attempt {
             Attempt::Acquired(fences) => {
                 unsettled.claims = None;
-                metrics::counter!("locksmith_acquired_total", "store" => kind)
-                    .increment(claims.len() as u64);
-                if contended {
-                    metrics::histogram!("locksmith_wait_seconds", "store" => kind)
-                        .record(started.elapsed().as_secs_f64());
-                }
+                // The store takes a granted claim off its queue.
+                queued.claim = None;
+                acquired_metrics(kind, claims.len(), contended, started);
                 tracing::debug!(lock = %first, ?fences, waited = ?started.elapsed(), "acquired");
                 return Ok((claims, fences, sent));
             }
             Attempt::AlreadyHeld(name) => {
+                // The token holds the lock by the caller's own doing: never release it.
+                queued.claim = None;
                 // The caller's token holds the lock: if an earlier try of this loop failed,
                 // that try was applied after all — adopt its grant.
                 if unsettled.claims.is_some()
@@ -880,6 +947,10 @@ async fn try_loop(
             Attempt::Held(holder) => {
                 // Someone else holds it, so no earlier try of this token was applied.
                 unsettled.claims = None;
+                if pushed {
+                    queued_at = Some(sent);
+                    queued.claim = Some(claims[0].clone());
+                }
                 if !contended {
                     contended = true;
                     metrics::counter!("locksmith_contended_total", "store" => kind).increment(1);
@@ -910,12 +981,20 @@ async fn try_loop(
                         }
                         None => return Err(timeout(&holder.name, started)),
                     };
+                    let mut sub = sub;
+                    if let Some(id) = grant_id.as_deref() {
+                        sub.expect_grant(id);
+                    }
                     wakeups = Some((holder.name, sub));
                     continue;
                 }
                 let at = next_try(&holder, now, deadline, &mut poll);
                 tracing::trace!(lock = %holder.name, holder = %holder, "waiting");
                 let (_, w) = wakeups.as_mut().expect("subscribed above");
+                if let Some(id) = grant_id.as_deref() {
+                    // After a refreshed token, or a resubscription.
+                    w.expect_grant(id);
+                }
                 tokio::select! {
                     _ = w.changed() => {}
                     _ = sleep_until(at.into()) => {}

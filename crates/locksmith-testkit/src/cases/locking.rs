@@ -739,3 +739,96 @@ pub async fn wait_survives_store_errors(ctx: Ctx) {
         .unwrap();
     assert!(got.is_ok(), "waiter gave up on a store outage: {got:?}");
 }
+
+/// A store that pushes grants hands a released lock to the waiter that queued first, in the
+/// release itself: right after `release` returns the lock is that waiter's (it was never
+/// free), its acquire returns with a higher fence, and its guard never believes in a longer
+/// lease than the store keeps. The next release goes to the next waiter.
+pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
+    if !ctx.requires(&[Cap::PushedGrants]) {
+        return;
+    }
+    let (b, c) = (ctx.client().await, ctx.client().await);
+    let g = ctx.lm.lock("pg").owner("a").acquire().await.unwrap();
+    let waiter = |lm: locksmith::Locksmith, owner: &'static str| {
+        tokio::spawn(async move {
+            let ttl = Duration::from_secs(30);
+            let g = lm.lock("pg").owner(owner).ttl(ttl).acquire().await;
+            (g, lm)
+        })
+    };
+    let wb = waiter(b, "b");
+    tokio::time::sleep(ms(300)).await;
+    let wc = waiter(c, "c");
+    tokio::time::sleep(ms(300)).await;
+    let fence = g.fence();
+    g.release().await.unwrap();
+    let info = ctx
+        .lm
+        .inspect("pg")
+        .await
+        .unwrap()
+        .expect("handed over, never free");
+    assert_eq!(
+        info.owner.as_deref(),
+        Some("b"),
+        "not the first waiter: {info:?}"
+    );
+    let (gb, _b) = tokio::time::timeout(SOON, wb)
+        .await
+        .expect("b got it")
+        .unwrap();
+    let gb = gb.unwrap();
+    assert_eq!(info.fence, Some(gb.fence()));
+    assert!(gb.fence() > fence);
+    let store_left = lease_left(&ctx.lm, "pg").await;
+    let local_left = gb.expires_in().expect("a lease");
+    assert!(
+        local_left <= store_left && local_left > Duration::from_secs(25),
+        "the guard believes {local_left:?} is left, the store keeps {store_left:?}"
+    );
+    assert!(!wc.is_finished(), "c got a lock b holds");
+    gb.release().await.unwrap();
+    let info = ctx.lm.inspect("pg").await.unwrap().expect("handed to c");
+    assert_eq!(info.owner.as_deref(), Some("c"));
+    let (gc, _c) = tokio::time::timeout(SOON, wc)
+        .await
+        .expect("c got it")
+        .unwrap();
+    gc.unwrap().release().await.unwrap();
+    assert!(ctx.lm.inspect("pg").await.unwrap().is_none());
+}
+
+/// Waiters that leave — a wait that times out, a wait future that is dropped — leave the
+/// store's queue: the holder's release goes to the waiter still waiting (in the same
+/// process, so the process still listens for grants), not to one that left.
+pub async fn abandoned_waiters_leave_the_queue(ctx: Ctx) {
+    if !ctx.requires(&[Cap::PushedGrants]) {
+        return;
+    }
+    let b = ctx.client().await;
+    let g = ctx.lm.lock("pq").owner("a").acquire().await.unwrap();
+    let timed_out = b
+        .lock("pq")
+        .owner("gone")
+        .wait(Wait::For(ms(300)))
+        .acquire()
+        .await;
+    assert_err(timed_out, "a wait that timed out", |e| e.is_timeout());
+    let dropped = tokio::time::timeout(ms(300), b.lock("pq").owner("gone").acquire()).await;
+    assert!(dropped.is_err(), "got a held lock");
+    let stays = tokio::spawn(async move { b.lock("pq").owner("stays").acquire().await });
+    tokio::time::sleep(ms(300)).await;
+    g.release().await.unwrap();
+    let info = ctx.lm.inspect("pq").await.unwrap();
+    assert_eq!(
+        info.and_then(|i| i.owner).as_deref(),
+        Some("stays"),
+        "the release did not go to the waiter still waiting"
+    );
+    let g = tokio::time::timeout(SOON, stays)
+        .await
+        .expect("granted")
+        .unwrap();
+    g.unwrap().release().await.unwrap();
+}

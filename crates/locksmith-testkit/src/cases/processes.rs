@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use locksmith::{Locksmith, Renew, Wait};
 
-use super::{SOON, ms};
+use super::{SOON, eventually, ms};
 use crate::{Cap, Ctx, Helper};
 
 /// How long a helper process may take to start and connect on a slow machine.
@@ -331,4 +331,26 @@ pub async fn polling_waiter_not_starved(ctx: Ctx) {
         "the polling waiter waited {waited:?} (bound: 2 s)"
     );
     g.release().await.unwrap();
+}
+
+/// A store that pushes grants never hands a lock to a waiter whose process died while it
+/// was queued: the release frees the lock (or hands it to a live waiter) instead of leaving
+/// it to a dead holder for a whole lease.
+pub async fn dead_waiter_process_never_granted(ctx: Ctx) {
+    if !ctx.requires(&[Cap::PushedGrants, Cap::CrossProcess]) {
+        return;
+    }
+    let url = ctx.url();
+    let g = ctx.lm.lock("dw").acquire().await.unwrap();
+    let mut waiter = ctx.spawn_helper(&["wait", &url, "dw", "30000"]);
+    waiter.expect("waiting", START).await;
+    // Let it try, queue and subscribe.
+    tokio::time::sleep(ms(500)).await;
+    waiter.kill().await;
+    tokio::time::sleep(ms(100)).await;
+    g.release().await.unwrap();
+    eventually("the lock is free after its queued waiter died", || async {
+        ctx.lm.inspect("dw").await.unwrap().is_none()
+    })
+    .await;
 }

@@ -842,6 +842,7 @@ pub fn capabilities(persistent: bool, cluster: bool) -> locksmith::Capabilities 
     caps.ordered_list = true;
     caps.max_name_len = 255;
     caps.ttl_granularity = Duration::from_millis(1);
+    caps.pushed_grants = true;
     caps
 }
 

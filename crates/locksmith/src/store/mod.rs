@@ -92,6 +92,12 @@ pub struct Claim {
     /// store whose waiters in other processes poll may use it to reserve the lock for a
     /// waiter that has waited long, so notified waiters cannot starve it.
     pub waited: Duration,
+    /// The claimant waits for this lock and takes a grant pushed to it. A store with
+    /// [`Capabilities::pushed_grants`] queues such a claim when the lock is held, and a
+    /// release hands the lock to the head of the queue, announcing it through
+    /// [`WakeHub::grant`]. `false` for a try that will not wait, which must never be queued:
+    /// nobody would take its grant.
+    pub queue: bool,
 }
 
 impl Claim {
@@ -113,7 +119,14 @@ impl Claim {
             ttl,
             min_hold: None,
             waited: Duration::ZERO,
+            queue: false,
         }
+    }
+
+    /// The public id of the claim's token, which a store may publish with a pushed grant
+    /// (see [`Token::grant_id`]).
+    pub fn grant_id(&self) -> String {
+        self.token.grant_id()
     }
 }
 
@@ -222,6 +235,10 @@ pub struct Capabilities {
     /// The finest TTL the store keeps; the core rounds every TTL up to a multiple of it, so a
     /// lease never ends in the store before the guard's local deadline.
     pub ttl_granularity: Duration,
+    /// A release hands the lock to the waiter that queued first (see [`Claim::queue`]) in
+    /// the same atomic step, and the waiter learns of its grant from the store's
+    /// notification, with no try of its own: a handoff costs the release and one message.
+    pub pushed_grants: bool,
 }
 
 impl Capabilities {
@@ -241,6 +258,7 @@ impl Capabilities {
         ordered_list: false,
         max_name_len: crate::name::MAX_NAME_LEN,
         ttl_granularity: Duration::from_micros(1),
+        pushed_grants: false,
     };
 }
 
@@ -435,6 +453,42 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 pub struct Wakeups {
     rx: watch::Receiver<u64>,
     _interest: Option<Box<dyn Send + Sync>>,
+    /// Grants pushed to waiters of this name in this process, by grant id (see
+    /// [`WakeHub::grant`]); `None` for a subscription built without a hub.
+    grants: Option<Arc<Mutex<Grants>>>,
+    /// The ids this subscriber expects grants for, forgotten when it is dropped.
+    expecting: Vec<String>,
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        if let Some(grants) = &self.grants
+            && !self.expecting.is_empty()
+        {
+            let mut grants = lock(grants);
+            for id in &self.expecting {
+                grants.expected.remove(id);
+            }
+        }
+    }
+}
+
+/// A grant a release pushed to a queued waiter (see [`Capabilities::pushed_grants`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushedGrant {
+    /// The fence minted for the waiter.
+    pub fence: u64,
+    /// How long after the waiter's last try that found the lock held (by the store's
+    /// clock: from the try's write of the queue entry to the grant) the lease started. The
+    /// waiter's local lease starts at that try's send time plus this, which is never later
+    /// than the store's start.
+    pub after_last_try: Duration,
+}
+
+/// Pushed grants waiting to be taken, by grant id. Only ids a local waiter expects are kept.
+#[derive(Default)]
+struct Grants {
+    expected: HashMap<String, Option<PushedGrant>>,
 }
 
 impl fmt::Debug for Wakeups {
@@ -451,6 +505,8 @@ impl Wakeups {
         Wakeups {
             rx,
             _interest: None,
+            grants: None,
+            expecting: Vec::new(),
         }
     }
 
@@ -460,6 +516,8 @@ impl Wakeups {
         Wakeups {
             rx,
             _interest: Some(Box::new(guard)),
+            grants: None,
+            expecting: Vec::new(),
         }
     }
 
@@ -472,6 +530,32 @@ impl Wakeups {
     /// Marks every wake-up so far as seen.
     pub fn mark_seen(&mut self) {
         self.rx.borrow_and_update();
+    }
+
+    /// Says that this subscriber's claim with grant id `id` is queued, so a grant pushed to
+    /// it is kept for [`take_grant`](Wakeups::take_grant) (and wakes the subscribers).
+    /// Grants to ids nobody expects are dropped without waking anyone.
+    pub fn expect_grant(&mut self, id: &str) {
+        if let Some(grants) = &self.grants {
+            lock(grants).expected.entry(id.to_string()).or_default();
+            if !self.expecting.iter().any(|e| e == id) {
+                self.expecting.push(id.to_string());
+            }
+        }
+    }
+
+    /// Takes the grant pushed to `id`, if one came; the id stays expected.
+    pub fn take_grant(&mut self, id: &str) -> Option<PushedGrant> {
+        let grants = self.grants.as_ref()?;
+        lock(grants).expected.get_mut(id).and_then(Option::take)
+    }
+
+    /// Stops expecting grants for `id`.
+    pub fn forget_grant(&mut self, id: &str) {
+        if let Some(grants) = &self.grants {
+            lock(grants).expected.remove(id);
+            self.expecting.retain(|e| e != id);
+        }
     }
 
     /// Resolves at the next wake-up not yet seen (at once if one happened since the last
@@ -508,6 +592,12 @@ struct Entry {
     tx: watch::Sender<u64>,
     /// Live [`Wakeups`] of this name.
     subscribers: usize,
+    /// Grants pushed to this name's queued waiters.
+    grants: Arc<Mutex<Grants>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl fmt::Debug for WakeHub {
@@ -565,17 +655,21 @@ impl WakeHub {
         let entry = hub.map.entry(key.clone()).or_insert_with(|| Entry {
             tx: watch::channel(0).0,
             subscribers: 0,
+            grants: Arc::default(),
         });
         entry.subscribers += 1;
         let first = entry.subscribers == 1;
         let rx = entry.tx.subscribe();
+        let grants = entry.grants.clone();
         drop(hub);
         let interest = Interest {
             key,
             senders: self.senders.clone(),
             idle: self.idle.clone(),
         };
-        (Wakeups::with_guard(rx, interest), first)
+        let mut wakeups = Wakeups::with_guard(rx, interest);
+        wakeups.grants = Some(grants);
+        (wakeups, first)
     }
 
     /// Subscribes to `name`'s wake-ups.
@@ -608,6 +702,28 @@ impl WakeHub {
         if let Some(entry) = hub.map.get(&(ns.clone(), name.clone())) {
             entry.tx.send_modify(|g| *g = g.wrapping_add(1));
         }
+    }
+
+    /// Hands a grant pushed by a release to the local waiter that expects `id` (see
+    /// [`Wakeups::expect_grant`]) and wakes `name`'s subscribers. Returns whether a local
+    /// waiter expected it; a grant to another process's waiter changes nothing here (its
+    /// lock is held, so waking this process's waiters would only cost them a try).
+    pub fn grant(&self, ns: &Namespace, name: &LockName, id: &str, grant: PushedGrant) -> bool {
+        let hub = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = hub.map.get(&(ns.clone(), name.clone())) else {
+            return false;
+        };
+        let expected = match lock(&entry.grants).expected.get_mut(id) {
+            Some(slot) => {
+                *slot = Some(grant);
+                true
+            }
+            None => false,
+        };
+        if expected {
+            entry.tx.send_modify(|g| *g = g.wrapping_add(1));
+        }
+        expected
     }
 
     /// Wakes every subscriber in `ns`.

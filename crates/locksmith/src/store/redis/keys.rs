@@ -5,6 +5,8 @@
 //! <prefix>{<ns>:<name>}     the lock (a hash; its TTL is the lease)
 //! <prefix>{<ns>:<name>}f    the name's last fence (expires FENCE_KEY_TTL after the grant)
 //! <prefix>{<ns>:<name>}w    the pub/sub channel its releases are published on
+//! <prefix>{<ns>:<name>}q    its queued waiters (a sorted set: token → first try, µs)
+//! <prefix>{<ns>:<name>}e    what a release needs to grant each queued waiter (a hash)
 //! ```
 //!
 //! Inside the tag, `%`, `{`, `}` and `:` of the namespace and the name are written `%25`,
@@ -83,6 +85,16 @@ impl Keys {
         format!("{}{}}}f", self.head, escape(name))
     }
 
+    /// The waiting queue of `name`.
+    pub(super) fn queue(&self, name: &str) -> String {
+        format!("{}{}}}q", self.head, escape(name))
+    }
+
+    /// The queue entries of `name`.
+    pub(super) fn entries(&self, name: &str) -> String {
+        format!("{}{}}}e", self.head, escape(name))
+    }
+
     /// The wake-up channel of `name`.
     pub(super) fn channel(&self, name: &str) -> String {
         format!("{}{}}}w", self.head, escape(name))
@@ -126,6 +138,9 @@ mod tests {
             assert_eq!(close, key.len() - 1, "{key}");
             assert!(keys.fence(name).starts_with(&key));
             assert!(keys.channel(name).starts_with(&key));
+            assert!(keys.queue(name).starts_with(&key));
+            assert!(keys.entries(name).starts_with(&key));
+            assert_eq!(keys.name_of(&keys.queue(name)), None);
         }
         assert_eq!(keys.name_of("locksmith:{a:x}f"), None);
         assert_eq!(keys.name_of("locksmith:{b:x}"), None);

@@ -45,10 +45,21 @@
 //! cluster always reports `persistent = false`: replication is asynchronous, so a failover
 //! can lose a grant even when every master fsyncs.
 //!
-//! # Waiting
+//! # Waiting: pushed grants
 //!
-//! Releases publish a wake-up from inside their script; one subscription connection per
-//! store multiplexes every waiter of this process (see `subs`).
+//! A waiter that finds the lock held joins the name's queue (in the same script as its
+//! try), and a release hands the lock to the first waiter of the queue in the same script:
+//! the lock is never free in between, waiters are served in the order they first tried,
+//! and the new holder learns of its grant from a message (its fence, and how long after its
+//! last try the lease started), with no try of its own — a handoff costs the release's
+//! round trip and one message, and wakes only the new holder's process. Every process has
+//! its own inbox channel per name, and a release skips a waiter whose process no longer
+//! listens (it died, or its last waiter of the name left) or that has not tried for
+//! 5 s (it hangs, or its host is gone); a waiter that leaves (a timeout, a
+//! dropped future) takes itself off the queue, and hands on a grant that reached it too
+//! late. Releases without queued waiters publish a plain wake-up, and every waiter also
+//! re-polls at the holder's expiry and at least once a second. One subscription connection
+//! per store multiplexes every waiter of this process (see `subs`).
 //!
 //! # Cluster failover
 //!
@@ -107,6 +118,14 @@ pub const DEFAULT_PREFIX: &str = "locksmith:";
 
 /// How long a name's last fence is kept after each grant (see the module docs).
 pub const FENCE_KEY_TTL: Duration = Duration::from_secs(3600);
+
+/// How long after its last try a queued waiter may still be handed the lock (see the
+/// module docs); waiters try again at least once a second, so an older entry is a waiter
+/// that went away without leaving the queue (its process died).
+const QUEUE_STALE: Duration = Duration::from_secs(5);
+
+/// How long a name's queue keys live after the last waiter joined.
+const QUEUE_LIFE: Duration = Duration::from_secs(10);
 
 /// Keys per `SCAN` step and per `CLEAR` script when resetting.
 const BATCH: usize = 500;
@@ -552,6 +571,7 @@ fn capabilities(persistent: bool) -> Capabilities {
     caps.ordered_list = true;
     caps.max_name_len = crate::name::MAX_NAME_LEN;
     caps.ttl_granularity = Duration::from_millis(1);
+    caps.pushed_grants = true;
     caps
 }
 
@@ -692,9 +712,24 @@ impl RedisStore {
 
     async fn acquire_many(&self, ns: &Namespace, claims: &[Claim]) -> Result<GrantAll> {
         let keys = self.keys(ns);
-        let mut k = Vec::with_capacity(claims.len() * 2);
-        let mut a = Vec::with_capacity(1 + claims.len() * 6);
+        let mut k = Vec::with_capacity(claims.len() * 2 + 2);
+        let mut a = Vec::with_capacity(5 + claims.len() * 6);
         a.push(FENCE_KEY_TTL.as_millis().to_string());
+        // A claim that waits is queued when the lock is held (one claim at a time: the core
+        // queues only single-lock waits); after its first try it may be queued already.
+        let queued = match claims {
+            [c] if c.queue && self.caps.pushed_grants => Some(c),
+            _ => None,
+        };
+        match queued {
+            Some(c) => {
+                a.push(if c.waited.is_zero() { "1" } else { "2" }.to_string());
+                a.push(c.grant_id());
+                a.push(QUEUE_LIFE.as_millis().to_string());
+                a.push(self.subs.inbox().to_string());
+            }
+            None => a.extend([String::new(), String::new(), String::new(), String::new()]),
+        }
         for c in claims {
             k.push(keys.lock(c.name.as_str()));
             k.push(keys.fence(c.name.as_str()));
@@ -708,6 +743,10 @@ impl RedisStore {
                     .map(|m| m.as_micros().to_string())
                     .unwrap_or_default(),
             );
+        }
+        if let Some(c) = queued {
+            k.push(keys.queue(c.name.as_str()));
+            k.push(keys.entries(c.name.as_str()));
         }
         let out: Vec<String> = self
             .conn
@@ -748,29 +787,34 @@ impl RedisStore {
         min_hold: Option<Duration>,
     ) -> Result<Released> {
         let keys = self.keys(ns);
+        let n = name.as_str();
         let out: String = self
             .conn
             .invoke(
                 &RELEASE_SCRIPT,
-                &[keys.lock(name.as_str())],
+                &[keys.lock(n), keys.fence(n), keys.queue(n), keys.entries(n)],
                 &[
                     token.expose().to_string(),
                     min_hold
                         .map(|m| m.as_micros().to_string())
                         .unwrap_or_default(),
-                    keys.channel(name.as_str()),
+                    keys.channel(n),
                     self.sharded(),
+                    FENCE_KEY_TTL.as_millis().to_string(),
+                    QUEUE_STALE.as_micros().to_string(),
                 ],
             )
             .await
             .map_err(store_error)?;
-        let answer = match out.as_str() {
-            "released" => Released::Released,
-            "kept" => Released::Kept,
-            "nothere" => Released::NotHeld,
+        let (answer, wake_here) = match out.as_str() {
+            "released" => (Released::Released, true),
+            // The new holder learns of it from the channel; nobody else here may have it.
+            "handed" => (Released::Released, false),
+            "kept" => (Released::Kept, true),
+            "nothere" => (Released::NotHeld, false),
             _ => return Err(bad_reply("release")),
         };
-        if answer != Released::NotHeld {
+        if wake_here {
             self.subs.notify(ns, name);
         }
         Ok(answer)

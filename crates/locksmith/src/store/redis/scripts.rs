@@ -8,6 +8,17 @@
 //! when the lease ends. The fence key (`…}f`) keeps the name's last fence for a while after
 //! the lock is gone, so fences keep increasing when the server's clock steps back.
 //!
+//! Waiters that will take a pushed grant (`Claim::queue`) are queued when they find the lock
+//! held: the queue key (`…}q`, a sorted set of tokens by first try) keeps their order, the
+//! entries key (`…}e`, a hash by token) what a grant needs — `stamp ttl min_hold pid id
+//! inbox owner_len owner host`, where `stamp` is the server's time of the waiter's last try
+//! (µs), `id` the token's public grant id and `inbox` its process's subscription. A release
+//! hands the lock to the first entry tried within the stale limit whose process still
+//! listens: it publishes `id fence µs-since-stamp` on the name's channel suffixed with
+//! `:<inbox>`, and only if a subscriber got it does the lock take the waiter's fields and a
+//! `pg` flag (a grant not yet confirmed by a try). A waiter whose process died is skipped.
+//! Both queue keys expire [`QUEUE_LIFE`](super::QUEUE_LIFE) after the last waiter joined.
+//!
 //! Numbers cross the Lua boundary as strings formatted with `%.0f` (Lua 5.1 numbers are
 //! doubles; `tostring` would print a fence in exponent form).
 
@@ -35,25 +46,48 @@ local function info(key, now)
   return {v[1] or '', v[2] or '', v[3] or '0', v[4], v[5] or num(now), v[6] or '', released,
           tostring(pttl), num(now)}
 end
-local function wake(channel, sharded)
-  if sharded == '1' then redis.call('SPUBLISH', channel, '') else redis.call('PUBLISH', channel, '') end
+local function publish(channel, sharded, message)
+  if sharded == '1' then return redis.call('SPUBLISH', channel, message) end
+  return redis.call('PUBLISH', channel, message)
 end
+local function wake(channel, sharded) publish(channel, sharded, '') end
 "#;
 
-/// Grants every claim or none. KEYS: lock and fence key of each claim, in pairs. ARGV:
-/// fence-key lifetime (ms), then per claim: token, owner, host, pid, ttl (ms, empty: never
-/// expires), min_hold (µs or empty). Returns `{'ok', fence…}`, `{'mine', i}` or
-/// `{'held', i, info…}` (1-based claim index).
+/// Grants every claim or none. KEYS: lock and fence key of each claim, in pairs; with a
+/// queue mode, one claim and then its queue and entries keys. ARGV: fence-key lifetime (ms),
+/// queue mode ('': none; '1': queue the claim if held; '2': the same, and it may be queued
+/// already), grant id, queue lifetime (ms), inbox, then per claim: token, owner, host, pid, ttl
+/// (ms, empty: never expires), min_hold (µs or empty). Returns `{'ok', fence…}`,
+/// `{'mine', i}` or `{'held', i, info…}` (1-based claim index). A claim that finds a grant
+/// pushed to its token takes it: `{'ok', fence}`, its lease set anew from now.
 const ACQUIRE: &str = r#"
 local now = now_us()
+local mode = ARGV[2]
 local n = #KEYS / 2
+if mode ~= '' then n = 1 end
 for i = 1, n do
   local key = KEYS[2 * i - 1]
   if redis.call('EXISTS', key) == 1 then
-    local base = 1 + (i - 1) * 6
-    if redis.call('HGET', key, 'tok') == ARGV[base + 1] then return {'mine', tostring(i)} end
+    local base = 5 + (i - 1) * 6
+    if redis.call('HGET', key, 'tok') == ARGV[base + 1] then
+      if mode ~= '' and redis.call('HGET', key, 'pg') == '1' then
+        redis.call('HDEL', key, 'pg')
+        if ARGV[base + 5] ~= '' then lease(key, ARGV[base + 5]) end
+        return {'ok', redis.call('HGET', key, 'fence')}
+      end
+      return {'mine', tostring(i)}
+    end
     local r = info(key, now)
     if r then
+      if mode ~= '' then
+        local owner = ARGV[base + 2]
+        redis.call('HSET', KEYS[4], ARGV[base + 1], num(now) .. ' ' .. ARGV[base + 5] .. ' ' ..
+                   ARGV[base + 6] .. ' ' .. ARGV[base + 4] .. ' ' .. ARGV[3] .. ' ' .. ARGV[5] ..
+                   ' ' .. #owner .. ' ' .. owner .. ARGV[base + 3])
+        redis.call('ZADD', KEYS[3], 'NX', num(now), ARGV[base + 1])
+        redis.call('PEXPIRE', KEYS[3], ARGV[4])
+        redis.call('PEXPIRE', KEYS[4], ARGV[4])
+      end
       table.insert(r, 1, tostring(i))
       table.insert(r, 1, 'held')
       return r
@@ -66,7 +100,7 @@ end
 local fences = {'ok'}
 for i = 1, n do
   local key, fkey = KEYS[2 * i - 1], KEYS[2 * i]
-  local base = 1 + (i - 1) * 6
+  local base = 5 + (i - 1) * 6
   local last = tonumber(redis.call('GET', fkey) or '0') or 0
   -- `now + i - 1`: the locks of one call get distinct fences too.
   local fence = math.max(last + 1, now + i - 1)
@@ -77,15 +111,24 @@ for i = 1, n do
   redis.call('SET', fkey, f, 'PX', ARGV[1])
   table.insert(fences, f)
 end
+if mode == '2' and redis.call('HDEL', KEYS[4], ARGV[6]) == 1 then
+  redis.call('ZREM', KEYS[3], ARGV[6])
+end
 return fences
 "#;
 
-/// Releases, or keeps until `at + min_hold`. KEYS: lock key. ARGV: token, min_hold (µs or
-/// empty), wake channel, sharded ('1'/'0'). Returns 'released', 'kept' or 'nothere'.
+/// Releases, hands the lock to the first queued waiter, or keeps it until `at + min_hold`.
+/// KEYS: lock, fence, queue and entries key. ARGV: token, min_hold (µs or empty), wake
+/// channel, sharded ('1'/'0'), fence-key lifetime (ms), stale limit (µs). Returns
+/// 'released', 'handed', 'kept' or 'nothere'; 'nothere' takes the token off the queue.
 const RELEASE: &str = r#"
-if redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1] then return 'nothere' end
+if redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1] then
+  if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then redis.call('ZREM', KEYS[3], ARGV[1]) end
+  return 'nothere'
+end
+local now = nil
 if ARGV[2] ~= '' then
-  local now = now_us()
+  now = now_us()
   local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0') or 0
   local keep = at + tonumber(ARGV[2])
   if keep > now then
@@ -93,6 +136,34 @@ if ARGV[2] ~= '' then
     lease(KEYS[1], math.ceil((keep - now) / 1000))
     wake(ARGV[3], ARGV[4])
     return 'kept'
+  end
+end
+-- At most a few stale entries are skipped per release; the rest wait for the next one.
+for _ = 1, 8 do
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if not head then break end
+  redis.call('ZREM', KEYS[3], head)
+  local e = redis.call('HGET', KEYS[4], head)
+  if e then
+    redis.call('HDEL', KEYS[4], head)
+    now = now or now_us()
+    local stamp, ttl, mh, pid, id, inbox, olen, rest =
+      string.match(e, '^(%d+) (%d*) (%d*) (%d+) (%x+) (%x+) (%d+) (.*)$')
+    if stamp and now - tonumber(stamp) <= tonumber(ARGV[6]) then
+      local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+      local f = num(math.max(last + 1, now))
+      local message = id .. ' ' .. f .. ' ' .. num(now - tonumber(stamp))
+      -- Only a process that still listens can take the grant.
+      if publish(ARGV[3] .. ':' .. inbox, ARGV[4], message) > 0 then
+        local ol = tonumber(olen)
+        redis.call('HSET', KEYS[1], 'tok', head, 'owner', string.sub(rest, 1, ol),
+                   'host', string.sub(rest, ol + 1), 'pid', pid, 'fence', f, 'at', num(now),
+                   'mh', mh, 'pg', '1')
+        if ttl == '' then redis.call('PERSIST', KEYS[1]) else lease(KEYS[1], ttl) end
+        redis.call('SET', KEYS[2], f, 'PX', ARGV[5])
+        return 'handed'
+      end
+    end
   end
 end
 redis.call('DEL', KEYS[1])

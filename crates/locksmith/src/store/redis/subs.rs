@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::name::{LockName, Namespace};
-use crate::store::{WakeHub, Wakeups};
+use crate::store::{PushedGrant, WakeHub, Wakeups};
 
 use super::keys::Keys;
 
@@ -58,8 +58,24 @@ enum Command {
 }
 
 enum Event {
-    Message(String),
+    /// A message: its channel and payload (empty for a wake-up, `id fence µs` for a grant
+    /// pushed to a queued waiter).
+    Message(String, String),
     Disconnected,
+}
+
+/// What a message on a lock's channel says: `None` for a plain wake-up.
+fn pushed_grant(payload: &str) -> Option<(&str, PushedGrant)> {
+    let mut parts = payload.split(' ');
+    let (id, fence, after) = (parts.next()?, parts.next()?, parts.next()?);
+    if id.is_empty() || parts.next().is_some() {
+        return None;
+    }
+    let grant = PushedGrant {
+        fence: fence.parse().ok()?,
+        after_last_try: Duration::from_micros(after.parse().ok()?),
+    };
+    Some((id, grant))
 }
 
 /// The store's side of the actor.
@@ -67,6 +83,9 @@ pub(super) struct Subscriptions {
     commands: mpsc::UnboundedSender<Command>,
     hub: Arc<WakeHub>,
     prefix: String,
+    /// This store's inbox: grants pushed to its waiters come on a name's channel suffixed
+    /// with `:<inbox>`, subscribed together with the channel.
+    inbox: String,
     /// How many subscription connections the actor has opened (for tests and metrics).
     pub(super) connections: Arc<AtomicU64>,
 }
@@ -102,7 +121,9 @@ impl Subscriptions {
             });
         })));
         let connections = Arc::new(AtomicU64::new(0));
+        let inbox = crate::Token::new().grant_id();
         let actor = Actor {
+            inbox: inbox.clone(),
             source,
             renewals,
             hub: Arc::downgrade(&hub),
@@ -114,8 +135,14 @@ impl Subscriptions {
             commands: tx,
             hub,
             prefix,
+            inbox,
             connections,
         }
+    }
+
+    /// This store's inbox (see the field).
+    pub(super) fn inbox(&self) -> &str {
+        &self.inbox
     }
 
     /// Subscribes to `name`'s wake-ups; returns once the server confirmed the subscription.
@@ -155,6 +182,7 @@ fn closed() -> Error {
 }
 
 struct Actor {
+    inbox: String,
     source: Source,
     renewals: Option<tokio::sync::watch::Receiver<u64>>,
     hub: std::sync::Weak<WakeHub>,
@@ -201,7 +229,8 @@ impl Actor {
                 tokio::spawn(async move {
                     while let Some(msg) = stream.next().await {
                         let channel = msg.get_channel_name().to_string();
-                        if events.send(Event::Message(channel)).is_err() {
+                        let payload: String = msg.get_payload().unwrap_or_default();
+                        if events.send(Event::Message(channel, payload)).is_err() {
                             return;
                         }
                     }
@@ -216,8 +245,13 @@ impl Actor {
                             let Some(channel) = push.data.first() else {
                                 return Ok(());
                             };
+                            let payload = push
+                                .data
+                                .get(1)
+                                .and_then(|p| redis::from_redis_value_ref::<String>(p).ok())
+                                .unwrap_or_default();
                             match redis::from_redis_value_ref::<String>(channel) {
-                                Ok(channel) => Event::Message(channel),
+                                Ok(channel) => Event::Message(channel, payload),
                                 Err(_) => return Ok(()),
                             }
                         }
@@ -292,11 +326,18 @@ impl Actor {
                         break;
                     }
                     event = events.recv() => match event {
-                        Some(Event::Message(channel)) => {
+                        Some(Event::Message(channel, payload)) => {
                             if let (Some((ns, name)), Some(hub)) =
                                 (subscribed.get(&channel), self.hub.upgrade())
                             {
-                                hub.notify(ns, name);
+                                match pushed_grant(&payload) {
+                                    // A grant to a waiter of another process wakes nobody
+                                    // here: the lock is held again.
+                                    Some((id, grant)) => {
+                                        hub.grant(ns, name, id, grant);
+                                    }
+                                    None => hub.notify(ns, name),
+                                }
                             }
                         }
                         Some(Event::Disconnected) | None => {
@@ -318,11 +359,13 @@ impl Actor {
                                 let _ = done.send(Ok(()));
                                 continue;
                             }
-                            let channels = [channel];
+                            let inbox = format!("{channel}:{}", self.inbox);
+                            let channels = [channel, inbox];
                             match tokio::time::timeout(self.timeout, conn.subscribe(&channels)).await {
                                 Ok(Ok(())) => {
-                                    let [channel] = channels;
-                                    subscribed.insert(channel, (ns, name));
+                                    for channel in channels {
+                                        subscribed.insert(channel, (ns.clone(), name.clone()));
+                                    }
                                     let _ = done.send(Ok(()));
                                 }
                                 Ok(Err(err)) => {
@@ -337,8 +380,13 @@ impl Actor {
                         }
                         Some(Command::Unsubscribe { channel, ns, name }) => {
                             let wanted = self.hub.upgrade().is_some_and(|h| h.has_subscribers(&ns, &name));
+                            let inbox = format!("{channel}:{}", self.inbox);
                             if !wanted && subscribed.remove(&channel).is_some() {
-                                let gone = tokio::time::timeout(self.timeout, conn.unsubscribe(&channel)).await;
+                                subscribed.remove(&inbox);
+                                let mut gone = tokio::time::timeout(self.timeout, conn.unsubscribe(&channel)).await;
+                                if matches!(gone, Ok(Ok(()))) {
+                                    gone = tokio::time::timeout(self.timeout, conn.unsubscribe(&inbox)).await;
+                                }
                                 if !matches!(gone, Ok(Ok(()))) {
                                     break;
                                 }
@@ -367,4 +415,20 @@ fn io_timeout() -> redis::RedisError {
         std::io::ErrorKind::TimedOut,
         "the Redis server did not answer the subscription in time",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_messages_parse_and_wake_ups_do_not() {
+        let (id, grant) = pushed_grant("00ff00ff00ff00ff 1764000000000001 1234").unwrap();
+        assert_eq!(id, "00ff00ff00ff00ff");
+        assert_eq!(grant.fence, 1_764_000_000_000_001);
+        assert_eq!(grant.after_last_try, Duration::from_micros(1234));
+        for wake in ["", "x", "a b", "a b c d", "a x 1", "a 1 -1", " 1 2"] {
+            assert!(pushed_grant(wake).is_none(), "{wake:?}");
+        }
+    }
 }
