@@ -586,7 +586,7 @@ fn release_claims(calls: &Calls, ns: &Namespace, claims: &[Claim], why: &str) {
 
 /// Tries to grant every claim (one store call, under the call timeout), polled by the
 /// caller: see [`InFlight`]. If the requester went away, a grant is released, and so is the claim of a
-/// try that failed (the store may have applied it).
+/// try that failed (the store may have applied it) or that a store with pushed grants queued.
 fn try_claims(inner: &Inner, claims: &Arc<[Claim]>) -> InFlight<Result<Attempt>> {
     let calls = inner.calls.clone();
     let ns = inner.ns.clone();
@@ -624,6 +624,10 @@ fn try_claims(inner: &Inner, claims: &Arc<[Claim]>) -> InFlight<Result<Attempt>>
             "granted after the requester went away",
         ),
         Err(_) => release_claims(&calls, &ns, &claims, "failed after the requester went away"),
+        // A store that pushes grants queued the claim: take it off the queue.
+        Ok(Attempt::Held(_)) if claims.iter().any(|c| c.queue) => {
+            release_claims(&calls, &ns, &claims, "queued after the requester went away")
+        }
         Ok(_) => {}
     });
     InFlight::start(request, orphan, || {

@@ -287,6 +287,19 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
             }
         };
     }
+    if args.get(1).is_some_and(|a| a == scenarios::HOP_WORKER) {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return match scenarios::hop_worker(&rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("locksmith-bench hop worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let command = args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -435,6 +448,9 @@ async fn bench(
                 }
             }
             if wanted("processes") && env.cross_process {
+                if let Raw::Redis(raw) = &env.raw.1 {
+                    record(scenarios::pubsub_hop(env, raw).await?);
+                }
                 for k in [2, 8, 32] {
                     record(scenarios::contended_processes(env, k).await?);
                 }

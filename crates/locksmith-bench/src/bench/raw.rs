@@ -289,6 +289,16 @@ impl RawRedis {
         n == 1
     }
 
+    /// `PUBLISH`es `payload` on `channel`; returns how many subscribers got it.
+    pub(crate) async fn publish(&self, channel: &str, payload: &str) -> i64 {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("raw PUBLISH")
+    }
+
     /// One `PING`: a bare round trip on the same connection.
     pub(crate) async fn ping(&self) {
         let _: String = redis::cmd("PING")
@@ -303,7 +313,7 @@ impl RawRedis {
     pub(crate) async fn command_calls(&self) -> (f64, f64) {
         const IN_SCRIPTS: &[&str] = &[
             "time", "exists", "hget", "hmget", "pttl", "get", "set", "hset", "pexpire", "del",
-            "hdel", "publish", "spublish", "persist",
+            "hdel", "publish", "spublish", "persist", "zadd", "zrange", "zrem",
         ];
         let text: String = redis::cmd("INFO")
             .arg("commandstats")

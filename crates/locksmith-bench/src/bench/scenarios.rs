@@ -689,6 +689,95 @@ pub(crate) fn worker(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// `argv[1]` of the pub/sub hop worker process (this binary re-executed).
+pub(crate) const HOP_WORKER: &str = "__bench-hop";
+
+/// How many messages [`pubsub_hop`] sends.
+const HOPS: usize = 400;
+
+/// The floor of any handoff that crosses processes through Redis: the time from one
+/// process starting a `PUBLISH` to a subscriber in another, idle process receiving it (a
+/// release that hands the lock over is such a command, and its waiter such a subscriber).
+/// Both processes read `CLOCK_MONOTONIC`.
+pub(crate) async fn pubsub_hop(env: &Env, raw: &super::raw::RawRedis) -> Res<Vec<Sample>> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let channel = format!("rawbench:hop:{}", env.run);
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([HOP_WORKER, &env.url, &channel, &HOPS.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut out = tokio::io::BufReader::new(child.stdout.take().ok_or("no worker stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line).await?;
+    if line.trim() != "ready" {
+        return Err(format!("hop worker: {line:?}").into());
+    }
+    for _ in 0..HOPS {
+        if raw.publish(&channel, &mono_ns().to_string()).await != 1 {
+            return Err("hop worker: not subscribed".into());
+        }
+        // Let the subscriber go idle again, as a waiter is between handoffs.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).await?;
+    child.wait().await?;
+    let hops: Vec<u64> = serde_json::from_str(rest.trim())?;
+    let mut lat: Vec<f64> = hops.iter().map(|&ns| ns as f64 / 1e3).collect();
+    let scenario = "raw redis-rs: PUBLISH → subscriber in another process";
+    Ok(vec![
+        Sample::new(
+            scenario,
+            "p50",
+            "µs",
+            Better::Lower,
+            quantile(&mut lat, 0.5),
+        ),
+        Sample::new(
+            scenario,
+            "p99",
+            "µs",
+            Better::Lower,
+            quantile(&mut lat, 0.99),
+        ),
+    ])
+}
+
+/// The worker process of [`pubsub_hop`]: args URL CHANNEL N. Subscribes, prints `ready`,
+/// receives N messages (each the sender's `CLOCK_MONOTONIC` in ns) and prints how long
+/// each took, as a JSON array of ns.
+pub(crate) fn hop_worker(args: &[String]) -> Res<()> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let [url, channel, n] = args else {
+        return Err("hop worker args: URL CHANNEL N".into());
+    };
+    let n: usize = n.parse()?;
+    let base = url.split_once('?').map_or(url.as_str(), |(b, _)| b);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let hops = rt.block_on(async {
+        let client = redis::Client::open(base)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel.as_str()).await?;
+        println!("ready");
+        std::io::stdout().flush()?;
+        let mut messages = pubsub.on_message();
+        let mut hops = Vec::with_capacity(n);
+        while hops.len() < n {
+            let msg = messages.next().await.ok_or("the subscription closed")?;
+            let now = mono_ns();
+            let sent: u64 = msg.get_payload::<String>()?.parse()?;
+            hops.push(now.saturating_sub(sent));
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hops)
+    })?;
+    println!("{}", serde_json::to_string(&hops)?);
+    Ok(())
+}
+
 /// 10,000 (`env.waiters`) tasks wait on one name; 100 releases hand it on. Store calls per
 /// handoff (a counting wrapper around the store) and client heap bytes per waiter.
 pub(crate) async fn waiters(env: &Env) -> Res<Vec<Sample>> {

@@ -5,7 +5,8 @@
 //! inside its script. An actor task owns the subscription connection: the first waiter of a
 //! name subscribes its channel (and [`Store::subscribe`](crate::store::Store::subscribe)
 //! returns once the server confirmed), the last one leaving unsubscribes it (the
-//! [`WakeHub`]'s idle hook), and a message wakes that name's waiters only. When the
+//! [`WakeHub`]'s idle hook; 250 ms later, unless a waiter came back, so a hot name is not
+//! subscribed anew for every turn), and a message wakes that name's waiters only. When the
 //! connection drops, the actor reconnects with backoff, subscribes every channel that still
 //! has waiters, and wakes every waiter, because messages sent while it was away are lost.
 //! On a cluster, the loss of any node's connection counts as a drop: the new connection
@@ -30,6 +31,9 @@ use crate::name::{LockName, Namespace};
 use crate::store::{PushedGrant, WakeHub, Wakeups};
 
 use super::keys::Keys;
+
+/// How long a name's channels stay subscribed after its last waiter in this process left.
+const LINGER: Duration = Duration::from_millis(250);
 
 /// How the actor reaches the server.
 #[derive(Clone)]
@@ -58,10 +62,32 @@ enum Command {
 }
 
 enum Event {
-    /// A message: its channel and payload (empty for a wake-up, `id fence µs` for a grant
-    /// pushed to a queued waiter).
-    Message(String, String),
     Disconnected,
+}
+
+/// Channel → the name it wakes, for every channel subscribed on the server. The actor
+/// writes it; the connection's reader delivers messages with it directly, so a grant
+/// reaches its waiter without a hop through the actor.
+type Channels = Arc<std::sync::Mutex<HashMap<String, (Namespace, LockName)>>>;
+
+/// Hands a message on a lock's channel to this process's waiters: a grant pushed to one of
+/// them (`id fence µs`), or a wake-up (an empty payload) for every waiter of the name.
+fn deliver(channels: &Channels, hub: &std::sync::Weak<WakeHub>, channel: &str, payload: &str) {
+    let Some(hub) = hub.upgrade() else { return };
+    let Some((ns, name)) = lock(channels).get(channel).cloned() else {
+        return;
+    };
+    match pushed_grant(payload) {
+        // A grant to a waiter of another process wakes nobody here: the lock is held again.
+        Some((id, grant)) => {
+            hub.grant(&ns, &name, id, grant);
+        }
+        None => hub.notify(&ns, &name),
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a message on a lock's channel says: `None` for a plain wake-up.
@@ -114,11 +140,26 @@ impl Subscriptions {
         let idle_prefix = prefix.clone();
         let hub = Arc::new(WakeHub::on_idle(Arc::new(move |ns, name| {
             let channel = Keys::new(&idle_prefix, ns.as_str()).channel(name.as_str());
-            let _ = idle_tx.send(Command::Unsubscribe {
+            let unsubscribe = Command::Unsubscribe {
                 channel,
                 ns: ns.clone(),
                 name: name.clone(),
-            });
+            };
+            // A name that is waited for again soon (a hot lock whose holders take turns)
+            // keeps its subscription: the actor unsubscribes only if it still has no
+            // waiters after a while.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let tx = idle_tx.clone();
+                    rt.spawn(async move {
+                        tokio::time::sleep(LINGER).await;
+                        let _ = tx.send(unsubscribe);
+                    });
+                }
+                Err(_) => {
+                    let _ = idle_tx.send(unsubscribe);
+                }
+            }
         })));
         let connections = Arc::new(AtomicU64::new(0));
         let inbox = crate::Token::new().grant_id();
@@ -218,8 +259,12 @@ impl Conn {
 }
 
 impl Actor {
-    async fn connect(&self) -> RedisResult<(Conn, mpsc::UnboundedReceiver<Event>)> {
+    async fn connect(
+        &self,
+        channels: &Channels,
+    ) -> RedisResult<(Conn, mpsc::UnboundedReceiver<Event>)> {
         let (events, rx) = mpsc::unbounded_channel();
+        let (channels, hub) = (channels.clone(), self.hub.clone());
         match &self.source {
             Source::Single(client) => {
                 let pubsub = tokio::time::timeout(self.timeout, client.get_async_pubsub())
@@ -228,11 +273,8 @@ impl Actor {
                 let (sink, mut stream) = pubsub.split();
                 tokio::spawn(async move {
                     while let Some(msg) = stream.next().await {
-                        let channel = msg.get_channel_name().to_string();
                         let payload: String = msg.get_payload().unwrap_or_default();
-                        if events.send(Event::Message(channel, payload)).is_err() {
-                            return;
-                        }
+                        deliver(&channels, &hub, msg.get_channel_name(), &payload);
                     }
                     let _ = events.send(Event::Disconnected);
                 });
@@ -250,10 +292,10 @@ impl Actor {
                                 .get(1)
                                 .and_then(|p| redis::from_redis_value_ref::<String>(p).ok())
                                 .unwrap_or_default();
-                            match redis::from_redis_value_ref::<String>(channel) {
-                                Ok(channel) => Event::Message(channel, payload),
-                                Err(_) => return Ok(()),
+                            if let Ok(channel) = redis::from_redis_value_ref::<String>(channel) {
+                                deliver(&channels, &hub, &channel, &payload);
                             }
+                            return Ok(());
                         }
                         PushKind::Disconnection => Event::Disconnected,
                         _ => return Ok(()),
@@ -272,12 +314,11 @@ impl Actor {
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        // Channel → the name it wakes, for every channel subscribed on the server.
-        let mut subscribed: HashMap<String, (Namespace, LockName)> = HashMap::new();
+        let channels: Channels = Arc::default();
         let mut backoff = Duration::from_millis(10);
         let mut reconnect = false;
         loop {
-            let (mut conn, mut events) = match self.connect().await {
+            let (mut conn, mut events) = match self.connect(&channels).await {
                 Ok(c) => c,
                 Err(err) => {
                     tracing::debug!(%err, "redis subscription connection failed; retrying");
@@ -294,10 +335,13 @@ impl Actor {
                 return;
             };
             // Subscribe again what still has waiters.
-            subscribed.retain(|_, (ns, name)| hub.has_subscribers(ns, name));
-            let channels: Vec<String> = subscribed.keys().cloned().collect();
-            if !channels.is_empty() {
-                let again = tokio::time::timeout(self.timeout, conn.subscribe(&channels)).await;
+            let again: Vec<String> = {
+                let mut subscribed = lock(&channels);
+                subscribed.retain(|_, (ns, name)| hub.has_subscribers(ns, name));
+                subscribed.keys().cloned().collect()
+            };
+            if !again.is_empty() {
+                let again = tokio::time::timeout(self.timeout, conn.subscribe(&again)).await;
                 if !matches!(again, Ok(Ok(()))) {
                     // E.g. a cluster whose failed master has no successor yet.
                     drop(hub);
@@ -326,20 +370,6 @@ impl Actor {
                         break;
                     }
                     event = events.recv() => match event {
-                        Some(Event::Message(channel, payload)) => {
-                            if let (Some((ns, name)), Some(hub)) =
-                                (subscribed.get(&channel), self.hub.upgrade())
-                            {
-                                match pushed_grant(&payload) {
-                                    // A grant to a waiter of another process wakes nobody
-                                    // here: the lock is held again.
-                                    Some((id, grant)) => {
-                                        hub.grant(ns, name, id, grant);
-                                    }
-                                    None => hub.notify(ns, name),
-                                }
-                            }
-                        }
                         Some(Event::Disconnected) | None => {
                             if let Some(hub) = self.hub.upgrade() {
                                 hub.notify_all();
@@ -355,34 +385,42 @@ impl Actor {
                     command = commands.recv() => match command {
                         None => return,
                         Some(Command::Subscribe { channel, ns, name, done }) => {
-                            if subscribed.contains_key(&channel) {
+                            if lock(&channels).contains_key(&channel) {
                                 let _ = done.send(Ok(()));
                                 continue;
                             }
                             let inbox = format!("{channel}:{}", self.inbox);
-                            let channels = [channel, inbox];
-                            match tokio::time::timeout(self.timeout, conn.subscribe(&channels)).await {
-                                Ok(Ok(())) => {
-                                    for channel in channels {
-                                        subscribed.insert(channel, (ns.clone(), name.clone()));
-                                    }
-                                    let _ = done.send(Ok(()));
-                                }
-                                Ok(Err(err)) => {
-                                    let _ = done.send(Err(super::store_error(err)));
-                                    break;
-                                }
-                                Err(_) => {
-                                    let _ = done.send(Err(super::store_error(io_timeout())));
-                                    break;
+                            let list = [channel, inbox];
+                            // Known before the server confirms, so no message that follows
+                            // the confirmation is missed.
+                            {
+                                let mut subscribed = lock(&channels);
+                                for channel in &list {
+                                    subscribed.insert(channel.clone(), (ns.clone(), name.clone()));
                                 }
                             }
+                            let answer = tokio::time::timeout(self.timeout, conn.subscribe(&list)).await;
+                            let failed = match answer {
+                                Ok(Ok(())) => {
+                                    let _ = done.send(Ok(()));
+                                    continue;
+                                }
+                                Ok(Err(err)) => super::store_error(err),
+                                Err(_) => super::store_error(io_timeout()),
+                            };
+                            let _ = done.send(Err(failed));
+                            // The connection is built anew, subscribing what has waiters.
+                            break;
                         }
                         Some(Command::Unsubscribe { channel, ns, name }) => {
                             let wanted = self.hub.upgrade().is_some_and(|h| h.has_subscribers(&ns, &name));
                             let inbox = format!("{channel}:{}", self.inbox);
-                            if !wanted && subscribed.remove(&channel).is_some() {
+                            let gone = !wanted && {
+                                let mut subscribed = lock(&channels);
                                 subscribed.remove(&inbox);
+                                subscribed.remove(&channel).is_some()
+                            };
+                            if gone {
                                 let mut gone = tokio::time::timeout(self.timeout, conn.unsubscribe(&channel)).await;
                                 if matches!(gone, Ok(Ok(()))) {
                                     gone = tokio::time::timeout(self.timeout, conn.unsubscribe(&inbox)).await;
