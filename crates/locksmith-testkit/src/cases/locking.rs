@@ -748,7 +748,16 @@ pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
     if !ctx.requires(&[Cap::PushedGrants]) {
         return;
     }
-    let (b, c) = (ctx.client().await, ctx.client().await);
+    let ((b, tries_b), (c, tries_c)) = (ctx.faulty_client().await, ctx.faulty_client().await);
+    // A waiter is queued, and subscribed, once it tries a second time: its first try found
+    // the lock held, and it tries again after subscribing.
+    let queued = |tries: crate::Faults| async move {
+        eventually("the waiter queued", || {
+            let n = tries.waits_seen().len();
+            async move { n >= 2 }
+        })
+        .await
+    };
     let g = ctx.lm.lock("pg").owner("a").acquire().await.unwrap();
     let waiter = |lm: locksmith::Locksmith, owner: &'static str| {
         tokio::spawn(async move {
@@ -758,9 +767,9 @@ pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
         })
     };
     let wb = waiter(b, "b");
-    tokio::time::sleep(ms(300)).await;
+    queued(tries_b).await;
+    // In this process c waits behind b, and joins the store's queue when b has the lock.
     let wc = waiter(c, "c");
-    tokio::time::sleep(ms(300)).await;
     let fence = g.fence();
     g.release().await.unwrap();
     let info = ctx
@@ -789,6 +798,7 @@ pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
         local_left <= store_left + slack && local_left > Duration::from_secs(25),
         "the guard believes {local_left:?} is left, the store keeps {store_left:?}"
     );
+    queued(tries_c).await;
     assert!(!wc.is_finished(), "c got a lock b holds");
     gb.release().await.unwrap();
     let info = ctx.lm.inspect("pg").await.unwrap().expect("handed to c");
@@ -808,7 +818,7 @@ pub async fn abandoned_waiters_leave_the_queue(ctx: Ctx) {
     if !ctx.requires(&[Cap::PushedGrants]) {
         return;
     }
-    let b = ctx.client().await;
+    let (b, tries) = ctx.faulty_client().await;
     let g = ctx.lm.lock("pq").owner("a").acquire().await.unwrap();
     let timed_out = b
         .lock("pq")
@@ -819,8 +829,14 @@ pub async fn abandoned_waiters_leave_the_queue(ctx: Ctx) {
     assert_err(timed_out, "a wait that timed out", |e| e.is_timeout());
     let dropped = tokio::time::timeout(ms(300), b.lock("pq").owner("gone").acquire()).await;
     assert!(dropped.is_err(), "got a held lock");
+    let before = tries.waits_seen().len();
     let stays = tokio::spawn(async move { b.lock("pq").owner("stays").acquire().await });
-    tokio::time::sleep(ms(300)).await;
+    // Queued and subscribed once it tries a second time.
+    eventually("the last waiter queued", || {
+        let n = tries.waits_seen().len();
+        async move { n >= before + 2 }
+    })
+    .await;
     g.release().await.unwrap();
     let info = ctx.lm.inspect("pq").await.unwrap();
     assert_eq!(

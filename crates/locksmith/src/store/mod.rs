@@ -774,4 +774,36 @@ mod tests {
         assert_eq!(*idle.lock().unwrap(), ["a"]);
         assert_eq!(hub.names(), 0);
     }
+
+    #[test]
+    fn pushed_grants_reach_only_the_waiter_that_expects_them() {
+        let hub = WakeHub::default();
+        let ns = Namespace::default();
+        let a = LockName::new("a").unwrap();
+        let grant = PushedGrant {
+            fence: 7,
+            after_last_try: Duration::from_micros(30),
+        };
+        let mut w = hub.subscribe(&ns, &a);
+        // Another process's waiter: nobody here is woken.
+        assert!(!hub.grant(&ns, &a, "other", grant));
+        assert!(!w.rx.has_changed().unwrap());
+        w.expect_grant("mine");
+        assert!(w.take_grant("mine").is_none(), "nothing pushed yet");
+        assert!(hub.grant(&ns, &a, "mine", grant));
+        assert!(w.rx.has_changed().unwrap(), "the waiter is woken");
+        assert_eq!(w.take_grant("mine"), Some(grant));
+        assert_eq!(w.take_grant("mine"), None, "taken once");
+        // Another name, or a forgotten id, gets nothing.
+        assert!(!hub.grant(&ns, &LockName::new("b").unwrap(), "mine", grant));
+        w.forget_grant("mine");
+        assert!(!hub.grant(&ns, &a, "mine", grant));
+        // A dropped subscriber's ids are forgotten with it.
+        let mut w2 = hub.subscribe(&ns, &a);
+        w2.expect_grant("gone");
+        drop(w2);
+        assert!(!hub.grant(&ns, &a, "gone", grant));
+        drop(w);
+        assert_eq!(hub.names(), 0);
+    }
 }
