@@ -881,11 +881,19 @@ async fn try_loop(
             {
                 // A release handed the lock to this claim: its lease started no earlier
                 // than the last try that queued it, plus what the store measured since.
-                queued.claim = None;
                 let sent = at + grant.after_last_try;
-                tracing::debug!(lock = %first, fence = grant.fence, waited = ?started.elapsed(), "acquired (pushed grant)");
-                acquired_metrics(kind, claims.len(), contended, started);
-                return Ok((claims, vec![grant.fence], sent));
+                let late = claims[0]
+                    .ttl
+                    .is_some_and(|ttl| Instant::now() >= sent + ttl / 2);
+                if !late {
+                    queued.claim = None;
+                    tracing::debug!(lock = %first, fence = grant.fence, waited = ?started.elapsed(), "acquired (pushed grant)");
+                    acquired_metrics(kind, claims.len(), contended, started);
+                    return Ok((claims, vec![grant.fence], sent));
+                }
+                // Read so late that little of its lease is known to be left (this process
+                // stalled): the try below takes the grant with a lease started anew.
+                tracing::debug!(lock = %first, "a pushed grant was read late; confirming it with a try");
             }
             w.mark_seen();
         }

@@ -759,17 +759,24 @@ pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
         .await
     };
     let g = ctx.lm.lock("pg").owner("a").acquire().await.unwrap();
-    let waiter = |lm: locksmith::Locksmith, owner: &'static str| {
+    let waiter = |lm: locksmith::Locksmith, owner: &'static str, token: Token| {
         tokio::spawn(async move {
             let ttl = Duration::from_secs(30);
-            let g = lm.lock("pg").owner(owner).ttl(ttl).acquire().await;
+            let g = lm
+                .lock("pg")
+                .owner(owner)
+                .token(token)
+                .ttl(ttl)
+                .acquire()
+                .await;
             (g, lm)
         })
     };
-    let wb = waiter(b, "b");
+    let wb = waiter(b, "b", Token::new());
     queued(tries_b).await;
     // In this process c waits behind b, and joins the store's queue when b has the lock.
-    let wc = waiter(c, "c");
+    let token_c = Token::new();
+    let wc = waiter(c, "c", token_c.clone());
     let fence = g.fence();
     g.release().await.unwrap();
     let info = ctx
@@ -790,6 +797,7 @@ pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
     let gb = gb.unwrap();
     assert_eq!(info.fence, Some(gb.fence()));
     assert!(gb.fence() > fence);
+
     let store_left = lease_left(&ctx.lm, "pg").await;
     let local_left = gb.expires_in().expect("a lease");
     // The store reports what is left in whole units of its granularity, rounded down.
@@ -803,10 +811,17 @@ pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
     gb.release().await.unwrap();
     let info = ctx.lm.inspect("pg").await.unwrap().expect("handed to c");
     assert_eq!(info.owner.as_deref(), Some("c"));
-    let (gc, _c) = tokio::time::timeout(SOON, wc)
+    let (gc, c) = tokio::time::timeout(SOON, wc)
         .await
         .expect("c got it")
         .unwrap();
+    // The pushed grant is c's like any other: acquiring again with its token is
+    // AlreadyHeld, never a second guard.
+    assert_err(
+        c.lock("pg").token(token_c).acquire().await,
+        "acquire again with the granted token",
+        Error::is_already_held,
+    );
     gc.unwrap().release().await.unwrap();
     assert!(ctx.lm.inspect("pg").await.unwrap().is_none());
 }

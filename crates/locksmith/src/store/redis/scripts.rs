@@ -70,7 +70,9 @@ for i = 1, n do
   if redis.call('EXISTS', key) == 1 then
     local base = 5 + (i - 1) * 6
     if redis.call('HGET', key, 'tok') == ARGV[base + 1] then
-      if mode ~= '' and redis.call('HGET', key, 'pg') == '1' then
+      -- Only a wait that has tried before (and so may have been queued) takes a grant
+      -- pushed to its token; a new acquire with the holder's own token is told 'mine'.
+      if mode == '2' and redis.call('HGET', key, 'pg') == '1' then
         redis.call('HDEL', key, 'pg')
         if ARGV[base + 5] ~= '' then lease(key, ARGV[base + 5]) end
         return {'ok', redis.call('HGET', key, 'fence')}
