@@ -639,23 +639,22 @@ fn try_claims(inner: &Inner, claims: &Arc<[Claim]>) -> InFlight<Result<Attempt>>
     })
 }
 
-/// Claims whose last try had an unknown outcome: released (detached) if the wait ends
+/// Claims the store may still hold for this wait: released (detached) if the wait ends
 /// without settling them — on an error, at the deadline, or when the caller goes away.
-struct Unsettled<'a> {
+/// One for claims whose last try had an unknown outcome, one for a claim a store with
+/// pushed grants has queued (the release takes it off the queue and hands on a grant that
+/// reached it too late).
+struct Leftover<'a> {
     calls: &'a Calls,
     ns: &'a Namespace,
     claims: Option<Arc<[Claim]>>,
+    why: &'static str,
 }
 
-impl Drop for Unsettled<'_> {
+impl Drop for Leftover<'_> {
     fn drop(&mut self) {
         if let Some(claims) = self.claims.take() {
-            release_claims(
-                self.calls,
-                self.ns,
-                &claims,
-                "the wait ended after a failed try",
-            );
+            release_claims(self.calls, self.ns, &claims, self.why);
         }
     }
 }
@@ -665,28 +664,6 @@ fn acquired_metrics(kind: &'static str, locks: usize, contended: bool, started: 
     if contended {
         metrics::histogram!("locksmith_wait_seconds", "store" => kind)
             .record(started.elapsed().as_secs_f64());
-    }
-}
-
-/// A claim a store with pushed grants has queued: if the wait ends without the lock (an
-/// error, a timeout, the caller went away), the claim's token is released, which takes it
-/// off the queue and hands on a grant that reached it too late.
-struct Queued<'a> {
-    calls: &'a Calls,
-    ns: &'a Namespace,
-    claim: Option<Claim>,
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            release_claims(
-                self.calls,
-                self.ns,
-                std::slice::from_ref(&claim),
-                "the wait ended while queued",
-            );
-        }
     }
 }
 
@@ -839,10 +816,11 @@ async fn try_loop(
     let calls = &inner.calls;
     let kind = calls.store.kind();
     let mut claims = claims;
-    let mut unsettled = Unsettled {
+    let mut unsettled = Leftover {
         calls,
         ns: &inner.ns,
         claims: None,
+        why: "the wait ended after a failed try",
     };
     // Subscribed to whichever name blocked the last try.
     let mut wakeups: Option<(String, Wakeups)> = None;
@@ -866,10 +844,11 @@ async fn try_loop(
     // The send time of the last try that found the lock held (and so queued the claim).
     let mut queued_at: Option<Instant> = None;
     // Leaves the store's queue if this loop ends without the lock.
-    let mut queued = Queued {
+    let mut queued = Leftover {
         calls,
         ns: &inner.ns,
-        claim: None,
+        claims: None,
+        why: "the wait ended while queued",
     };
     // The first try has not waited (the claims come with `waited` zero): a store may go
     // straight to its write path for it (SQLite skips the poller's read first).
@@ -886,7 +865,7 @@ async fn try_loop(
                     .ttl
                     .is_some_and(|ttl| Instant::now() >= sent + ttl / 2);
                 if !late {
-                    queued.claim = None;
+                    queued.claims = None;
                     tracing::debug!(lock = %first, fence = grant.fence, waited = ?started.elapsed(), "acquired (pushed grant)");
                     acquired_metrics(kind, claims.len(), contended, started);
                     return Ok((claims, vec![grant.fence], sent));
@@ -910,7 +889,7 @@ async fn try_loop(
                     release_claims(calls, &inner.ns, &claims, "the try failed");
                     claims = refreshed(&claims);
                     // The release took the old token off the store's queue too.
-                    queued.claim = None;
+                    queued.claims = None;
                     if pushed {
                         grant_id = Some(claims[0].grant_id());
                     }
@@ -935,14 +914,14 @@ async fn try_loop(
             Attempt::Acquired(fences) => {
                 unsettled.claims = None;
                 // The store takes a granted claim off its queue.
-                queued.claim = None;
+                queued.claims = None;
                 acquired_metrics(kind, claims.len(), contended, started);
                 tracing::debug!(lock = %first, ?fences, waited = ?started.elapsed(), "acquired");
                 return Ok((claims, fences, sent));
             }
             Attempt::AlreadyHeld(name) => {
                 // The token holds the lock by the caller's own doing: never release it.
-                queued.claim = None;
+                queued.claims = None;
                 // The caller's token holds the lock: if an earlier try of this loop failed,
                 // that try was applied after all — adopt its grant.
                 if unsettled.claims.is_some()
@@ -961,7 +940,7 @@ async fn try_loop(
                 unsettled.claims = None;
                 if pushed {
                     queued_at = Some(sent);
-                    queued.claim = Some(claims[0].clone());
+                    queued.claims = Some(claims.clone());
                 }
                 if !contended {
                     contended = true;

@@ -274,28 +274,24 @@ async fn open_store(
 }
 
 pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
-    if args.get(1).is_some_and(|a| a == WORKER) {
+    // This binary re-executed as a worker process of a scenario.
+    type Worker = fn(&[String]) -> scenarios::Res<()>;
+    let workers: [(&str, &str, Worker); 2] = [
+        (WORKER, "worker", scenarios::worker),
+        (scenarios::HOP_WORKER, "hop worker", scenarios::hop_worker),
+    ];
+    if let Some((_, what, work)) = workers
+        .iter()
+        .find(|(mode, ..)| args.get(1).is_some_and(|a| a == *mode))
+    {
         let rest: Vec<String> = args[2..]
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        return match scenarios::worker(&rest) {
+        return match work(&rest) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("locksmith-bench worker: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if args.get(1).is_some_and(|a| a == scenarios::HOP_WORKER) {
-        let rest: Vec<String> = args[2..]
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        return match scenarios::hop_worker(&rest) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("locksmith-bench hop worker: {e}");
+                eprintln!("locksmith-bench {what}: {e}");
                 ExitCode::FAILURE
             }
         };

@@ -14,7 +14,7 @@ use super::counting::Counting;
 use super::raw::Raw;
 use super::stats::{Better, Sample, quantile};
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Nanoseconds on `CLOCK_MONOTONIC`: comparable across processes on one machine (unlike
 /// `Instant`, whose value is opaque).

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::name::{LockName, Namespace};
-use crate::store::{PushedGrant, WakeHub, Wakeups};
+use crate::store::{PushedGrant, WakeHub, Wakeups, lock};
 
 use super::keys::Keys;
 
@@ -84,10 +84,6 @@ fn deliver(channels: &Channels, hub: &std::sync::Weak<WakeHub>, channel: &str, p
         }
         None => hub.notify(&ns, &name),
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a message on a lock's channel says: `None` for a plain wake-up.
