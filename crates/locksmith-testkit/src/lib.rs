@@ -404,6 +404,7 @@ pub async fn run_case<T>(case: &str, target: T, helper: Option<&str>, f: fn(Ctx)
 where
     T: Future<Output = Option<Target>>,
 {
+    log_if_asked();
     let Some(target) = target.await else {
         return;
     };
@@ -428,6 +429,21 @@ where
     tokio::time::timeout(Duration::from_secs(60), f(ctx))
         .await
         .unwrap_or_else(|_| panic!("conformance case {case} did not finish within 60 s"));
+}
+
+/// The environment variable that makes conformance cases print locksmith's own `tracing`
+/// events to stderr, with `RUST_LOG`'s syntax: e.g. `LOCKSMITH_TEST_LOG=locksmith=trace
+/// cargo test … -- CASE --nocapture` shows every try and wait of a case.
+pub const LOG_ENV: &str = "LOCKSMITH_TEST_LOG";
+
+fn log_if_asked() {
+    if std::env::var_os(LOG_ENV).is_some() {
+        // A second case in the same test binary finds the subscriber already installed.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env(LOG_ENV))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
 }
 
 /// Asserts that a target's store reports exactly its declared capabilities.
@@ -604,6 +620,7 @@ macro_rules! for_each_case {
             sigkilled_holder_taken_over_after_ttl,
             fences_across_processes_and_restart,
             polling_waiter_not_starved,
+            long_waiter_keeps_its_turn_through_a_release,
             // API of seam v2
             wait_until_deadline_honoured,
             into_future_acquires,

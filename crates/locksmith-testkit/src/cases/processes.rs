@@ -325,12 +325,59 @@ pub async fn polling_waiter_not_starved(ctx: Ctx) {
         .acquire()
         .await;
     let waited = start.elapsed();
+    eprintln!(
+        "conformance::{}: the polling waiter waited {waited:?}",
+        ctx.store()
+    );
     let g = got.unwrap_or_else(|e| panic!("the polling waiter starved: {e}"));
     assert!(
         waited < Duration::from_secs(2),
         "the polling waiter waited {waited:?} (bound: 2 s)"
     );
     g.release().await.unwrap();
+}
+
+/// A waiter that has waited long keeps the next grant through the holder's release: a
+/// process that starts trying as fast as it can just before the release still comes after
+/// it. (A store that dropped the reservation with the released row would hand the lock to
+/// whichever process tried first after the release; the fast one wins that race.)
+pub async fn long_waiter_keeps_its_turn_through_a_release(ctx: Ctx) {
+    if !ctx.requires(&[Cap::CrossProcess, Cap::Polling]) {
+        return;
+    }
+    let url = ctx.url();
+    let mut holder = ctx.spawn_helper(&["hold-for", &url, "xr", "1200"]);
+    holder.expect("acquired", START).await;
+    let lm = ctx.client().await;
+    let waiter = tokio::spawn(async move {
+        lm.lock("xr")
+            .ttl(Duration::from_secs(10))
+            .renew(Renew::Off)
+            .wait(Wait::For(Duration::from_secs(20)))
+            .acquire()
+            .await
+    });
+    // Well past the 200 ms after which a waiter reserves the next grant.
+    tokio::time::sleep(ms(500)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let counter = dir.path().join("counter");
+    let fences = dir.path().join("fences");
+    std::fs::write(&counter, "0\n").unwrap();
+    let (c, f) = (counter.to_str().unwrap(), fences.to_str().unwrap());
+    let mut spinner = ctx.spawn_helper(&["spin", &url, "xr", c, f, "1"]);
+    let got = waiter
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the long waiter did not get the lock: {e}"));
+    let spun = std::fs::read_to_string(&counter).unwrap();
+    assert_eq!(
+        spun.trim(),
+        "0",
+        "a process that began trying after the long waiter had reserved the next grant got the lock first: the holder's release dropped the waiter's reservation"
+    );
+    got.release().await.unwrap();
+    spinner.expect("done", Duration::from_secs(20)).await;
+    holder.finish(SOON).await;
 }
 
 /// A store that pushes grants never hands a lock to a waiter whose process died while it

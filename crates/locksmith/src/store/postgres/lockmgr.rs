@@ -58,7 +58,9 @@
 //! (`POLL_INTERVAL`, 25 ms) longer than on SQLite (150 ms after the reserver's last try),
 //! since a transaction here takes longer: a reserver that went away holds a free lock back
 //! for at most that long. A side row with only a reservation has `created_at` NULL and
-//! never matches a lock row. Django ignores the table.
+//! never matches a lock row; a release that meets a reservation keeps the side row as
+//! such (deleting it would hand the next grant to whichever process tries first, the
+//! starvation the reservation exists to prevent). Django ignores the table.
 //!
 //! # Waiting and garbage
 //!
@@ -245,8 +247,13 @@ impl Sql {
                 until = ts("$2"),
                 updated = ts("$3"),
             ),
+            // A release keeps a waiter's reservation: the side row loses only what named
+            // the holder (deleting it would hand the next grant to whoever tries first).
             delete: format!(
-                "WITH d AS (DELETE FROM {SIDE_TABLE} WHERE name = $1)
+                "WITH k AS (UPDATE {SIDE_TABLE} SET created_at = NULL, locked_by = NULL,
+                              lock_process = NULL, token = NULL, host = '', min_hold = NULL
+                            WHERE name = $1 AND reserved_token IS NOT NULL),
+                      d AS (DELETE FROM {SIDE_TABLE} WHERE name = $1 AND reserved_token IS NULL)
                  DELETE FROM {TABLE} WHERE name = $1"
             ),
             delete_placeholders: format!("DELETE FROM {TABLE} WHERE name = ANY($1::text[])"),
