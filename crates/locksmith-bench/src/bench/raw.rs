@@ -6,8 +6,9 @@
 //!   (store/sqlite.rs): a grant is `BEGIN IMMEDIATE`, the row's `SELECT`, the fence
 //!   counter's `INSERT … ON CONFLICT … RETURNING`, the row's `INSERT OR REPLACE`, `COMMIT`;
 //!   a release is `BEGIN IMMEDIATE`, `SELECT`, `DELETE`, `COMMIT`. Run directly on the
-//!   caller's thread, and on a dedicated thread answering through a oneshot channel — what
-//!   an async caller has to do, so that is the comparison for locksmith;
+//!   caller's thread — as locksmith runs an uncontended call, so that is the comparison —
+//!   and, shown beside it, on a dedicated thread answering through a oneshot channel (what
+//!   an async caller of a blocking driver usually does, and locksmith did until session 9);
 //! - Redis: redis-rs's `ConnectionManager` (the store's driver and connection), a grant is
 //!   `SET key token NX PX 60000`, a release the usual compare-and-delete script by
 //!   `EVALSHA` — one round trip each, no fence, no holder metadata, no wake-ups.

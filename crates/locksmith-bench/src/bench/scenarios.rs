@@ -31,8 +31,8 @@ pub(crate) struct Env {
     pub(crate) lm: Locksmith,
     /// The raw baseline an async caller compares with, and its label.
     pub(crate) raw: (String, Raw),
-    /// A second raw baseline (SQLite on the caller's thread).
-    pub(crate) raw_direct: Option<(String, Raw)>,
+    /// A second raw baseline, shown beside the first (SQLite through a thread + oneshot).
+    pub(crate) raw_also: Option<(String, Raw)>,
     pub(crate) cross_process: bool,
     /// How long each timed scenario runs.
     pub(crate) budget: Duration,
@@ -318,11 +318,11 @@ pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
                 Better::Lower,
                 lm_mean - raw_mean,
             ));
-            if let Some((label, direct)) = &env.raw_direct
+            if let Some((label, also)) = &env.raw_also
                 && !spawned
             {
                 let (dl, de, _) =
-                    raw_cycles(direct.clone(), fresh, format!("{tag}-direct"), budget).await;
+                    raw_cycles(also.clone(), fresh, format!("{tag}-also"), budget).await;
                 out.extend(rate_samples(&format!("{label}: {what}"), dl, de, None));
             }
         }

@@ -338,12 +338,7 @@ pub(super) fn open_worker(
         conn.execute_batch("PRAGMA synchronous = NORMAL")
             .map_err(fail)?;
     }
-    let mut worker = Worker {
-        conn,
-        hub,
-        clock,
-        since_sweep: 0,
-    };
+    let mut worker = Worker::new(conn, hub, clock);
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {

@@ -3,9 +3,18 @@
 //!
 //! # How it works
 //!
-//! - One dedicated worker thread per file per process owns the connection (rusqlite, SQLite
-//!   built in); async callers hand it jobs and await the answer. Every `connect` to the same
-//!   file in one process shares that worker, its wake-ups and its waiter queue.
+//! - One connection per file per process (rusqlite, SQLite built in), with a dedicated
+//!   worker thread. Every `connect` to the same file in one process shares them, the
+//!   wake-ups and the waiter queue. A call runs on its caller's thread when that needs no
+//!   waiting: nothing is queued for the worker, the connection is free, and no other
+//!   connection is writing the file (SQLite's busy handler is off for such a call; a busy
+//!   file sends it to the worker). Everything else — a busy file's retries, detached
+//!   releases from `Drop`, `list` pages, `purge_expired`, `reset_all`, WAL checkpoints —
+//!   runs on the worker, and async callers await its answer. Running the short calls in
+//!   place saves the two thread wake-ups of a hand-off per call, which on a 2-core VM cost
+//!   more than the statements themselves (BENCHMARKS.md). The connection's automatic WAL
+//!   checkpoints are off; the worker checkpoints (`PASSIVE`) every 250 commits, so no
+//!   call on a caller's thread ever syncs the file.
 //! - WAL journal; every write is one `BEGIN IMMEDIATE` transaction (a deferred transaction
 //!   that upgrades to a write can fail with `SQLITE_BUSY_SNAPSHOT` in WAL). `busy_timeout` is
 //!   50 ms; a busy file is retried from the async side with jittered backoff (capped at
@@ -100,7 +109,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -259,6 +268,14 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Dropped with the store, which ends the worker once it has run every queued job.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The connection, shared with the worker thread: a call runs on the caller's thread
+    /// when nothing is queued and the worker is idle (see [`SqliteStore::inline`]).
+    worker: Arc<Mutex<Worker>>,
+    /// Jobs sent to the worker thread and not yet run.
+    queued: Arc<AtomicUsize>,
+    /// Whether calls may run on the caller's thread (the native layout: WAL with
+    /// `synchronous = NORMAL`, where a commit never waits for the disk).
+    inline: bool,
     hub: Arc<WakeHub>,
     /// `?retain=` in microseconds, shared with the worker.
     retain: Arc<AtomicI64>,
@@ -670,6 +687,8 @@ impl SqliteStore {
         let hub = Arc::new(WakeHub::default());
         let retain = Arc::new(AtomicI64::new(retain_us.unwrap_or(micros(DEFAULT_RETAIN))));
         let (jobs, rx) = mpsc::channel::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let thread_queued = queued.clone();
         let (ready_tx, ready_rx) = oneshot::channel();
         let clock = Clock {
             offset: clock_offset(&path),
@@ -682,13 +701,24 @@ impl SqliteStore {
             .spawn(move || {
                 let _finished = finished_tx; // dropped when the thread ends
                 match Worker::open(thread_path, thread_hub, clock, layout) {
-                    Ok(mut worker) => {
-                        let _ = ready_tx.send(Ok(()));
+                    Ok(worker) => {
+                        let worker = Arc::new(Mutex::new(worker));
+                        let _ = ready_tx.send(Ok(worker.clone()));
                         while let Ok(job) = rx.recv() {
+                            let mut w = worker.lock().unwrap_or_else(|e| e.into_inner());
+                            // Taken off the queue: with the connection held here, a call
+                            // can no longer run on its caller's thread ahead of this job.
+                            let _ = thread_queued.fetch_update(
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                                |n| Some(n.saturating_sub(1)),
+                            );
                             // A panicking job must not take every other caller's worker down.
                             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                job(&mut worker)
+                                job(&mut w)
                             }));
+                            w.checkpoint_if_due();
+                            drop(w);
                             exit_drain::ran();
                         }
                     }
@@ -698,7 +728,7 @@ impl SqliteStore {
                 }
             })
             .map_err(|e| Error::store("sqlite", false, e))?;
-        ready_rx.await.map_err(|_| {
+        let worker = ready_rx.await.map_err(|_| {
             Error::store(
                 "sqlite",
                 false,
@@ -708,6 +738,9 @@ impl SqliteStore {
         let store = Arc::new(SqliteStore {
             path: path.clone(),
             jobs: Mutex::new(Some(jobs)),
+            worker,
+            queued,
+            inline: layout == Layout::Native,
             hub,
             retain,
             tries: Mutex::default(),
@@ -732,11 +765,14 @@ impl SqliteStore {
 
     fn send(&self, job: Job) -> Result<()> {
         exit_drain::queued();
+        self.queued.fetch_add(1, Ordering::SeqCst);
         self.sender()
             .ok_or(())
             .and_then(|jobs| jobs.send(job).map_err(|_| ()))
             .map_err(|_| {
-                exit_drain::ran(); // never queued
+                // Never queued.
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                exit_drain::ran();
 
                 Error::store(
                     "sqlite",
@@ -746,10 +782,59 @@ impl SqliteStore {
             })
     }
 
-    /// Runs `op` on the worker, retrying while the file is busy. If the caller goes away
-    /// after `op` succeeded — before the worker answered, or with the answer not yet taken —
-    /// the answer goes to `orphan` on the worker (a grant nobody will use is released).
+    /// Runs `op` on the caller's thread if that can be done without waiting: the native
+    /// layout only, nothing queued for the worker (so calls still run in the order they were
+    /// made), the connection free, and the file not being written by another connection
+    /// (SQLite's busy handler is off for the call). `None`: send it to the worker.
+    ///
+    /// A call here costs its statements and nothing else; through the worker it also costs
+    /// two thread wake-ups (the worker's, and the caller's when the answer comes back), which
+    /// on a 2-core VM are most of an uncontended cycle (BENCHMARKS.md). It cannot be
+    /// cancelled half-way, so no answer is ever orphaned. What it may not do is wait: a busy
+    /// file goes to the worker, whose busy handler sleeps, and so do WAL checkpoints, which
+    /// sync the file (the connection's automatic checkpoints are off, see
+    /// [`Worker::checkpoint_if_due`]).
+    fn inline<T>(
+        &self,
+        op: &(dyn Fn(&mut Worker) -> Result<T, SqlError> + Send + Sync),
+    ) -> Option<Result<T, SqlError>> {
+        if !self.inline || self.queued.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        let mut w = match self.worker.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let answer = w.without_waiting(op);
+        if w.checkpoint_wanted() {
+            drop(w);
+            // The worker checkpoints after any job it runs.
+            let _ = self.send(Box::new(|_| {}));
+        }
+        answer
+    }
+
+    /// Runs `op` (on the caller's thread where [`inline`](SqliteStore::inline) can, else on
+    /// the worker), retrying while the file is busy. If the caller goes away after `op`
+    /// succeeded on the worker — before the worker answered, or with the answer not yet
+    /// taken — the answer goes to `orphan` on the worker (a grant nobody will use is
+    /// released).
     async fn call<T, F, O>(&self, op: F, orphan: O) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Worker) -> Result<T, SqlError> + Send + Sync + 'static,
+        O: Fn(&mut Worker, T) + Send + Sync + 'static,
+    {
+        if let Some(answer) = self.inline(&op) {
+            return answer.map_err(|e| e.into_error(&self.path));
+        }
+        self.queue(op, orphan).await
+    }
+
+    /// [`call`](SqliteStore::call) on the worker only: for calls whose work is not bounded
+    /// (`list` pages, `purge_expired`, `reset_all`), which must not hold a runtime thread.
+    async fn queue<T, F, O>(&self, op: F, orphan: O) -> Result<T>
     where
         T: Send + 'static,
         F: Fn(&mut Worker) -> Result<T, SqlError> + Send + Sync + 'static,
@@ -780,7 +865,7 @@ impl SqliteStore {
             let mut pending = Pending {
                 rx: Some(rx),
                 orphan: orphan.clone(),
-                jobs: self.sender(),
+                jobs: self.sender().map(|tx| (tx, self.queued.clone())),
             };
             let answer = pending.answer().await?;
             match answer {
@@ -801,6 +886,15 @@ impl SqliteStore {
     {
         self.call(op, |_, _| {}).await
     }
+
+    /// [`run`](SqliteStore::run) on the worker only (see [`queue`](SqliteStore::queue)).
+    async fn run_queued<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Worker) -> Result<T, SqlError> + Send + Sync + 'static,
+    {
+        self.queue(op, |_, _| {}).await
+    }
 }
 
 /// A request sent to the worker. Dropped before its answer is taken, it hands an answer that
@@ -808,7 +902,8 @@ impl SqliteStore {
 struct Pending<T: Send + 'static> {
     rx: Option<oneshot::Receiver<Result<T, SqlError>>>,
     orphan: Orphan<T>,
-    jobs: Option<mpsc::Sender<Job>>,
+    /// The worker's queue and its count of queued jobs.
+    jobs: Option<(mpsc::Sender<Job>, Arc<AtomicUsize>)>,
 }
 
 impl<T: Send + 'static> Pending<T> {
@@ -828,9 +923,14 @@ impl<T: Send + 'static> Drop for Pending<T> {
         // After close() the worker's send fails and it calls `orphan` itself; an answer sent
         // before is still here to take.
         rx.close();
-        if let (Ok(Ok(v)), Some(jobs)) = (rx.try_recv(), &self.jobs) {
+        if let (Ok(Ok(v)), Some((jobs, queued))) = (rx.try_recv(), &self.jobs) {
             let orphan = self.orphan.clone();
-            let _ = jobs.send(Box::new(move |w| orphan(w, v)));
+            exit_drain::queued();
+            queued.fetch_add(1, Ordering::SeqCst);
+            if jobs.send(Box::new(move |w| orphan(w, v))).is_err() {
+                queued.fetch_sub(1, Ordering::SeqCst);
+                exit_drain::ran();
+            }
         }
     }
 }
@@ -942,7 +1042,18 @@ pub(crate) struct Worker {
     clock: Clock,
     /// Grants since the last garbage sweep.
     since_sweep: u32,
+    /// SQLite's busy handler is off (see [`Worker::without_waiting`]).
+    impatient: bool,
+    /// Commits since the last WAL checkpoint; `None` where SQLite checkpoints on its own
+    /// (the django-lockmgr layout).
+    commits: Option<u32>,
 }
+
+/// The worker checkpoints the WAL after this many commits of its connection (whose
+/// automatic checkpoints are off, so that no call on a caller's thread ever syncs the file):
+/// a grant or release changes a few pages, so this is near SQLite's own default of a
+/// checkpoint every 1,000 pages.
+const CHECKPOINT_EVERY: u32 = 250;
 
 /// Grants sweep garbage every this many grants (at most [`SWEEP_LIMIT`] rows each time): far
 /// more than the one row and one reservation a grant can leave behind, so the tables stay
@@ -1122,12 +1233,7 @@ impl Worker {
             )));
         }
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
-        let mut worker = Worker {
-            conn,
-            hub,
-            clock,
-            since_sweep: 0,
-        };
+        let mut worker = Worker::new(conn, hub, clock);
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
@@ -1140,11 +1246,46 @@ impl Worker {
                 Err(e) => return Err(e.into_error(&path)),
             }
         }
+        // Checkpoints run on the worker thread only (`checkpoint_if_due`): a commit made on
+        // a caller's thread must never be the one that syncs the file.
         worker
             .conn
-            .execute_batch("PRAGMA synchronous = NORMAL;")
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")
             .map_err(fail)?;
+        worker.commits = Some(0);
         Ok(worker)
+    }
+
+    /// A worker on `conn` that checkpoints as SQLite does by default.
+    fn new(conn: Connection, hub: Arc<WakeHub>, clock: Clock) -> Worker {
+        Worker {
+            conn,
+            hub,
+            clock,
+            since_sweep: 0,
+            impatient: false,
+            commits: None,
+        }
+    }
+
+    /// Whether enough commits went by that the worker should checkpoint the WAL.
+    fn checkpoint_wanted(&self) -> bool {
+        self.commits.is_some_and(|n| n >= CHECKPOINT_EVERY)
+    }
+
+    /// Checkpoints the WAL (`PASSIVE`: it never waits for readers or writers) once
+    /// [`CHECKPOINT_EVERY`] commits went by. Runs on the worker thread after every job.
+    fn checkpoint_if_due(&mut self) {
+        if !self.checkpoint_wanted() {
+            return;
+        }
+        self.commits = Some(0);
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::debug!(error = %e, "WAL checkpoint failed; the next one will try again");
+        }
     }
 
     /// WAL, then the schema in one IMMEDIATE transaction that checks `user_version`. A file
@@ -1274,6 +1415,9 @@ impl Worker {
             tx.prepare_cached(&SWEEP_RESERVATIONS)?.execute([now])?;
         }
         tx.commit()?;
+        if let Some(n) = &mut self.commits {
+            *n = n.saturating_add(1);
+        }
         Ok(out)
     }
 
@@ -1338,15 +1482,22 @@ impl Worker {
         &mut self,
         op: impl FnOnce(&mut Worker) -> Result<T, SqlError>,
     ) -> Option<Result<T, SqlError>> {
-        if let Err(e) = self.conn.busy_timeout(Duration::ZERO) {
-            return Some(Err(e.into()));
-        }
-        let answer = op(self);
-        if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
-            // Never lose the answer: later calls that find the file busy are retried from
-            // the async side.
-            tracing::warn!(error = %e, "could not restore SQLite's busy timeout");
-        }
+        let answer = if self.impatient {
+            op(self)
+        } else {
+            if let Err(e) = self.conn.busy_timeout(Duration::ZERO) {
+                return Some(Err(e.into()));
+            }
+            self.impatient = true;
+            let answer = op(self);
+            self.impatient = false;
+            if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+                // Never lose the answer: later calls that find the file busy are retried
+                // from the async side.
+                tracing::warn!(error = %e, "could not restore SQLite's busy timeout");
+            }
+            answer
+        };
         match answer {
             Err(e) if e.is_busy() => None,
             answer => Some(answer),
@@ -1542,7 +1693,7 @@ impl Store for SqliteStore {
 
     async fn list(&self, ns: &Namespace, query: &ListQuery) -> Result<Page> {
         let (ns, query) = (ns.clone(), query.clone());
-        self.run(move |w| {
+        self.run_queued(move |w| {
             let now = w.clock.now();
             let expired = match query.expired {
                 Expired::Exclude => 0,
@@ -1615,7 +1766,7 @@ impl Store for SqliteStore {
 
     async fn reset_all(&self, ns: &Namespace) -> Result<u64> {
         let ns = ns.clone();
-        self.run(move |w| {
+        self.run_queued(move |w| {
             let n = w.write(&ns, |t| {
                 Ok(t.conn
                     .prepare_cached("DELETE FROM locksmith_locks WHERE namespace = ?1")?
@@ -1629,7 +1780,7 @@ impl Store for SqliteStore {
 
     async fn purge_expired(&self, ns: &Namespace) -> Result<u64> {
         let ns = ns.clone();
-        self.run(move |w| {
+        self.run_queued(move |w| {
             let n = w.write(&ns, |t| {
                 Ok(t.conn
                     .prepare_cached(
@@ -1746,6 +1897,160 @@ mod tests {
                 "a sweep was re-prepared {reprepared} times in {runs} runs"
             );
         }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn temp_file(what: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("locksmith-{what}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("l.db");
+        (dir, file)
+    }
+
+    fn claim(name: &str) -> Claim {
+        Claim::new(
+            LockName::new(name).unwrap(),
+            Token::new(),
+            "o",
+            "h",
+            1,
+            Some(Duration::from_secs(60)),
+        )
+    }
+
+    /// Which thread ran a call.
+    async fn ran_on(store: &SqliteStore) -> Option<String> {
+        store
+            .run(|_| Ok(std::thread::current().name().map(str::to_string)))
+            .await
+            .unwrap()
+    }
+
+    /// With nothing queued, a call runs on the caller's thread; behind a queued job it goes
+    /// to the worker, so calls still run in the order they were made.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_run_on_the_caller_unless_the_worker_has_work() {
+        let (dir, file) = temp_file("inline");
+        let store = SqliteStore::open(file).await.unwrap();
+        assert_ne!(ran_on(&store).await.as_deref(), Some(WORKER_THREAD));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        store
+            .send(Box::new(move |_| {
+                started_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            }))
+            .unwrap();
+        started.recv().unwrap();
+        // The worker is busy with a job: this call queues behind it.
+        assert_eq!(ran_on(&store).await.as_deref(), Some(WORKER_THREAD));
+        // A queued job (a detached release, say) keeps later calls behind it until it ran.
+        let (go_tx, go) = std::sync::mpsc::channel::<()>();
+        store
+            .send(Box::new(move |_| {
+                let _ = go.recv();
+            }))
+            .unwrap();
+        let ns = Namespace::default();
+        let c = claim("q");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let o = order.clone();
+        store
+            .send(Box::new(move |_| o.lock().unwrap().push("queued")))
+            .unwrap();
+        let pending = {
+            let (store, ns, c, o) = (store.clone(), ns.clone(), c.clone(), order.clone());
+            tokio::spawn(async move {
+                store.try_acquire(&ns, &c).await.unwrap();
+                o.lock().unwrap().push("later call");
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            order.lock().unwrap().is_empty(),
+            "{:?}",
+            order.lock().unwrap()
+        );
+        go_tx.send(()).unwrap();
+        pending.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["queued", "later call"]);
+        // Once the queue is empty, calls run on the caller again (the worker may still be
+        // finishing the job that answered the call above for a moment).
+        let mut runs = 0;
+        while ran_on(&store).await.as_deref() == Some(WORKER_THREAD) {
+            runs += 1;
+            assert!(runs < 100, "calls stay on the worker with nothing queued");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A call that finds the file being written by another connection does not wait on the
+    /// caller's thread: it goes to the worker, which waits for the file and then answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_file_sends_the_call_to_the_worker() {
+        let (dir, file) = temp_file("busy");
+        let store = SqliteStore::open(file.clone()).await.unwrap();
+        let other = Connection::open(&file).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let ns = Namespace::default();
+        let c = claim("b");
+        let trying = {
+            let (store, ns, c) = (store.clone(), ns.clone(), c.clone());
+            tokio::spawn(async move { store.try_acquire(&ns, &c).await })
+        };
+        // A write of the store's own, to see where it runs.
+        let writing = {
+            let (store, ns) = (store.clone(), ns.clone());
+            tokio::spawn(async move {
+                store
+                    .run(move |w| {
+                        w.write(&ns, |_| Ok(()))?;
+                        Ok(std::thread::current().name().map(str::to_string))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!trying.is_finished(), "the grant went through a write lock");
+        other.execute_batch("COMMIT").unwrap();
+        let grant = trying.await.unwrap().unwrap();
+        assert!(matches!(grant, Grant::Acquired { .. }), "{grant:?}");
+        let wrote_on = writing.await.unwrap().unwrap();
+        assert_eq!(wrote_on.as_deref(), Some(WORKER_THREAD));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Automatic checkpoints are off on the store's connection (they would sync the file on a
+    /// caller's thread); the worker's own keep the WAL from growing without bound.
+    #[tokio::test]
+    async fn the_worker_keeps_the_wal_bounded() {
+        let (dir, file) = temp_file("wal");
+        let store = SqliteStore::open(file.clone()).await.unwrap();
+        let auto: i64 = store
+            .run(|w| {
+                Ok(w.conn
+                    .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(auto, 0);
+        let ns = Namespace::default();
+        const CYCLES: u32 = 8 * CHECKPOINT_EVERY;
+        for i in 0..CYCLES {
+            let c = claim(&format!("w{}", i % 16));
+            store.try_acquire(&ns, &c).await.unwrap();
+            store.release(&ns, &c.name, &c.token, None).await.unwrap();
+        }
+        store.close().await.unwrap();
+        let wal = std::fs::metadata(dir.join("l.db-wal")).unwrap().len();
+        // 2 × 2,000 commits of a few pages each would be tens of MiB without checkpoints.
+        assert!(
+            wal < 8 << 20,
+            "the WAL grew to {wal} bytes over {CYCLES} cycles"
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
