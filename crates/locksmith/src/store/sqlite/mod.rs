@@ -13,8 +13,9 @@
 //!   runs on the worker, and async callers await its answer. Running the short calls in
 //!   place saves the two thread wake-ups of a hand-off per call, which on a 2-core VM cost
 //!   more than the statements themselves (BENCHMARKS.md). The connection's automatic WAL
-//!   checkpoints are off; the worker checkpoints (`PASSIVE`) every 250 commits, so no
-//!   call on a caller's thread ever syncs the file.
+//!   checkpoints are off; the worker checkpoints (`PASSIVE`) every 250 commits on a second
+//!   connection of its own, so no call on a caller's thread ever syncs the file, and calls
+//!   go on while a checkpoint does.
 //! - WAL journal; every write is one `BEGIN IMMEDIATE` transaction (a deferred transaction
 //!   that upgrades to a write can fail with `SQLITE_BUSY_SNAPSHOT` in WAL). `busy_timeout` is
 //!   50 ms; a busy file is retried from the async side with jittered backoff (capped at
@@ -699,8 +700,9 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name(WORKER_THREAD.into())
             .spawn(move || {
+                let mut checkpointer = Checkpointer::default();
                 let _finished = finished_tx; // dropped when the thread ends
-                match Worker::open(thread_path, thread_hub, clock, layout) {
+                match Worker::open(thread_path.clone(), thread_hub, clock, layout) {
                     Ok(worker) => {
                         let worker = Arc::new(Mutex::new(worker));
                         let _ = ready_tx.send(Ok(worker.clone()));
@@ -717,8 +719,11 @@ impl SqliteStore {
                             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 job(&mut w)
                             }));
-                            w.checkpoint_if_due();
+                            let checkpoint = w.take_checkpoint();
                             drop(w);
+                            if checkpoint {
+                                checkpointer.run(&thread_path);
+                            }
                             exit_drain::ran();
                         }
                     }
@@ -793,7 +798,7 @@ impl SqliteStore {
     /// cancelled half-way, so no answer is ever orphaned. What it may not do is wait: a busy
     /// file goes to the worker, whose busy handler sleeps, and so do WAL checkpoints, which
     /// sync the file (the connection's automatic checkpoints are off, see
-    /// [`Worker::checkpoint_if_due`]).
+    /// [`Checkpointer`]).
     fn inline<T>(
         &self,
         op: &(dyn Fn(&mut Worker) -> Result<T, SqlError> + Send + Sync),
@@ -1035,6 +1040,34 @@ impl Clock {
     }
 }
 
+/// The worker thread's own connection for WAL checkpoints. A checkpoint syncs the file, which
+/// takes milliseconds; on the store's connection it would hold that connection (and so send
+/// every call made meanwhile to the worker). On a second connection, calls go on while it
+/// runs: `PASSIVE` copies what no reader needs and never blocks readers or writers.
+#[derive(Default)]
+struct Checkpointer {
+    conn: Option<Connection>,
+}
+
+impl Checkpointer {
+    fn run(&mut self, path: &Path) {
+        if self.conn.is_none() {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            match Connection::open_with_flags(path, flags) {
+                Ok(conn) => self.conn = Some(conn),
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not open a connection for WAL checkpoints; the next one will try again");
+                    return;
+                }
+            }
+        }
+        let Some(conn) = &self.conn else { return };
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "WAL checkpoint failed; the next one will try again");
+        }
+    }
+}
+
 /// The worker thread's side: the connection and the wake-ups it sends.
 pub(crate) struct Worker {
     conn: Connection,
@@ -1246,7 +1279,7 @@ impl Worker {
                 Err(e) => return Err(e.into_error(&path)),
             }
         }
-        // Checkpoints run on the worker thread only (`checkpoint_if_due`): a commit made on
+        // Checkpoints run on the worker thread only (`Checkpointer`): a commit made on
         // a caller's thread must never be the one that syncs the file.
         worker
             .conn
@@ -1273,19 +1306,14 @@ impl Worker {
         self.commits.is_some_and(|n| n >= CHECKPOINT_EVERY)
     }
 
-    /// Checkpoints the WAL (`PASSIVE`: it never waits for readers or writers) once
-    /// [`CHECKPOINT_EVERY`] commits went by. Runs on the worker thread after every job.
-    fn checkpoint_if_due(&mut self) {
-        if !self.checkpoint_wanted() {
-            return;
+    /// Whether a checkpoint is due, counting afresh from now if it is. Asked by the worker
+    /// thread after every job.
+    fn take_checkpoint(&mut self) -> bool {
+        let due = self.checkpoint_wanted();
+        if due {
+            self.commits = Some(0);
         }
-        self.commits = Some(0);
-        if let Err(e) = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        {
-            tracing::debug!(error = %e, "WAL checkpoint failed; the next one will try again");
-        }
+        due
     }
 
     /// WAL, then the schema in one IMMEDIATE transaction that checks `user_version`. A file
