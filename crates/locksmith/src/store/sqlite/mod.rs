@@ -45,7 +45,7 @@
 //!   long this process has been trying with the claim's token) and finds the lock held
 //!   writes a *reservation* of the next grant, valid for 100 ms after its latest try
 //!   (it refreshes it while it keeps polling; releasing its token removes it). The
-//!   reserver polls every 2 ms while it waits (`LockInfo::retry_in`), so a reserved
+//!   reserver polls every 1 ms while it waits (`LockInfo::retry_in`), so a reserved
 //!   handoff takes about that long after the release, not a whole poll interval. While another
 //!   token's reservation is live, the free lock is granted to nobody else: they see it held,
 //!   with holder fields `None`, `released = true` and `expires_in` the reservation's time
@@ -148,7 +148,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
 /// How soon the claim holding a name's reservation polls again while the lock is held
 /// ([`LockInfo::retry_in`](crate::LockInfo::retry_in)); other pollers back off up to
 /// [`POLL_CAP`].
-const RESERVER_POLL: Duration = Duration::from_millis(2);
+const RESERVER_POLL: Duration = Duration::from_millis(1);
 /// How long a call keeps retrying a busy file before giving up with a retryable error.
 const BUSY_LIMIT: Duration = Duration::from_secs(10);
 /// The backoff cap of busy retries and of other processes' pollers.
