@@ -791,16 +791,10 @@ impl SqliteStore {
     }
 
     fn send(&self, job: Job) -> Result<()> {
-        exit_drain::queued();
-        self.queued.fetch_add(1, Ordering::SeqCst);
         self.sender()
-            .ok_or(())
-            .and_then(|jobs| jobs.send(job).map_err(|_| ()))
-            .map_err(|_| {
-                // Never queued.
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                exit_drain::ran();
-
+            .filter(|jobs| enqueue(jobs, &self.queued, job))
+            .map(|_| ())
+            .ok_or_else(|| {
                 Error::store(
                     "sqlite",
                     false,
@@ -953,14 +947,22 @@ impl<T: Send + 'static> Drop for Pending<T> {
         rx.close();
         if let (Ok(Ok(v)), Some((jobs, queued))) = (rx.try_recv(), &self.jobs) {
             let orphan = self.orphan.clone();
-            exit_drain::queued();
-            queued.fetch_add(1, Ordering::SeqCst);
-            if jobs.send(Box::new(move |w| orphan(w, v))).is_err() {
-                queued.fetch_sub(1, Ordering::SeqCst);
-                exit_drain::ran();
-            }
+            enqueue(jobs, queued, Box::new(move |w| orphan(w, v)));
         }
     }
+}
+
+/// Sends `job` to the worker, counted in `queued` (this store's) and by the exit drain until
+/// it has run; `false` if the worker has stopped (nothing stays counted then).
+fn enqueue(jobs: &mpsc::Sender<Job>, queued: &AtomicUsize, job: Job) -> bool {
+    exit_drain::queued();
+    queued.fetch_add(1, Ordering::SeqCst);
+    let sent = jobs.send(job).is_ok();
+    if !sent {
+        queued.fetch_sub(1, Ordering::SeqCst);
+        exit_drain::ran();
+    }
+    sent
 }
 
 /// A uniformly random pause in `[d/2, d]`.
@@ -1097,17 +1099,15 @@ impl Checkpointer {
                 Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
             })
         };
-        match passive() {
+        let done = match passive() {
             Ok((frames, copied)) if copied < frames => {
                 let _held = worker.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = passive() {
-                    tracing::debug!(error = %e, "WAL checkpoint failed; the next one will try again");
-                }
+                passive()
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "WAL checkpoint failed; the next one will try again");
-            }
+            done => done,
+        };
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "WAL checkpoint failed; the next one will try again");
         }
     }
 }
@@ -1947,9 +1947,8 @@ mod tests {
     /// cost more than the rest of a grant: the sweeps run many times, never re-prepared.
     #[tokio::test]
     async fn grant_sweeps_are_never_re_prepared() {
-        let dir = std::env::temp_dir().join(format!("locksmith-prep-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(dir.join("l.db")).await.unwrap();
+        let (dir, file) = temp_file("prep");
+        let store = SqliteStore::open(file).await.unwrap();
         let ns = Namespace::default();
         for i in 0..(4 * SWEEP_EVERY) {
             let claim = Claim::new(
@@ -2155,9 +2154,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_worker_runs_wal_with_synchronous_normal() {
-        let dir = std::env::temp_dir().join(format!("locksmith-sync-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(dir.join("l.db")).await.unwrap();
+        let (dir, file) = temp_file("sync");
+        let store = SqliteStore::open(file).await.unwrap();
         let (mode, sync): (String, i64) = store
             .run(|w| {
                 let mode = w.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
