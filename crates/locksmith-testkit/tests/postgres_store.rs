@@ -1,6 +1,7 @@
 //! PostgreSQL-specific tests against servers started by the test kit: the order of fences
 //! when two transactions interleave, credentials kept out of messages, terminated
-//! connections, a server restart, concurrent migrations and a newer schema.
+//! connections, a server restart, concurrent migrations, an upgrade from schema version 1
+//! and a newer schema.
 
 #![cfg(feature = "postgres")]
 
@@ -202,6 +203,88 @@ async fn concurrent_migration_and_newer_schema() {
         .unwrap();
     let err = Locksmith::connect(&url).await.unwrap_err();
     assert!(err.to_string().contains("newer locksmith"), "{err}");
+}
+
+/// A table of schema version 1 (no queue table, no `pushed` column, the 9-parameter
+/// acquire only) is upgraded in place by the next store that opens it: a lock held across
+/// the upgrade stays held, its release hands it to a queued waiter, and version 1's acquire
+/// keeps working for clients that have not been upgraded yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_table_is_upgraded_in_place() {
+    let Some(server) = server().await else { return };
+    let url = format!("{}?table=up&schema=locks", server.url("postgres"));
+    let old = Locksmith::connect(&url).await.unwrap();
+    let held = old.lock("kept").owner("old").acquire().await.unwrap();
+    let admin = raw(&server.url("postgres")).await;
+    // Back to what version 1 wrote.
+    admin
+        .batch_execute(
+            "DROP TABLE locks.up_queue;
+             DROP FUNCTION locks.up_acquire(text, text, text, text, text, int8, int8, int8,
+                                            int8, int4, text, int4);
+             ALTER TABLE locks.up DROP COLUMN pushed;
+             UPDATE locks.up_meta SET version = 1;",
+        )
+        .await
+        .unwrap();
+    let new = Locksmith::connect(&url).await.unwrap();
+    let version: i32 = admin
+        .query_one("SELECT version FROM locks.up_meta", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    let info = new
+        .inspect("kept")
+        .await
+        .unwrap()
+        .expect("held across the upgrade");
+    assert_eq!(info.owner.as_deref(), Some("old"));
+    let waiter = {
+        let new = new.clone();
+        tokio::spawn(async move { new.lock("kept").owner("new").acquire().await })
+    };
+    // Queued once the waiter has tried after subscribing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued: i64 = admin
+            .query_one("SELECT count(*) FROM locks.up_queue", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if queued == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.release().await.unwrap();
+    let info = new.inspect("kept").await.unwrap().expect("handed over");
+    assert_eq!(info.owner.as_deref(), Some("new"));
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter got its grant")
+        .unwrap()
+        .unwrap();
+    got.release().await.unwrap();
+    // Version 1's acquire, as a client not yet upgraded calls it.
+    let status: i32 = admin
+        .query_one(
+            "SELECT o_status FROM locks.up_acquire('', 'v1', $1, 'v1', 'h', 1, 1000000, NULL, 0)",
+            &[&TOKEN_A],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, 0, "version 1's acquire granted a free lock");
+    assert_eq!(
+        new.inspect("v1")
+            .await
+            .unwrap()
+            .and_then(|i| i.owner)
+            .as_deref(),
+        Some("v1")
+    );
 }
 
 /// `pg_terminate_backend` of every connection of the store, again and again, while tasks

@@ -418,10 +418,12 @@ async fn wait_ready_or_bind_error(process: &mut ServerProcess, port: u16) -> boo
 }
 
 /// The capabilities the PostgreSQL store must declare: everything the SQLite store has,
-/// with every waiter notified (`LISTEN`/`NOTIFY`), so no polling interval.
+/// with every waiter notified (`LISTEN`/`NOTIFY`), so no polling interval, and releases
+/// that hand the lock to the first waiter queued (pushed grants).
 pub fn capabilities() -> Capabilities {
     let mut caps = crate::targets::sqlite_capabilities();
     caps.poll_interval = None;
+    caps.pushed_grants = true;
     caps
 }
 

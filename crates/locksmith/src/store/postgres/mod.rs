@@ -6,7 +6,8 @@
 //!   identifiers of lowercase ASCII letters, digits and `_`), keyed by `(namespace, name)` in
 //!   `COLLATE "C"`: names compare byte by byte (`A`/`a`, `a`/`a ` are different locks) and
 //!   `list` returns them in byte order. Beside it: `<table>_meta` (schema version, fence
-//!   floor) and three PL/pgSQL functions, `<table>_acquire`, `<table>_release` and
+//!   floor), `<table>_queue` (waiters queued for pushed grants) and three PL/pgSQL
+//!   functions, `<table>_acquire`, `<table>_release` and
 //!   `<table>_extend`, so a grant, a release and an extend are each **one statement, one
 //!   round trip**. Times are `int8` microseconds since the Unix epoch.
 //! - **Migration.** On open, the store reads the schema version; when the table is missing
@@ -31,13 +32,24 @@
 //!   Deadlocks (`40P01`) and serialization failures (`40001`) are retried; I/O errors,
 //!   closed connections, a server shutting down or not accepting connections are retryable
 //!   [`Error::Store`]s.
-//! - **Waiting.** `LISTEN`/`NOTIFY` on one channel per table (`locksmith_<hash>`, under the
-//!   63-byte limit); the payload names the namespace and the lock. Each store keeps one
-//!   dedicated listener connection outside the pool, opened on the first `subscribe`, that
-//!   serves every waiter of the store through a [`WakeHub`]. Releases notify in the same
-//!   transaction (delivered at commit). After the listener reconnects, every waiter
-//!   re-polls (notifications sent while it was away are lost). Waiters in every process are
-//!   notified, so no reservation scheme is needed: `poll_interval` is `None`.
+//! - **Waiting: pushed grants.** Each store keeps one dedicated listener connection
+//!   outside the pool, opened on the first `subscribe`, that serves every waiter of the
+//!   store through a [`WakeHub`]. It `LISTEN`s on the table's channel (`locksmith_<hash>`,
+//!   under the 63-byte limit; the payload names the namespace and the lock) and on its own
+//!   inbox, `<channel>_<pid>`, where `pid` is the listener's backend pid. A waiter whose
+//!   try finds the lock held joins the name's queue (`<table>_queue`, in the same
+//!   statement as the try, with its last try's time and its inbox), and a release hands the
+//!   lock to the first waiter queued in the same statement: the lock is never free in
+//!   between, waiters are served in the order they first tried, and the new holder learns
+//!   of its grant from a notification to its inbox (`id fence µs-since-its-last-try`),
+//!   delivered at the release's commit, with no try of its own. A release skips a waiter
+//!   that has not tried for 5 s (waiters re-poll at least once a second) or whose
+//!   listener's backend is gone (`pg_stat_get_activity`: its process died). A waiter that
+//!   leaves takes itself off the queue by releasing its token, which also hands on a grant
+//!   that reached it too late. Releases with nobody queued notify the table's channel, in
+//!   the same transaction. After the listener reconnects (a new inbox), every waiter
+//!   re-polls and queues again (notifications sent while it was away are lost). Waiters in
+//!   every process are notified, so `poll_interval` is `None`.
 //! - **Garbage.** Every 64th grant of a store sweeps, in the background, up to 64 rows (of
 //!   any namespace) that expired or were released more than `?retain=` ago (default 1 h).
 //! - **Credentials.** The URL's password never appears in errors, `Debug` or logs.
@@ -55,7 +67,7 @@ pub use tokio_postgres;
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -69,7 +81,8 @@ use tokio_postgres::{AsyncMessage, Config, Row as PgRow};
 
 use super::rows::{self, DEFAULT_RETAIN, Row, Table, micros};
 use super::{
-    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, WakeHub, Wakeups,
+    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, PushedGrant, Released, Store,
+    WakeHub, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
@@ -824,8 +837,13 @@ async fn migrate(conns: &Conns, sql: &Statements, schema: &str, table: &str) -> 
         .map_err(err)?
         .get(0);
     check_version(Some(version), sql)?;
-    if version < sql::SCHEMA_VERSION {
+    if version < 1 {
         tx.batch_execute(&sql.schema_v1(schema, table))
+            .await
+            .map_err(err)?;
+    }
+    if version < 2 {
+        tx.batch_execute(&sql.schema_v2(schema, table))
             .await
             .map_err(err)?;
     }
@@ -1007,7 +1025,8 @@ impl Inner {
             .await?;
         let status: i32 = rows.first().map(|r| r.get(0)).unwrap_or(2);
         Ok(match status {
-            0 => Released::Released,
+            // 3: handed to the first live waiter queued.
+            0 | 3 => Released::Released,
             1 => Released::Kept,
             _ => Released::NotHeld,
         })
@@ -1236,12 +1255,17 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// The store's listener: one connection outside the pool, opened on the first
-/// `subscribe`, `LISTEN`ing on the table's channel and waking the hub.
+/// `subscribe`, `LISTEN`ing on the table's channel (wake-ups) and on its own inbox channel
+/// (grants pushed to this store's waiters), waking the hub.
 struct Listener {
     config: Option<(Config, Tls)>,
     channel: String,
     hub: Arc<WakeHub>,
     listening: watch::Sender<bool>,
+    /// The listener connection's backend pid while it listens (0 otherwise): the inbox a
+    /// queued claim names, so a release notifies `<channel>_<inbox>` and can tell whether
+    /// the waiter's process still listens.
+    inbox: Arc<AtomicI32>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -1252,6 +1276,7 @@ impl Listener {
             channel,
             hub,
             listening: watch::channel(false).0,
+            inbox: Arc::new(AtomicI32::new(0)),
             task: Mutex::new(None),
         }
     }
@@ -1269,24 +1294,27 @@ impl Listener {
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        let (channel, hub, listening) = (
+        let (channel, hub, listening, inbox) = (
             self.channel.clone(),
             self.hub.clone(),
             self.listening.clone(),
+            self.inbox.clone(),
         );
         *task = Some(tokio::spawn(async move {
             let mut delay = BACKOFF_MIN;
+            let ends = Ends {
+                channel: &channel,
+                hub: &hub,
+                listening: &listening,
+                inbox: &inbox,
+            };
             loop {
                 let result = match &tls {
-                    Tls::Plain => {
-                        listen_once(&config, tokio_postgres::NoTls, &channel, &hub, &listening)
-                            .await
-                    }
+                    Tls::Plain => listen_once(&config, tokio_postgres::NoTls, &ends).await,
                     #[cfg(feature = "postgres-tls")]
-                    Tls::Rustls(t) => {
-                        listen_once(&config, t.clone(), &channel, &hub, &listening).await
-                    }
+                    Tls::Rustls(t) => listen_once(&config, t.clone(), &ends).await,
                 };
+                inbox.store(0, Ordering::SeqCst);
                 listening.send_replace(false);
                 match result {
                     // It was listening: reconnect at once.
@@ -1315,33 +1343,64 @@ impl Drop for Listener {
     }
 }
 
+/// What a listener task reports to: the table's channel, the hub, and the listening state
+/// and inbox it keeps current.
+struct Ends<'a> {
+    channel: &'a str,
+    hub: &'a WakeHub,
+    listening: &'a watch::Sender<bool>,
+    inbox: &'a AtomicI32,
+}
+
 /// Connects, listens, and serves notifications until the connection ends: `Ok` if it got
 /// to listening, else the error.
-async fn listen_once<T>(
-    config: &Config,
-    tls: T,
-    channel: &str,
-    hub: &WakeHub,
-    listening: &watch::Sender<bool>,
-) -> std::result::Result<(), String>
+async fn listen_once<T>(config: &Config, tls: T, ends: &Ends<'_>) -> std::result::Result<(), String>
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
 {
+    let Ends {
+        channel,
+        hub,
+        listening,
+        inbox,
+    } = *ends;
     let (client, mut conn) = config.connect(tls).await.map_err(|e| e.to_string())?;
-    let listen_sql = format!("LISTEN \"{channel}\"");
-    let listen = client.batch_execute(&listen_sql);
+    // The connection's backend pid names this store's inbox: `LISTEN` on the table's
+    // channel and on `<channel>_<pid>`, in one round trip.
+    let listen = async {
+        let rows = client
+            .simple_query(&format!(
+                "SELECT pg_backend_pid(); LISTEN \"{channel}\";
+                 DO $$ BEGIN EXECUTE format('LISTEN %I', '{channel}_' || pg_backend_pid()); END $$"
+            ))
+            .await?;
+        Ok::<_, tokio_postgres::Error>(rows)
+    };
     tokio::pin!(listen);
     let mut listened = false;
+    let mut grants = String::new();
     loop {
         tokio::select! {
             done = &mut listen, if !listened => {
-                done.map_err(|e| e.to_string())?;
+                let pid = done
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse::<i32>().ok(),
+                        _ => None,
+                    })
+                    .ok_or("the listener's backend pid was not returned")?;
+                grants = format!("{channel}_{pid}");
                 listened = true;
+                inbox.store(pid, Ordering::SeqCst);
                 listening.send_replace(true);
                 // Anything released while we were not listening was not heard: re-poll.
                 hub.notify_all();
             }
             message = std::future::poll_fn(|cx| conn.poll_message(cx)) => match message {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == grants => {
+                    pushed_grant(hub, n.payload());
+                }
                 Some(Ok(AsyncMessage::Notification(n))) => wake(hub, n.payload()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) if !listened => return Err(e.to_string()),
@@ -1358,18 +1417,49 @@ where
     }
 }
 
+/// Hands a grant pushed to this store's inbox (`id fence µs-since-last-try len:namespace`
+/// + name) to the waiter that expects it. A grant nobody here expects any more is left: its
+/// waiter left and releases the token, which hands the lock on.
+fn pushed_grant(hub: &WakeHub, payload: &str) {
+    let mut parts = payload.splitn(4, ' ');
+    let (Some(id), Some(fence), Some(after), Some(lock)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let (Ok(fence), Ok(after)) = (fence.parse::<u64>(), after.parse::<u64>()) else {
+        return;
+    };
+    let Some((ns, name)) = split_payload(lock) else {
+        return;
+    };
+    let (Ok(ns), Ok(name)) = (Namespace::new(ns), LockName::new(name)) else {
+        return;
+    };
+    let grant = PushedGrant {
+        fence,
+        after_last_try: Duration::from_micros(after),
+    };
+    if !hub.grant(&ns, &name, id, grant) {
+        tracing::debug!(lock = %name, "a grant pushed to a waiter that left; its release hands it on");
+    }
+}
+
+/// Splits a payload (`len:namespace` + name) into the namespace and the name.
+fn split_payload(payload: &str) -> Option<(&str, &str)> {
+    let (len, rest) = payload.split_once(':')?;
+    let len = len.parse::<usize>().ok()?;
+    if rest.len() < len || !rest.is_char_boundary(len) {
+        return None;
+    }
+    Some(rest.split_at(len))
+}
+
 /// Wakes the waiters a payload (`len:namespace` + name) names.
 fn wake(hub: &WakeHub, payload: &str) {
-    let Some((len, rest)) = payload.split_once(':') else {
+    let Some((ns, name)) = split_payload(payload) else {
         return;
     };
-    let Ok(len) = len.parse::<usize>() else {
-        return;
-    };
-    if rest.len() < len || !rest.is_char_boundary(len) {
-        return;
-    }
-    let (ns, name) = rest.split_at(len);
     let Ok(ns) = Namespace::new(ns) else {
         return;
     };
@@ -1417,6 +1507,7 @@ impl Store for PostgresStore {
             namespaces: true,
             min_hold: true,
             ordered_list: true,
+            pushed_grants: notify,
             ..Capabilities::NONE
         }
     }
@@ -1428,6 +1519,22 @@ impl Store for PostgresStore {
         let pid = i64::from(claim.pid);
         let offset = inner.offset();
         let (owner, host) = (&*claim.owner, &*claim.host);
+        // A waiting claim is queued when the lock is held (through this store's inbox, once
+        // its listener listens); after its first try it may be queued already.
+        let mode: i32 = match (
+            claim.queue && self.listener.enabled(),
+            claim.waited.is_zero(),
+        ) {
+            (false, _) => 0,
+            (true, true) => 1,
+            (true, false) => 2,
+        };
+        let grant_id = if mode > 0 {
+            claim.grant_id()
+        } else {
+            String::new()
+        };
+        let inbox = self.listener.inbox.load(Ordering::SeqCst);
         let rows = inner
             .query(
                 "acquire",
@@ -1442,6 +1549,9 @@ impl Store for PostgresStore {
                     (&ttl, Type::INT8),
                     (&min_hold, Type::INT8),
                     (&offset, Type::INT8),
+                    (&mode, Type::INT4),
+                    (&grant_id, Type::TEXT),
+                    (&inbox, Type::INT4),
                 ],
             )
             .await?;

@@ -2,7 +2,16 @@
 //! sends, built once per table (the table's name is a validated identifier, never input).
 
 /// The schema version this build writes (in the meta table).
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
+
+/// How long after its last try a queued waiter may still be handed the lock, in µs: waiters
+/// try again at least once a second, so an older entry is a waiter that went away without
+/// leaving the queue.
+const QUEUE_STALE_US: i64 = 5_000_000;
+
+/// How long a queue entry outlives its waiter's last try before the garbage sweep removes
+/// it, in µs.
+const QUEUE_LIFE_US: i64 = 10_000_000;
 
 /// The store's clock: microseconds since the Unix epoch on the server's clock
 /// (`clock_timestamp()`, not the transaction's start), plus the test offset bound as `$N`.
@@ -17,6 +26,8 @@ pub(crate) struct Statements {
     pub(crate) table: String,
     /// `"schema"."table_meta"`.
     pub(crate) meta: String,
+    /// `"schema"."table_queue"`: the waiters queued for pushed grants.
+    pub(crate) queue: String,
     /// The `LISTEN`/`NOTIFY` channel.
     pub(crate) channel: String,
     pub(crate) acquire: String,
@@ -53,9 +64,10 @@ impl Statements {
         let now2 = now_expr("$2");
         let now1 = now_expr("$1");
         let wake = payload("$1", "g.name");
+        let queue = f("queue");
         Statements {
             acquire: format!(
-                "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 f("acquire")
             ),
             release: format!("SELECT {}($1, $2, $3, $4, $5)", f("release")),
@@ -112,7 +124,8 @@ impl Statements {
             // `retain` ago, at most 64 per sweep, skipping rows a grant holds locked. Their
             // fences raise the table's floor, so a name's next fence stays above them.
             sweep: format!(
-                "WITH g AS (DELETE FROM {t} l WHERE l.ctid = ANY(ARRAY(
+                "WITH q AS (DELETE FROM {queue} e WHERE e.last_try < {now1} - {QUEUE_LIFE_US}),
+                 g AS (DELETE FROM {t} l WHERE l.ctid = ANY(ARRAY(
                      SELECT s.ctid FROM {t} s
                      WHERE s.expires_at IS NOT NULL AND s.expires_at <= {now1} - $2
                      LIMIT 64 FOR UPDATE SKIP LOCKED))
@@ -134,7 +147,8 @@ impl Statements {
             ),
             write_row: format!(
                 "UPDATE {t} SET token = $3, owner = $4, host = $5, pid = $6, fence = $7,
-                   acquired_at = $8, expires_at = $9, min_hold = $10, freed = false
+                   acquired_at = $8, expires_at = $9, min_hold = $10, freed = false,
+                   pushed = false
                  WHERE namespace = $1 AND name = $2"
             ),
             free_row: format!(
@@ -147,6 +161,7 @@ impl Statements {
             ),
             table: t,
             meta,
+            queue,
             channel: channel.to_string(),
         }
     }
@@ -298,6 +313,172 @@ END
 $fn$;
 
 UPDATE {meta} SET version = 1 WHERE id = 0;
+"#
+        )
+    }
+
+    /// The migration to version 2: pushed grants. A queue table of waiters, a `pushed`
+    /// column on the lock table (a grant handed over and not yet confirmed by a try), an
+    /// acquire that queues a waiting claim when the lock is held (an overload with three
+    /// more parameters: version 1's acquire stays for clients still running it), and a
+    /// release that hands the lock to the first live waiter queued. Run inside the
+    /// migration's transaction, after version 1.
+    pub(crate) fn schema_v2(&self, schema: &str, table: &str) -> String {
+        let t = &self.table;
+        let q = &self.queue;
+        let meta = &self.meta;
+        let channel = &self.channel;
+        let f = |suffix: &str| format!("\"{schema}\".\"{table}_{suffix}\"");
+        let now = now_expr("p_offset");
+        let wake = payload("p_ns", "p_name");
+        let acquire = f("acquire");
+        let release = f("release");
+        format!(
+            r#"
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS pushed boolean NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS {q} (
+    namespace text COLLATE "C" NOT NULL,
+    name      text COLLATE "C" NOT NULL,
+    token     text NOT NULL,
+    first_try int8 NOT NULL,
+    last_try  int8 NOT NULL,
+    ttl       int8,
+    min_hold  int8,
+    owner     text NOT NULL,
+    host      text NOT NULL,
+    pid       int8 NOT NULL,
+    grant_id  text NOT NULL,
+    inbox     int4 NOT NULL,
+    PRIMARY KEY (namespace, name, token)
+);
+COMMENT ON TABLE {q} IS 'locksmith waiters queued for a lock: a release hands the lock to the first one tried within 5 s whose listener (backend pid inbox) is alive, and notifies <channel>_<inbox>';
+
+-- p_mode: 0 does not queue; 1 queues the claim if the lock is held; 2 does too, and the
+-- claim may be queued already (it takes a grant pushed to its token, and leaves the queue
+-- when granted). p_inbox: the backend pid of the claimant's listener (0: not listening,
+-- so not queued).
+CREATE OR REPLACE FUNCTION {acquire}(
+    p_ns text, p_name text, p_token text, p_owner text, p_host text, p_pid int8,
+    p_ttl int8, p_min_hold int8, p_offset int8, p_mode int4, p_grant_id text, p_inbox int4)
+RETURNS TABLE (o_status int4, o_fence int8, o_now int8, o_released bool, o_owner text,
+               o_host text, o_pid int8, o_acquired_at int8, o_expires_at int8,
+               o_min_hold int8)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r {t}%ROWTYPE;
+    v_now int8;
+    v_floor int8;
+    v_fence int8;
+BEGIN
+    LOOP
+        SELECT * INTO r FROM {t} l WHERE l.namespace = p_ns AND l.name = p_name FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO {t} (namespace, name, token, owner, host, pid, fence, acquired_at,
+                         expires_at, min_hold, freed)
+        VALUES (p_ns, p_name, NULL, '', '', 0, 0, 0, 0, NULL, true)
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+    v_now := {now};
+    IF NOT r.freed AND (r.expires_at IS NULL OR r.expires_at > v_now) THEN
+        IF r.token = p_token AND p_mode = 2 AND r.pushed THEN
+            -- A grant a release pushed to this claim: confirmed, with a lease from now.
+            UPDATE {t} l SET pushed = false,
+                expires_at = CASE WHEN p_ttl IS NULL THEN NULL ELSE v_now + p_ttl END
+            WHERE l.namespace = p_ns AND l.name = p_name;
+            o_status := 0; o_fence := r.fence; o_now := v_now; o_released := false;
+            o_owner := r.owner; o_host := r.host; o_pid := r.pid;
+            o_acquired_at := r.acquired_at; o_expires_at := v_now + p_ttl;
+            o_min_hold := r.min_hold;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF r.token IS DISTINCT FROM p_token AND p_mode > 0 AND p_inbox <> 0 THEN
+            INSERT INTO {q} AS e (namespace, name, token, first_try, last_try, ttl, min_hold,
+                                  owner, host, pid, grant_id, inbox)
+            VALUES (p_ns, p_name, p_token, v_now, v_now, p_ttl, p_min_hold, p_owner, p_host,
+                    p_pid, p_grant_id, p_inbox)
+            ON CONFLICT (namespace, name, token) DO UPDATE
+            SET last_try = v_now, inbox = p_inbox, grant_id = p_grant_id;
+        END IF;
+        o_status := CASE WHEN r.token = p_token THEN 2 ELSE 1 END;
+        o_fence := r.fence; o_now := v_now; o_released := r.token IS NULL;
+        o_owner := r.owner; o_host := r.host; o_pid := r.pid;
+        o_acquired_at := r.acquired_at; o_expires_at := r.expires_at;
+        o_min_hold := r.min_hold;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    SELECT m.fence_floor INTO v_floor FROM {meta} m WHERE m.id = 0;
+    v_fence := GREATEST(r.fence + 1, v_now, COALESCE(v_floor, 0) + 1);
+    UPDATE {t} l SET token = p_token, owner = p_owner, host = p_host, pid = p_pid,
+        fence = v_fence, acquired_at = v_now, expires_at = v_now + p_ttl,
+        min_hold = p_min_hold, freed = false, pushed = false
+    WHERE l.namespace = p_ns AND l.name = p_name;
+    IF p_mode = 2 THEN
+        DELETE FROM {q} e WHERE e.namespace = p_ns AND e.name = p_name AND e.token = p_token;
+    END IF;
+    o_status := 0; o_fence := v_fence; o_now := v_now; o_released := false;
+    o_owner := p_owner; o_host := p_host; o_pid := p_pid; o_acquired_at := v_now;
+    o_expires_at := v_now + p_ttl; o_min_hold := p_min_hold;
+    RETURN NEXT;
+END
+$fn$;
+
+-- Returns 0 (released), 1 (kept until acquired_at + min_hold), 2 (the token did not hold
+-- the lock; it leaves the queue) or 3 (handed to the first live waiter queued).
+CREATE OR REPLACE FUNCTION {release}(
+    p_ns text, p_name text, p_token text, p_min_hold int8, p_offset int8)
+RETURNS int4
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r {t}%ROWTYPE;
+    e {q}%ROWTYPE;
+    v_now int8;
+    v_fence int8;
+BEGIN
+    -- The row is locked by name, not by token: a release racing one that hands the lock to
+    -- this token then sees the handed-over row (and releases it), never the old holder's.
+    SELECT * INTO r FROM {t} l WHERE l.namespace = p_ns AND l.name = p_name FOR UPDATE;
+    IF NOT FOUND OR r.freed OR r.token IS DISTINCT FROM p_token THEN
+        DELETE FROM {q} q WHERE q.namespace = p_ns AND q.name = p_name AND q.token = p_token;
+        RETURN 2;
+    END IF;
+    v_now := {now};
+    IF r.expires_at IS NOT NULL AND r.expires_at <= v_now THEN
+        RETURN 2;
+    END IF;
+    IF p_min_hold IS NOT NULL AND r.acquired_at + p_min_hold > v_now THEN
+        UPDATE {t} l SET token = NULL, expires_at = r.acquired_at + p_min_hold
+        WHERE l.namespace = p_ns AND l.name = p_name;
+        PERFORM pg_notify('{channel}', {wake});
+        RETURN 1;
+    END IF;
+    -- At most a few dead or stale entries are skipped per release; the rest wait for the
+    -- next one (or the garbage sweep).
+    FOR e IN SELECT * FROM {q} q WHERE q.namespace = p_ns AND q.name = p_name
+             ORDER BY q.first_try LIMIT 8
+    LOOP
+        DELETE FROM {q} q WHERE q.namespace = p_ns AND q.name = p_name AND q.token = e.token;
+        -- Only a waiter that tried lately and whose process still listens can take it.
+        CONTINUE WHEN v_now - e.last_try > {QUEUE_STALE_US}
+            OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(e.inbox));
+        v_fence := GREATEST(r.fence + 1, v_now);
+        UPDATE {t} l SET token = e.token, owner = e.owner, host = e.host, pid = e.pid,
+            fence = v_fence, acquired_at = v_now, expires_at = v_now + e.ttl,
+            min_hold = e.min_hold, freed = false, pushed = true
+        WHERE l.namespace = p_ns AND l.name = p_name;
+        PERFORM pg_notify('{channel}_' || e.inbox,
+            e.grant_id || ' ' || v_fence || ' ' || (v_now - e.last_try) || ' ' || {wake});
+        RETURN 3;
+    END LOOP;
+    UPDATE {t} l SET token = NULL, freed = true, expires_at = v_now
+    WHERE l.namespace = p_ns AND l.name = p_name;
+    PERFORM pg_notify('{channel}', {wake});
+    RETURN 0;
+END
+$fn$;
+
+UPDATE {meta} SET version = 2 WHERE id = 0;
 "#
         )
     }
