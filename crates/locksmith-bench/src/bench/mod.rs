@@ -448,8 +448,8 @@ async fn bench(
                 }
             }
             if wanted("processes") && env.cross_process {
-                if let Raw::Redis(raw) = &env.raw.1 {
-                    record(scenarios::pubsub_hop(env, raw).await?);
+                if matches!(&env.raw.1, Raw::Redis(_) | Raw::Postgres(_)) {
+                    record(scenarios::pubsub_hop(env, &env.raw.1).await?);
                 }
                 for k in [2, 8, 32] {
                     record(scenarios::contended_processes(env, k).await?);

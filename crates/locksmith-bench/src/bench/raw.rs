@@ -394,6 +394,18 @@ impl RawPostgres {
             .expect("raw SELECT 1");
     }
 
+    /// `pg_notify(channel, payload)` in its own transaction (sent at its commit).
+    pub(crate) async fn notify(&self, channel: &str, payload: &str) {
+        use tokio_postgres::types::Type;
+        self.client
+            .query_typed(
+                "SELECT pg_notify($1, $2)::text",
+                &[(&channel, Type::TEXT), (&payload, Type::TEXT)],
+            )
+            .await
+            .expect("raw NOTIFY");
+    }
+
     pub(crate) async fn acquire(&self, name: &str, token: u128) -> bool {
         use tokio_postgres::types::Type;
         let token = uuid::Uuid::from_u128(token).to_string();

@@ -689,19 +689,61 @@ pub(crate) fn worker(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// The PostgreSQL side of [`hop_worker`]: `LISTEN`s on `channel` and returns how long each
+/// of `n` notifications took to arrive, in ns.
+async fn listen_hops(url: &str, channel: &str, n: usize) -> Res<Vec<u64>> {
+    use std::io::Write;
+    use tokio_postgres::AsyncMessage;
+    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The connection is driven by its own task, as locksmith's listener is.
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = m {
+                let now = mono_ns();
+                if tx.send((now, n.payload().to_string())).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .await?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut hops = Vec::with_capacity(n);
+    while hops.len() < n {
+        let (now, payload) = rx.recv().await.ok_or("the listener closed")?;
+        let sent: u64 = payload.parse()?;
+        hops.push(now.saturating_sub(sent));
+    }
+    Ok(hops)
+}
+
 /// `argv[1]` of the pub/sub hop worker process (this binary re-executed).
 pub(crate) const HOP_WORKER: &str = "__bench-hop";
 
 /// How many messages [`pubsub_hop`] sends.
 const HOPS: usize = 400;
 
-/// The floor of any handoff that crosses processes through Redis: the time from one
-/// process starting a `PUBLISH` to a subscriber in another, idle process receiving it (a
-/// release that hands the lock over is such a command, and its waiter such a subscriber).
-/// Both processes read `CLOCK_MONOTONIC`.
-pub(crate) async fn pubsub_hop(env: &Env, raw: &super::raw::RawRedis) -> Res<Vec<Sample>> {
+/// The floor of any handoff that crosses processes through the store: the time from one
+/// process starting a `PUBLISH` (Redis) or a `NOTIFY` statement (PostgreSQL: a round trip
+/// and a commit, at which the notification is sent) to a subscriber in another, idle
+/// process receiving it. A release that hands the lock over is such a command, and its
+/// waiter such a subscriber. Both processes read `CLOCK_MONOTONIC`.
+pub(crate) async fn pubsub_hop(env: &Env, raw: &Raw) -> Res<Vec<Sample>> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    let channel = format!("rawbench:hop:{}", env.run);
+    let (channel, scenario) = match raw {
+        Raw::Postgres(_) => (
+            format!("rawbench_hop_{}", env.run),
+            "raw tokio-postgres: NOTIFY statement → listener in another process",
+        ),
+        _ => (
+            format!("rawbench:hop:{}", env.run),
+            "raw redis-rs: PUBLISH → subscriber in another process",
+        ),
+    };
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args([HOP_WORKER, &env.url, &channel, &HOPS.to_string()])
         .stdout(std::process::Stdio::piped())
@@ -714,8 +756,14 @@ pub(crate) async fn pubsub_hop(env: &Env, raw: &super::raw::RawRedis) -> Res<Vec
         return Err(format!("hop worker: {line:?}").into());
     }
     for _ in 0..HOPS {
-        if raw.publish(&channel, &mono_ns().to_string()).await != 1 {
-            return Err("hop worker: not subscribed".into());
+        match raw {
+            Raw::Redis(raw) => {
+                if raw.publish(&channel, &mono_ns().to_string()).await != 1 {
+                    return Err("hop worker: not subscribed".into());
+                }
+            }
+            Raw::Postgres(raw) => raw.notify(&channel, &mono_ns().to_string()).await,
+            _ => return Err("no pub/sub on this store".into()),
         }
         // Let the subscriber go idle again, as a waiter is between handoffs.
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -725,7 +773,6 @@ pub(crate) async fn pubsub_hop(env: &Env, raw: &super::raw::RawRedis) -> Res<Vec
     child.wait().await?;
     let hops: Vec<u64> = serde_json::from_str(rest.trim())?;
     let mut lat: Vec<f64> = hops.iter().map(|&ns| ns as f64 / 1e3).collect();
-    let scenario = "raw redis-rs: PUBLISH → subscriber in another process";
     Ok(vec![
         Sample::new(
             scenario,
@@ -744,9 +791,9 @@ pub(crate) async fn pubsub_hop(env: &Env, raw: &super::raw::RawRedis) -> Res<Vec
     ])
 }
 
-/// The worker process of [`pubsub_hop`]: args URL CHANNEL N. Subscribes, prints `ready`,
-/// receives N messages (each the sender's `CLOCK_MONOTONIC` in ns) and prints how long
-/// each took, as a JSON array of ns.
+/// The worker process of [`pubsub_hop`]: args URL CHANNEL N. Subscribes (`LISTEN`s on
+/// PostgreSQL), prints `ready`, receives N messages (each the sender's `CLOCK_MONOTONIC` in
+/// ns) and prints how long each took, as a JSON array of ns.
 pub(crate) fn hop_worker(args: &[String]) -> Res<()> {
     use futures_util::StreamExt;
     use std::io::Write;
@@ -758,6 +805,11 @@ pub(crate) fn hop_worker(args: &[String]) -> Res<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if base.starts_with("postgres") {
+        let hops = rt.block_on(listen_hops(base, channel, n))?;
+        println!("{}", serde_json::to_string(&hops)?);
+        return Ok(());
+    }
     let hops = rt.block_on(async {
         let client = redis::Client::open(base)?;
         let mut pubsub = client.get_async_pubsub().await?;

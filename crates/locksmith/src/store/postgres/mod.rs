@@ -26,8 +26,9 @@
 //!   few pooled clients *shared* by every task (tokio-postgres pipelines concurrent queries
 //!   on one connection); transactions (`acquire_all`, `set_locks`, migration) take a client
 //!   of their own. Statements are unnamed (`query_typed`): no prepared statements, advisory
-//!   locks or temp tables, so nothing depends on session state and a transaction-mode
-//!   pooler in between does no harm. A closed connection is replaced on the next call;
+//!   locks or temp tables on the pooled connections, so nothing depends on their session
+//!   state and a transaction-mode pooler in between does no harm (only the listener's own
+//!   connection, which `LISTEN` needs anyway, holds a session lock: see below). A closed connection is replaced on the next call;
 //!   connecting again backs off (10 ms doubling to 1 s) while the server is unreachable.
 //!   Deadlocks (`40P01`) and serialization failures (`40001`) are retried; I/O errors,
 //!   closed connections, a server shutting down or not accepting connections are retryable
@@ -44,7 +45,8 @@
 //!   of its grant from a notification to its inbox (`id fence µs-since-its-last-try`),
 //!   delivered at the release's commit, with no try of its own. A release skips a waiter
 //!   that has not tried for 5 s (waiters re-poll at least once a second) or whose
-//!   listener's backend is gone (`pg_stat_get_activity`: its process died). A waiter that
+//!   listener no longer holds its advisory lock (a session lock on `(hash of the channel,
+//!   pid)`, taken when it starts listening: its process died). A waiter that
 //!   leaves takes itself off the queue by releasing its token, which also hands on a grant
 //!   that reached it too late. Releases with nobody queued notify the table's channel, in
 //!   the same transaction. After the listener reconnects (a new inbox), every waiter
@@ -1366,11 +1368,14 @@ where
     } = *ends;
     let (client, mut conn) = config.connect(tls).await.map_err(|e| e.to_string())?;
     // The connection's backend pid names this store's inbox: `LISTEN` on the table's
-    // channel and on `<channel>_<pid>`, in one round trip.
+    // channel and on `<channel>_<pid>`, and hold the advisory lock that tells releases this
+    // inbox still listens, in one round trip.
+    let key = sql::inbox_key(channel);
     let listen = async {
         let rows = client
             .simple_query(&format!(
-                "SELECT pg_backend_pid(); LISTEN \"{channel}\";
+                "SELECT pg_backend_pid(), pg_advisory_lock({key}, pg_backend_pid());
+                 LISTEN \"{channel}\";
                  DO $$ BEGIN EXECUTE format('LISTEN %I', '{channel}_' || pg_backend_pid()); END $$"
             ))
             .await?;

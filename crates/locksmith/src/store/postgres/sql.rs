@@ -46,6 +46,16 @@ pub(crate) struct Statements {
     pub(crate) notify: String,
 }
 
+/// The first key of the advisory lock a listener holds while it listens (the second is its
+/// backend pid): 31 bits of the channel's hash. A release tells whether a queued waiter's
+/// process still listens by trying that lock (a shared, transaction-scoped try: it fails
+/// while the listener holds it), which costs a lock-table probe where reading
+/// `pg_stat_activity` copies every backend's status (about 50 µs).
+pub(crate) fn inbox_key(channel: &str) -> i32 {
+    let hex = &channel[channel.len().saturating_sub(8)..];
+    i32::try_from(u32::from_str_radix(hex, 16).unwrap_or(0) & 0x7fff_ffff).unwrap_or(0)
+}
+
 /// The holder columns every read returns, in this order, after which comes the clock.
 pub(crate) const COLUMNS: &str =
     "l.token IS NULL, l.owner, l.host, l.pid, l.fence, l.acquired_at, l.expires_at, l.min_hold";
@@ -333,6 +343,7 @@ UPDATE {meta} SET version = 1 WHERE id = 0;
         let wake = payload("p_ns", "p_name");
         let acquire = f("acquire");
         let release = f("release");
+        let key = inbox_key(channel);
         format!(
             r#"
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS pushed boolean NOT NULL DEFAULT false;
@@ -351,7 +362,7 @@ CREATE TABLE IF NOT EXISTS {q} (
     inbox     int4 NOT NULL,
     PRIMARY KEY (namespace, name, token)
 );
-COMMENT ON TABLE {q} IS 'locksmith waiters queued for a lock: a release hands the lock to the first one tried within 5 s whose listener (backend pid inbox) is alive, and notifies <channel>_<inbox>';
+COMMENT ON TABLE {q} IS 'locksmith waiters queued for a lock: a release hands the lock to the first one tried within 5 s whose listener (backend pid inbox, holding advisory lock ({key}, inbox)) still listens, and notifies <channel>_<inbox>';
 
 -- p_mode: 0 does not queue; 1 queues the claim if the lock is held; 2 does too, and the
 -- claim may be queued already (it takes a grant pushed to its token, and leaves the queue
@@ -461,7 +472,7 @@ BEGIN
         DELETE FROM {q} q WHERE q.namespace = p_ns AND q.name = p_name AND q.token = e.token;
         -- Only a waiter that tried lately and whose process still listens can take it.
         CONTINUE WHEN v_now - e.last_try > {QUEUE_STALE_US}
-            OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(e.inbox));
+            OR pg_try_advisory_xact_lock_shared({key}, e.inbox);
         v_fence := GREATEST(r.fence + 1, v_now);
         UPDATE {t} l SET token = e.token, owner = e.owner, host = e.host, pid = e.pid,
             fence = v_fence, acquired_at = v_now, expires_at = v_now + e.ttl,
