@@ -853,6 +853,21 @@ async fn try_loop(
     // The first try has not waited (the claims come with `waited` zero): a store may go
     // straight to its write path for it (SQLite skips the poller's read first).
     let mut first_try = true;
+    // A store that pushes grants and can subscribe at once is subscribed before the first
+    // try, so a try that queues the claim needs no second try after subscribing.
+    if pushed
+        && calls.store.subscribes_at_once(&inner.ns, &first)
+        && let Some(Ok(mut sub)) = until(
+            deadline,
+            calls.run("subscribe", calls.store.subscribe(&inner.ns, &first)),
+        )
+        .await
+    {
+        if let Some(id) = grant_id.as_deref() {
+            sub.expect_grant(id);
+        }
+        wakeups = Some((first.to_string(), sub));
+    }
     loop {
         if let Some((_, w)) = wakeups.as_mut() {
             if let (Some(id), Some(at)) = (grant_id.as_deref(), queued_at)

@@ -367,6 +367,10 @@ impl<L: Layer> Store for Layered<L> {
             .await
     }
 
+    fn subscribes_at_once(&self, ns: &Namespace, name: &LockName) -> bool {
+        self.inner.subscribes_at_once(ns, name)
+    }
+
     async fn close(&self) -> Result<()> {
         self.layer.around(Call::Close, self.inner.close()).await
     }

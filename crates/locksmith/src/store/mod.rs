@@ -431,6 +431,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Ok(Wakeups::never())
     }
 
+    /// Whether [`subscribe`](Store::subscribe) for this name would answer at once, with no
+    /// round trip (the store's wake-up connection already listens for it). A store with
+    /// [`Capabilities::pushed_grants`] that says so is subscribed *before* a waiting
+    /// claim's first try: the try queues the claim with the subscription already in place,
+    /// so no second try has to follow the subscription (the try that catches a release
+    /// between the first try and the subscription). The default: `false`.
+    fn subscribes_at_once(&self, ns: &Namespace, name: &LockName) -> bool {
+        let _ = (ns, name);
+        false
+    }
+
     /// Finishes queued detached releases and stops the store's background work, for
     /// [`Locksmith::close`](crate::Locksmith::close). Calls after it may fail. The default
     /// does nothing.

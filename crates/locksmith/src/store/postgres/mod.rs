@@ -1820,6 +1820,11 @@ impl Store for PostgresStore {
         }
     }
 
+    fn subscribes_at_once(&self, _ns: &Namespace, _name: &LockName) -> bool {
+        // One listener serves every name: once it listens, subscribing is local.
+        self.listener.enabled() && self.listener.inbox.load(Ordering::SeqCst) != 0
+    }
+
     async fn close(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         if self.jobs.send(Job::Flush(tx)).is_ok() {
