@@ -1422,9 +1422,9 @@ where
     }
 }
 
-/// Hands a grant pushed to this store's inbox (`id fence µs-since-last-try len:namespace`
-/// + name) to the waiter that expects it. A grant nobody here expects any more is left: its
-/// waiter left and releases the token, which hands the lock on.
+/// Hands a grant pushed to this store's inbox to the waiter that expects it. The payload is
+/// `id fence µs-since-last-try len:namespace` followed by the name. A grant nobody here
+/// expects any more is left: its waiter left and releases the token, which hands the lock on.
 fn pushed_grant(hub: &WakeHub, payload: &str) {
     let mut parts = payload.splitn(4, ' ');
     let (Some(id), Some(fence), Some(after), Some(lock)) =
