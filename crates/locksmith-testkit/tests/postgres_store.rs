@@ -287,6 +287,56 @@ async fn a_version_1_table_is_upgraded_in_place() {
     );
 }
 
+/// A queue entry whose waiter went away without leaving (its process died with nobody
+/// releasing after it) is removed by the garbage sweep once it is 10 s past its last try;
+/// a fresh entry stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_queue_entries_are_swept() {
+    let Some(server) = server().await else { return };
+    let url = format!("{}?table=sq&schema=locks", server.url("postgres"));
+    let lm = Locksmith::connect(&url).await.unwrap();
+    let admin = raw(&server.url("postgres")).await;
+    admin
+        .batch_execute(
+            "INSERT INTO locks.sq_queue (namespace, name, token, first_try, last_try, ttl,
+                                         min_hold, owner, host, pid, grant_id, inbox)
+             SELECT '', 'gone', 'old', t - 20000000, t - 20000000, NULL, NULL, 'o', 'h', 1,
+                    'ff', 1
+             FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS t) c;
+             INSERT INTO locks.sq_queue (namespace, name, token, first_try, last_try, ttl,
+                                         min_hold, owner, host, pid, grant_id, inbox)
+             SELECT '', 'gone', 'new', t, t, NULL, NULL, 'o', 'h', 1, 'ff', 1
+             FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS t) c;",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Grants sweep in the background, every 64th.
+        for _ in 0..64 {
+            lm.lock("busy")
+                .acquire()
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        }
+        let left: Vec<String> = admin
+            .query("SELECT token FROM locks.sq_queue ORDER BY token", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if left == ["new"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "queue entries left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `pg_terminate_backend` of every connection of the store, again and again, while tasks
 /// take turns on a few locks: nothing gets stuck, no lock is left behind, and waiters are
 /// still woken by notifications once the killing stops.
