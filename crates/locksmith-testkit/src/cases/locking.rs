@@ -867,15 +867,15 @@ pub async fn abandoned_waiters_leave_the_queue(ctx: Ctx) {
 }
 
 /// A store that pushes grants and can subscribe at once (its wake-up connection already
-/// listens) subscribes a waiter before its first try: that try queues it, and the release
-/// hands it the lock with no other try. Elsewhere the waiter tries again after subscribing,
-/// and the grant still comes from the release.
+/// listens for the name) subscribes a waiter before its first try: that try queues it, and
+/// the release hands it the lock with no other try. Elsewhere the waiter tries again after
+/// subscribing, and the grant still comes from the release.
 pub async fn subscribed_waiter_granted_after_one_try(ctx: Ctx) {
     if !ctx.requires(&[Cap::PushedGrants]) {
         return;
     }
     let (b, tries) = ctx.faulty_client().await;
-    // One wait first, so b's wake-up connection is open.
+    // A first wait, so b listens for the name.
     let g = ctx.lm.lock("s1").acquire().await.unwrap();
     let first = {
         let b = b.clone();
@@ -887,32 +887,31 @@ pub async fn subscribed_waiter_granted_after_one_try(ctx: Ctx) {
     })
     .await;
     g.release().await.unwrap();
-    let got = tokio::time::timeout(SOON, first)
+    let held = tokio::time::timeout(SOON, first)
         .await
         .expect("granted")
+        .unwrap()
         .unwrap();
-    got.unwrap().release().await.unwrap();
-
+    // A second waiter of the same process, right away, while the first holds the lock.
     let ns = locksmith::Namespace::new(b.namespace()).unwrap();
-    let name = LockName::new("s2").unwrap();
+    let name = LockName::new("s1").unwrap();
     let at_once = b.store().subscribes_at_once(&ns, &name);
-    let g = ctx.lm.lock("s2").acquire().await.unwrap();
     let before = tries.waits_seen().len();
     let waiter = {
         let b = b.clone();
-        tokio::spawn(async move { b.lock("s2").owner("b").acquire().await })
+        tokio::spawn(async move { b.lock("s1").owner("second").acquire().await })
     };
     let wanted = if at_once { 1 } else { 2 };
-    eventually("the waiter queued", || {
+    eventually("the second waiter queued", || {
         let n = tries.waits_seen().len();
         async move { n >= before + wanted }
     })
     .await;
     // Let the queuing try's answer come back.
     tokio::time::sleep(ms(100)).await;
-    g.release().await.unwrap();
-    let info = ctx.lm.inspect("s2").await.unwrap().expect("handed over");
-    assert_eq!(info.owner.as_deref(), Some("b"), "{info:?}");
+    held.release().await.unwrap();
+    let info = ctx.lm.inspect("s1").await.unwrap().expect("handed over");
+    assert_eq!(info.owner.as_deref(), Some("second"), "{info:?}");
     let got = tokio::time::timeout(SOON, waiter)
         .await
         .expect("granted")

@@ -1380,6 +1380,10 @@ impl Store for RedisStore {
         self.subs.subscribe(ns, name).await
     }
 
+    fn subscribes_at_once(&self, ns: &Namespace, name: &LockName) -> bool {
+        self.subs.subscribed(ns, name)
+    }
+
     async fn close(&self) -> Result<()> {
         let (done, flushed) = oneshot::channel();
         if self.detached.send(Detached::Flush(done)).is_ok() {

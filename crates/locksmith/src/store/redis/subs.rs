@@ -108,6 +108,8 @@ pub(super) struct Subscriptions {
     /// This store's inbox: grants pushed to its waiters come on a name's channel suffixed
     /// with `:<inbox>`, subscribed together with the channel.
     inbox: String,
+    /// The channels the actor has subscribed on the server.
+    channels: Channels,
     /// How many subscription connections the actor has opened (for tests and metrics).
     pub(super) connections: Arc<AtomicU64>,
 }
@@ -159,8 +161,10 @@ impl Subscriptions {
         })));
         let connections = Arc::new(AtomicU64::new(0));
         let inbox = crate::Token::new().grant_id();
+        let channels = Channels::default();
         let actor = Actor {
             inbox: inbox.clone(),
+            channels: channels.clone(),
             source,
             renewals,
             hub: Arc::downgrade(&hub),
@@ -173,6 +177,7 @@ impl Subscriptions {
             hub,
             prefix,
             inbox,
+            channels,
             connections,
         }
     }
@@ -199,6 +204,14 @@ impl Subscriptions {
         Ok(wakeups)
     }
 
+    /// Whether `name`'s channels are subscribed on the server already (a waiter of it left
+    /// lately, or still waits), so [`subscribe`](Subscriptions::subscribe) needs no round
+    /// trip to the server.
+    pub(super) fn subscribed(&self, ns: &Namespace, name: &LockName) -> bool {
+        let channel = Keys::new(&self.prefix, ns.as_str()).channel(name.as_str());
+        lock(&self.channels).contains_key(&channel)
+    }
+
     /// Wakes this process's waiters of `name` (after a change this process made).
     pub(super) fn notify(&self, ns: &Namespace, name: &LockName) {
         self.hub.notify(ns, name);
@@ -220,6 +233,8 @@ fn closed() -> Error {
 
 struct Actor {
     inbox: String,
+    /// The channels subscribed on the server (shared with [`Subscriptions`]).
+    channels: Channels,
     source: Source,
     renewals: Option<tokio::sync::watch::Receiver<u64>>,
     hub: std::sync::Weak<WakeHub>,
@@ -310,7 +325,7 @@ impl Actor {
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let channels: Channels = Arc::default();
+        let channels = self.channels.clone();
         let mut backoff = Duration::from_millis(10);
         let mut reconnect = false;
         loop {
