@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use locksmith::{Locksmith, Renew, Wait};
+use locksmith_testkit::cases::eventually;
 use locksmith_testkit::servers::postgres::{PASSWORD, PostgresServer};
 use locksmith_testkit::skip_store;
 
@@ -244,20 +245,15 @@ async fn a_version_1_table_is_upgraded_in_place() {
         let new = new.clone();
         tokio::spawn(async move { new.lock("kept").owner("new").acquire().await })
     };
-    // Queued once the waiter has tried after subscribing.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("the waiter queued", || async {
         let queued: i64 = admin
             .query_one("SELECT count(*) FROM locks.up_queue", &[])
             .await
             .unwrap()
             .get(0);
-        if queued == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the waiter never queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        queued == 1
+    })
+    .await;
     held.release().await.unwrap();
     let info = new.inspect("kept").await.unwrap().expect("handed over");
     assert_eq!(info.owner.as_deref(), Some("new"));
@@ -300,18 +296,14 @@ async fn stale_queue_entries_are_swept() {
         .batch_execute(
             "INSERT INTO locks.sq_queue (namespace, name, token, first_try, last_try, ttl,
                                          min_hold, owner, host, pid, grant_id, inbox)
-             SELECT '', 'gone', 'old', t - 20000000, t - 20000000, NULL, NULL, 'o', 'h', 1,
+             SELECT '', 'gone', v.token, c.t - v.age, c.t - v.age, NULL, NULL, 'o', 'h', 1,
                     'ff', 1
-             FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS t) c;
-             INSERT INTO locks.sq_queue (namespace, name, token, first_try, last_try, ttl,
-                                         min_hold, owner, host, pid, grant_id, inbox)
-             SELECT '', 'gone', 'new', t, t, NULL, NULL, 'o', 'h', 1, 'ff', 1
-             FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS t) c;",
+             FROM (VALUES ('old', 20000000), ('new', 0)) v(token, age),
+                  (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS t) c",
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("only the fresh queue entry is left", || async {
         // Grants sweep in the background, every 64th.
         for _ in 0..64 {
             lm.lock("busy")
@@ -329,12 +321,9 @@ async fn stale_queue_entries_are_swept() {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        if left == ["new"] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "queue entries left: {left:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        left == ["new"]
+    })
+    .await;
 }
 
 /// `pg_terminate_backend` of every connection of the store, again and again, while tasks

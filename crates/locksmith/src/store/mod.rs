@@ -496,6 +496,25 @@ pub struct PushedGrant {
     pub after_last_try: Duration,
 }
 
+impl PushedGrant {
+    /// Reads the message a release sends with a pushed grant, `id fence µs-since-last-try`
+    /// (the stores' common form): the grant id and the grant. `None` for anything else, such
+    /// as a plain wake-up.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn parse(message: &str) -> Option<(&str, PushedGrant)> {
+        let mut parts = message.split(' ');
+        let (id, fence, after) = (parts.next()?, parts.next()?, parts.next()?);
+        if id.is_empty() || parts.next().is_some() {
+            return None;
+        }
+        let grant = PushedGrant {
+            fence: fence.parse().ok()?,
+            after_last_try: Duration::from_micros(after.parse().ok()?),
+        };
+        Some((id, grant))
+    }
+}
+
 /// Pushed grants waiting to be taken, by grant id. Only ids a local waiter expects are kept.
 #[derive(Default)]
 struct Grants {

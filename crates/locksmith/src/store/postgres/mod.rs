@@ -1426,13 +1426,11 @@ where
 /// `id fence µs-since-last-try len:namespace` followed by the name. A grant nobody here
 /// expects any more is left: its waiter left and releases the token, which hands the lock on.
 fn pushed_grant(hub: &WakeHub, payload: &str) {
-    let mut parts = payload.splitn(4, ' ');
-    let (Some(id), Some(fence), Some(after), Some(lock)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some((at, _)) = payload.match_indices(' ').nth(2) else {
         return;
     };
-    let (Ok(fence), Ok(after)) = (fence.parse::<u64>(), after.parse::<u64>()) else {
+    let (message, lock) = (&payload[..at], &payload[at + 1..]);
+    let Some((id, grant)) = PushedGrant::parse(message) else {
         return;
     };
     let Some((ns, name)) = split_payload(lock) else {
@@ -1440,10 +1438,6 @@ fn pushed_grant(hub: &WakeHub, payload: &str) {
     };
     let (Ok(ns), Ok(name)) = (Namespace::new(ns), LockName::new(name)) else {
         return;
-    };
-    let grant = PushedGrant {
-        fence,
-        after_last_try: Duration::from_micros(after),
     };
     if !hub.grant(&ns, &name, id, grant) {
         tracing::debug!(lock = %name, "a grant pushed to a waiter that left; its release hands it on");
@@ -1890,6 +1884,23 @@ mod tests {
         for junk in ["", "x", "9:a", "3:a:", "-1:ab"] {
             wake(&hub, junk);
         }
+    }
+
+    #[test]
+    fn pushed_grants_reach_the_waiter_of_the_named_lock() {
+        let hub = WakeHub::default();
+        let ns = Namespace::new("a:b").unwrap();
+        let name = LockName::new("x 1 ü").unwrap();
+        let mut sub = hub.subscribe(&ns, &name);
+        sub.expect_grant("00ff");
+        for junk in ["00ff 7", "00ff 7 9", "00ff x 9 3:a:bx 1 ü", "00ff 7 9 9:a"] {
+            pushed_grant(&hub, junk);
+            assert!(sub.take_grant("00ff").is_none(), "{junk:?}");
+        }
+        pushed_grant(&hub, "00ff 7 9 3:a:bx 1 ü");
+        let grant = sub.take_grant("00ff").expect("the grant");
+        assert_eq!(grant.fence, 7);
+        assert_eq!(grant.after_last_try, Duration::from_micros(9));
     }
 
     #[test]

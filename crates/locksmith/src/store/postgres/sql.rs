@@ -66,6 +66,64 @@ fn payload(ns: &str, name: &str) -> String {
     format!("length({ns})::text || ':' || {ns} || {name}")
 }
 
+/// PL/pgSQL that both schema versions' functions share, over `r` (the row), `v_now` and the
+/// parameters `p_…`.
+struct Fragments {
+    /// Locks the name's row into `r`, creating a free placeholder first if the name has none.
+    lock_row: String,
+    /// Returns the holder found in `r` (status 2 when it is the claimant's own token, else 1).
+    held: &'static str,
+    /// Returns the grant just written for the claimant.
+    granted: &'static str,
+    /// A release before `min_hold` has passed: keeps the lock until then, wakes the name.
+    kept: String,
+    /// Frees the row (kept for its fence) and wakes the name.
+    freed: String,
+}
+
+impl Fragments {
+    /// `acquired`: the expression of the holder's grant time.
+    fn new(t: &str, channel: &str, wake: &str, acquired: &str) -> Fragments {
+        Fragments {
+            lock_row: format!(
+                r#"    LOOP
+        SELECT * INTO r FROM {t} l WHERE l.namespace = p_ns AND l.name = p_name FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO {t} (namespace, name, token, owner, host, pid, fence, acquired_at,
+                         expires_at, min_hold, freed)
+        VALUES (p_ns, p_name, NULL, '', '', 0, 0, 0, 0, NULL, true)
+        ON CONFLICT DO NOTHING;
+    END LOOP;"#
+            ),
+            held: "        o_status := CASE WHEN r.token = p_token THEN 2 ELSE 1 END;
+        o_fence := r.fence; o_now := v_now; o_released := r.token IS NULL;
+        o_owner := r.owner; o_host := r.host; o_pid := r.pid;
+        o_acquired_at := r.acquired_at; o_expires_at := r.expires_at;
+        o_min_hold := r.min_hold;
+        RETURN NEXT;
+        RETURN;",
+            granted: "    o_status := 0; o_fence := v_fence; o_now := v_now; o_released := false;
+    o_owner := p_owner; o_host := p_host; o_pid := p_pid; o_acquired_at := v_now;
+    o_expires_at := v_now + p_ttl; o_min_hold := p_min_hold;
+    RETURN NEXT;",
+            kept: format!(
+                "    IF p_min_hold IS NOT NULL AND {acquired} + p_min_hold > v_now THEN
+        UPDATE {t} l SET token = NULL, expires_at = {acquired} + p_min_hold
+        WHERE l.namespace = p_ns AND l.name = p_name;
+        PERFORM pg_notify('{channel}', {wake});
+        RETURN 1;
+    END IF;"
+            ),
+            freed: format!(
+                "    UPDATE {t} l SET token = NULL, freed = true, expires_at = v_now
+    WHERE l.namespace = p_ns AND l.name = p_name;
+    PERFORM pg_notify('{channel}', {wake});
+    RETURN 0;"
+            ),
+        }
+    }
+}
+
 impl Statements {
     pub(crate) fn new(schema: &str, table: &str, channel: &str) -> Statements {
         let t = format!("\"{schema}\".\"{table}\"");
@@ -189,6 +247,13 @@ impl Statements {
         let release = f("release");
         let extend = f("extend");
         let index = format!("\"{table}_expires_at\"");
+        let Fragments {
+            lock_row,
+            held,
+            granted,
+            kept,
+            freed,
+        } = Fragments::new(t, channel, &wake, "v_acquired");
         format!(
             r#"
 CREATE TABLE IF NOT EXISTS {t} (
@@ -223,23 +288,10 @@ DECLARE
 BEGIN
     -- Lock the row first (creating a free placeholder if the name has none), so the fence
     -- below is minted only once this grant is serialised after every earlier one.
-    LOOP
-        SELECT * INTO r FROM {t} l WHERE l.namespace = p_ns AND l.name = p_name FOR UPDATE;
-        EXIT WHEN FOUND;
-        INSERT INTO {t} (namespace, name, token, owner, host, pid, fence, acquired_at,
-                         expires_at, min_hold, freed)
-        VALUES (p_ns, p_name, NULL, '', '', 0, 0, 0, 0, NULL, true)
-        ON CONFLICT DO NOTHING;
-    END LOOP;
+{lock_row}
     v_now := {now};
     IF NOT r.freed AND (r.expires_at IS NULL OR r.expires_at > v_now) THEN
-        o_status := CASE WHEN r.token = p_token THEN 2 ELSE 1 END;
-        o_fence := r.fence; o_now := v_now; o_released := r.token IS NULL;
-        o_owner := r.owner; o_host := r.host; o_pid := r.pid;
-        o_acquired_at := r.acquired_at; o_expires_at := r.expires_at;
-        o_min_hold := r.min_hold;
-        RETURN NEXT;
-        RETURN;
+{held}
     END IF;
     SELECT m.fence_floor INTO v_floor FROM {meta} m WHERE m.id = 0;
     v_fence := GREATEST(r.fence + 1, v_now, COALESCE(v_floor, 0) + 1);
@@ -247,10 +299,7 @@ BEGIN
         fence = v_fence, acquired_at = v_now, expires_at = v_now + p_ttl,
         min_hold = p_min_hold, freed = false
     WHERE l.namespace = p_ns AND l.name = p_name;
-    o_status := 0; o_fence := v_fence; o_now := v_now; o_released := false;
-    o_owner := p_owner; o_host := p_host; o_pid := p_pid; o_acquired_at := v_now;
-    o_expires_at := v_now + p_ttl; o_min_hold := p_min_hold;
-    RETURN NEXT;
+{granted}
 END
 $fn$;
 
@@ -273,16 +322,8 @@ BEGIN
     IF v_expires IS NOT NULL AND v_expires <= v_now THEN
         RETURN 2;
     END IF;
-    IF p_min_hold IS NOT NULL AND v_acquired + p_min_hold > v_now THEN
-        UPDATE {t} l SET token = NULL, expires_at = v_acquired + p_min_hold
-        WHERE l.namespace = p_ns AND l.name = p_name;
-        PERFORM pg_notify('{channel}', {wake});
-        RETURN 1;
-    END IF;
-    UPDATE {t} l SET token = NULL, freed = true, expires_at = v_now
-    WHERE l.namespace = p_ns AND l.name = p_name;
-    PERFORM pg_notify('{channel}', {wake});
-    RETURN 0;
+{kept}
+{freed}
 END
 $fn$;
 
@@ -344,6 +385,13 @@ UPDATE {meta} SET version = 1 WHERE id = 0;
         let acquire = f("acquire");
         let release = f("release");
         let key = inbox_key(channel);
+        let Fragments {
+            lock_row,
+            held,
+            granted,
+            kept,
+            freed,
+        } = Fragments::new(t, channel, &wake, "r.acquired_at");
         format!(
             r#"
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS pushed boolean NOT NULL DEFAULT false;
@@ -381,14 +429,7 @@ DECLARE
     v_floor int8;
     v_fence int8;
 BEGIN
-    LOOP
-        SELECT * INTO r FROM {t} l WHERE l.namespace = p_ns AND l.name = p_name FOR UPDATE;
-        EXIT WHEN FOUND;
-        INSERT INTO {t} (namespace, name, token, owner, host, pid, fence, acquired_at,
-                         expires_at, min_hold, freed)
-        VALUES (p_ns, p_name, NULL, '', '', 0, 0, 0, 0, NULL, true)
-        ON CONFLICT DO NOTHING;
-    END LOOP;
+{lock_row}
     v_now := {now};
     IF NOT r.freed AND (r.expires_at IS NULL OR r.expires_at > v_now) THEN
         IF r.token = p_token AND p_mode = 2 AND r.pushed THEN
@@ -411,13 +452,7 @@ BEGIN
             ON CONFLICT (namespace, name, token) DO UPDATE
             SET last_try = v_now, inbox = p_inbox, grant_id = p_grant_id;
         END IF;
-        o_status := CASE WHEN r.token = p_token THEN 2 ELSE 1 END;
-        o_fence := r.fence; o_now := v_now; o_released := r.token IS NULL;
-        o_owner := r.owner; o_host := r.host; o_pid := r.pid;
-        o_acquired_at := r.acquired_at; o_expires_at := r.expires_at;
-        o_min_hold := r.min_hold;
-        RETURN NEXT;
-        RETURN;
+{held}
     END IF;
     SELECT m.fence_floor INTO v_floor FROM {meta} m WHERE m.id = 0;
     v_fence := GREATEST(r.fence + 1, v_now, COALESCE(v_floor, 0) + 1);
@@ -428,10 +463,7 @@ BEGIN
     IF p_mode = 2 THEN
         DELETE FROM {q} e WHERE e.namespace = p_ns AND e.name = p_name AND e.token = p_token;
     END IF;
-    o_status := 0; o_fence := v_fence; o_now := v_now; o_released := false;
-    o_owner := p_owner; o_host := p_host; o_pid := p_pid; o_acquired_at := v_now;
-    o_expires_at := v_now + p_ttl; o_min_hold := p_min_hold;
-    RETURN NEXT;
+{granted}
 END
 $fn$;
 
@@ -458,12 +490,7 @@ BEGIN
     IF r.expires_at IS NOT NULL AND r.expires_at <= v_now THEN
         RETURN 2;
     END IF;
-    IF p_min_hold IS NOT NULL AND r.acquired_at + p_min_hold > v_now THEN
-        UPDATE {t} l SET token = NULL, expires_at = r.acquired_at + p_min_hold
-        WHERE l.namespace = p_ns AND l.name = p_name;
-        PERFORM pg_notify('{channel}', {wake});
-        RETURN 1;
-    END IF;
+{kept}
     -- At most a few dead or stale entries are skipped per release; the rest wait for the
     -- next one (or the garbage sweep).
     FOR e IN SELECT * FROM {q} q WHERE q.namespace = p_ns AND q.name = p_name
@@ -482,10 +509,7 @@ BEGIN
             e.grant_id || ' ' || v_fence || ' ' || (v_now - e.last_try) || ' ' || {wake});
         RETURN 3;
     END LOOP;
-    UPDATE {t} l SET token = NULL, freed = true, expires_at = v_now
-    WHERE l.namespace = p_ns AND l.name = p_name;
-    PERFORM pg_notify('{channel}', {wake});
-    RETURN 0;
+{freed}
 END
 $fn$;
 

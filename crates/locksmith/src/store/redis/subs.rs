@@ -77,27 +77,13 @@ fn deliver(channels: &Channels, hub: &std::sync::Weak<WakeHub>, channel: &str, p
     let Some((ns, name)) = lock(channels).get(channel).cloned() else {
         return;
     };
-    match pushed_grant(payload) {
+    match PushedGrant::parse(payload) {
         // A grant to a waiter of another process wakes nobody here: the lock is held again.
         Some((id, grant)) => {
             hub.grant(&ns, &name, id, grant);
         }
         None => hub.notify(&ns, &name),
     }
-}
-
-/// What a message on a lock's channel says: `None` for a plain wake-up.
-fn pushed_grant(payload: &str) -> Option<(&str, PushedGrant)> {
-    let mut parts = payload.split(' ');
-    let (id, fence, after) = (parts.next()?, parts.next()?, parts.next()?);
-    if id.is_empty() || parts.next().is_some() {
-        return None;
-    }
-    let grant = PushedGrant {
-        fence: fence.parse().ok()?,
-        after_last_try: Duration::from_micros(after.parse().ok()?),
-    };
-    Some((id, grant))
 }
 
 /// The store's side of the actor.
@@ -472,12 +458,12 @@ mod tests {
 
     #[test]
     fn grant_messages_parse_and_wake_ups_do_not() {
-        let (id, grant) = pushed_grant("00ff00ff00ff00ff 1764000000000001 1234").unwrap();
+        let (id, grant) = PushedGrant::parse("00ff00ff00ff00ff 1764000000000001 1234").unwrap();
         assert_eq!(id, "00ff00ff00ff00ff");
         assert_eq!(grant.fence, 1_764_000_000_000_001);
         assert_eq!(grant.after_last_try, Duration::from_micros(1234));
         for wake in ["", "x", "a b", "a b c d", "a x 1", "a 1 -1", " 1 2"] {
-            assert!(pushed_grant(wake).is_none(), "{wake:?}");
+            assert!(PushedGrant::parse(wake).is_none(), "{wake:?}");
         }
     }
 }
