@@ -418,12 +418,44 @@ impl Shared for MemShared {
     }
 }
 
-/// The shared state in a file: `counter released_ns holder`.
-pub(crate) struct FileShared(pub(crate) PathBuf);
+/// The shared state in a file: `counter released_ns holder`, each 20 digits wide, so a write
+/// overwrites the previous one in place. `pwrite` at offset 0 costs about 2.5 µs here; the
+/// `std::fs::write` used before (open, truncate, write) cost about 190 µs on this VM's ext4,
+/// and the holder's last write lies inside every measured handoff (session 11).
+pub(crate) struct FileShared(std::fs::File);
+
+impl FileShared {
+    /// Creates (or resets) the file at `path`, with every field 0.
+    pub(crate) fn create(path: &std::path::Path) -> std::io::Result<FileShared> {
+        let shared = FileShared::open(path)?;
+        shared.put(0, 0, 0)?;
+        Ok(shared)
+    }
+
+    /// Opens the file a [`create`](FileShared::create) made.
+    pub(crate) fn open(path: &std::path::Path) -> std::io::Result<FileShared> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(FileShared(file))
+    }
+
+    fn put(&self, counter: u64, released_ns: u64, holder: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let line = format!("{counter:020} {released_ns:020} {holder:020}\n");
+        self.0.write_all_at(line.as_bytes(), 0)
+    }
+}
 
 impl Shared for FileShared {
     fn read(&self) -> (u64, u64, u64) {
-        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 63];
+        let n = self.0.read_at(&mut buf, 0).unwrap_or(0);
+        let text = std::str::from_utf8(&buf[..n]).unwrap_or_default();
         let mut it = text.split_whitespace().map(|w| w.parse().unwrap_or(0));
         (
             it.next().unwrap_or(0),
@@ -432,7 +464,7 @@ impl Shared for FileShared {
         )
     }
     fn write(&self, counter: u64, released_ns: u64, holder: u64) {
-        std::fs::write(&self.0, format!("{counter} {released_ns} {holder}\n"))
+        self.put(counter, released_ns, holder)
             .expect("counter file");
     }
 }
@@ -629,7 +661,7 @@ pub(crate) async fn contended_tasks(
 pub(crate) async fn contended_processes(env: &Env, k: usize) -> Res<Vec<Sample>> {
     let scenario = format!("contended K={k} processes");
     let file = env.dir.join(format!("counter-{}-{k}", env.run));
-    std::fs::write(&file, "0 0 0\n")?;
+    FileShared::create(&file)?;
     let name = format!("cp{}-{k}", env.run);
     // Workers start together, once every process is up.
     let start_ns = mono_ns() + 400_000_000;
@@ -661,7 +693,7 @@ pub(crate) async fn contended_processes(env: &Env, k: usize) -> Res<Vec<Sample>>
         parts.push(serde_json::from_slice::<Contender>(&out.stdout)?);
     }
     let elapsed = Duration::from_nanos(mono_ns().saturating_sub(start_ns)).max(env.budget);
-    let counter = FileShared(file).read().0;
+    let counter = FileShared::open(&file)?.read().0;
     Ok(contended_samples(&scenario, parts, counter, elapsed, None))
 }
 
@@ -680,7 +712,7 @@ pub(crate) fn worker(args: &[String]) -> Res<()> {
         let lm = Locksmith::connect(url).await?;
         let wait = start_ns.saturating_sub(mono_ns());
         tokio::time::sleep(Duration::from_nanos(wait)).await;
-        let shared: Arc<dyn Shared> = Arc::new(FileShared(file.into()));
+        let shared: Arc<dyn Shared> = Arc::new(FileShared::open(file.as_ref())?);
         let out = contend(Locker::Lm(lm.clone(), name.clone()), shared, me, until_ns).await?;
         lm.close().await?;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(out)
