@@ -224,6 +224,7 @@ async fn a_version_1_table_is_upgraded_in_place() {
              DROP FUNCTION locks.up_acquire(text, text, text, text, text, int8, int8, int8,
                                             int8, int4, text, int4);
              ALTER TABLE locks.up DROP COLUMN pushed;
+             ALTER TABLE locks.up DROP COLUMN watched;
              UPDATE locks.up_meta SET version = 1;",
         )
         .await
@@ -234,7 +235,7 @@ async fn a_version_1_table_is_upgraded_in_place() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let info = new
         .inspect("kept")
         .await
@@ -273,6 +274,23 @@ async fn a_version_1_table_is_upgraded_in_place() {
         .unwrap()
         .get(0);
     assert_eq!(status, 0, "version 1's acquire granted a free lock");
+    // A client of version 1 may wait for the lock it finds held: its try marks the row, so
+    // the release that frees it notifies.
+    let status: i32 = admin
+        .query_one(
+            "SELECT o_status FROM locks.up_acquire('', 'v1', 'another', 'v1', 'h', 1, 1000000, NULL, 0)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, 1, "version 1's acquire found the lock held");
+    let watched: bool = admin
+        .query_one("SELECT watched FROM locks.up WHERE name = 'v1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(watched, "version 1's failed try marked the row watched");
     assert_eq!(
         new.inspect("v1")
             .await
@@ -281,6 +299,104 @@ async fn a_version_1_table_is_upgraded_in_place() {
             .as_deref(),
         Some("v1")
     );
+}
+
+/// The table's channel, as the store names it: `locksmith_` and the FNV-1a hash of
+/// `schema.table` (documented as stable across processes and builds).
+fn channel_of(schema: &str, table: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{schema}.{table}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("locksmith_{h:016x}")
+}
+
+/// A release notifies the table's channel only when a waiter watches the lock: PostgreSQL
+/// up to version 18 wakes every listening backend of the database at each notifying commit,
+/// so uncontended releases, and plain tries that find a lock held, send nothing. A waiting
+/// `acquire_all` (never queued for a pushed grant) marks the lock it finds held, and the
+/// release that frees it wakes it and clears the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_notify_only_watched_locks() {
+    use tokio_postgres::AsyncMessage;
+    let Some(server) = server().await else { return };
+    let url = format!("{}?table=wn&schema=locks", server.url("postgres"));
+    let lm = Locksmith::connect(&url).await.unwrap();
+    let other = Locksmith::connect(&url).await.unwrap();
+    let (listener, mut conn) =
+        tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    listener
+        .batch_execute(&format!("LISTEN \"{}\"", channel_of("locks", "wn")))
+        .await
+        .unwrap();
+    let admin = raw(&server.url("postgres")).await;
+    let watched = |name: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT watched FROM locks.wn WHERE name = $1", &[&name])
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        }
+    };
+
+    for _ in 0..5 {
+        lm.lock("quiet")
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let g = lm.lock("quiet").acquire().await.unwrap();
+    assert!(other.lock("quiet").try_acquire().await.unwrap().is_none());
+    assert!(!watched("quiet").await, "a plain try marked the lock");
+    g.release().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(heard.try_recv().ok(), None, "an unwatched release notified");
+
+    let g = lm
+        .lock("w")
+        .ttl(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap();
+    let waiter = tokio::spawn(async move {
+        other
+            .acquire_all(["v", "w"])
+            .wait(Wait::For(Duration::from_secs(30)))
+            .acquire()
+            .await
+    });
+    eventually("the waiting acquire_all marked the lock", || watched("w")).await;
+    g.release().await.unwrap();
+    let guards = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the release woke the acquire_all (its lease had 60 s left)")
+        .unwrap()
+        .unwrap();
+    let payload = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert!(payload.ends_with('w'), "{payload}");
+    assert!(!watched("w").await, "the freeing release cleared the mark");
+    for g in guards {
+        g.release().await.unwrap();
+    }
 }
 
 /// A queue entry whose waiter went away without leaving (its process died with nobody

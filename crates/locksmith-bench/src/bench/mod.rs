@@ -451,6 +451,11 @@ async fn bench(
                 if matches!(&env.raw.1, Raw::Redis(_) | Raw::Postgres(_)) {
                     record(scenarios::pubsub_hop(env, &env.raw.1).await?);
                 }
+                if let Raw::Postgres(raw) = &env.raw.1 {
+                    for k in [0, 2, 8, 32] {
+                        record(scenarios::notify_fanout(env, raw, k).await?);
+                    }
+                }
                 for k in [2, 8, 32] {
                     record(scenarios::contended_processes(env, k).await?);
                 }

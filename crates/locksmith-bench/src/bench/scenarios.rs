@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::alloc::Window;
 use super::counting::Counting;
-use super::raw::Raw;
+use super::raw::{Raw, RawPostgres};
 use super::stats::{Better, Sample, quantile};
 
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -821,6 +821,47 @@ pub(crate) async fn pubsub_hop(env: &Env, raw: &Raw) -> Res<Vec<Sample>> {
             quantile(&mut lat, 0.99),
         ),
     ])
+}
+
+/// What one `NOTIFY` costs the server with `k` other sessions listening in the database:
+/// PostgreSQL up to version 18 signals every listening backend of the database at each commit
+/// that notifies, whatever channels they listen on (version 19 keeps a map of channels to
+/// listeners). K processes waiting on PostgreSQL are K such sessions, one listener each, so
+/// this is the floor of a handoff among K processes. Reported: the `NOTIFY` statement's round
+/// trip (to a channel nobody listens on) with `k` idle sessions each listening on a channel
+/// of its own.
+pub(crate) async fn notify_fanout(env: &Env, raw: &RawPostgres, k: usize) -> Res<Vec<Sample>> {
+    let base = env.url.split_once('?').map_or(env.url.as_str(), |(b, _)| b);
+    let mut listeners = Vec::with_capacity(k);
+    for i in 0..k {
+        let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls).await?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+            .batch_execute(&format!("LISTEN \"rawbench_idle_{}_{i}\"", env.run))
+            .await?;
+        listeners.push((client, conn));
+    }
+    let channel = format!("rawbench_nobody_{}", env.run);
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < env.budget / 2 {
+        let t = Instant::now();
+        raw.notify(&channel, "x").await;
+        lat.push(us(t.elapsed()));
+    }
+    let took = start.elapsed();
+    for (client, conn) in listeners {
+        drop(client);
+        let _ = conn.await;
+    }
+    Ok(rate_samples(
+        &format!("raw tokio-postgres: NOTIFY statement, {k} other sessions listening"),
+        lat,
+        took,
+        None,
+    ))
 }
 
 /// The worker process of [`pubsub_hop`]: args URL CHANNEL N. Subscribes (`LISTEN`s on

@@ -48,8 +48,13 @@
 //!   listener no longer holds its advisory lock (a session lock on `(hash of the channel,
 //!   pid)`, taken when it starts listening: its process died). A waiter that
 //!   leaves takes itself off the queue by releasing its token, which also hands on a grant
-//!   that reached it too late. Releases with nobody queued notify the table's channel, in
-//!   the same transaction. After the listener reconnects (a new inbox), every waiter
+//!   that reached it too late. A release with nobody queued notifies the table's channel,
+//!   in the same transaction, only if the row is marked `watched`: a waiting try that found
+//!   it held marks it (an `acquire_all`, or a waiter whose listener is not listening yet,
+//!   is not queued and waits for that wake-up), and the release that frees the row clears
+//!   the mark. PostgreSQL up to version 18 signals every listening backend of the database
+//!   at each commit that notifies, one per process with a store that waited, so an
+//!   uncontended release notifies nobody. After the listener reconnects (a new inbox), every waiter
 //!   re-polls and queues again (notifications sent while it was away are lost). Waiters in
 //!   every process are notified, so `poll_interval` is `None`.
 //! - **Garbage.** Every 64th grant of a store sweeps, in the background, up to 64 rows (of
@@ -845,7 +850,10 @@ async fn migrate(conns: &Conns, sql: &Statements, schema: &str, table: &str) -> 
             .map_err(err)?;
     }
     if version < 2 {
-        tx.batch_execute(&sql.schema_v2(schema, table))
+        tx.batch_execute(&sql.schema_v2()).await.map_err(err)?;
+    }
+    if version < 3 {
+        tx.batch_execute(&sql.schema_v3(schema, table))
             .await
             .map_err(err)?;
     }
@@ -1136,6 +1144,13 @@ impl Inner {
             }
         }
         let out = body(&mut table)?;
+        if !table.watch.is_empty() {
+            tx.query_typed(
+                &self.sql.watch,
+                &[(&ns.as_str(), Type::TEXT), (&table.watch, Type::TEXT_ARRAY)],
+            )
+            .await?;
+        }
         for (name, row) in &table.dirty {
             match row {
                 Some(row) => {
@@ -1209,6 +1224,9 @@ struct TxTable {
     /// The largest fence of the locked rows and the table's floor: minted fences go above.
     high: i64,
     dirty: Vec<(String, Option<Row>)>,
+    /// Names a failed try found held: marked watched before the commit, so the release that
+    /// frees one notifies its waiters.
+    watch: Vec<String>,
 }
 
 impl TxTable {
@@ -1595,7 +1613,11 @@ impl Store for PostgresStore {
         let answer = self
             .inner
             .transact("acquire_all", ns, &names, |t| {
-                rows::try_acquire_all(t, claims)
+                let answer = rows::try_acquire_all(t, claims);
+                if let Ok(GrantAll::Held(info)) = &answer {
+                    t.watch.push(info.name.clone());
+                }
+                answer
             })
             .await?;
         if let GrantAll::Acquired(_) = answer {

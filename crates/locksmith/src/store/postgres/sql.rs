@@ -2,7 +2,7 @@
 //! sends, built once per table (the table's name is a validated identifier, never input).
 
 /// The schema version this build writes (in the meta table).
-pub(crate) const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// How long after its last try a queued waiter may still be handed the lock, in µs: waiters
 /// try again at least once a second, so an older entry is a waiter that went away without
@@ -44,6 +44,8 @@ pub(crate) struct Statements {
     pub(crate) write_row: String,
     pub(crate) free_row: String,
     pub(crate) notify: String,
+    /// Marks rows watched (`$1` namespace, `$2` names): a multi-lock try found them held.
+    pub(crate) watch: String,
 }
 
 /// The first key of the advisory lock a listener holds while it listens (the second is its
@@ -81,9 +83,32 @@ struct Fragments {
     freed: String,
 }
 
+/// Whom a release's wake-up is for.
+#[derive(Clone, Copy)]
+enum Wake {
+    /// Always notify the table's channel (schema versions 1 and 2).
+    Always,
+    /// Only when a waiter that no pushed grant will reach marked the row `watched`
+    /// (version 3): PostgreSQL up to version 18 signals every listening backend of the
+    /// database at each commit that notifies, so a release nobody waits for should not.
+    /// The release that frees the row clears the mark.
+    Watched,
+}
+
 impl Fragments {
-    /// `acquired`: the expression of the holder's grant time.
-    fn new(t: &str, channel: &str, wake: &str, acquired: &str) -> Fragments {
+    /// `acquired`: the expression of the holder's grant time; `when`: whether every release
+    /// notifies, or only one of a watched row (`r` then holds the row).
+    fn new(t: &str, channel: &str, wake: &str, acquired: &str, when: Wake) -> Fragments {
+        let notify = match when {
+            Wake::Always => format!("PERFORM pg_notify('{channel}', {wake});"),
+            Wake::Watched => {
+                format!("IF r.watched THEN PERFORM pg_notify('{channel}', {wake}); END IF;")
+            }
+        };
+        let unwatch = match when {
+            Wake::Always => "",
+            Wake::Watched => ", watched = false",
+        };
         Fragments {
             lock_row: format!(
                 r#"    LOOP
@@ -110,14 +135,14 @@ impl Fragments {
                 "    IF p_min_hold IS NOT NULL AND {acquired} + p_min_hold > v_now THEN
         UPDATE {t} l SET token = NULL, expires_at = {acquired} + p_min_hold
         WHERE l.namespace = p_ns AND l.name = p_name;
-        PERFORM pg_notify('{channel}', {wake});
+        {notify}
         RETURN 1;
     END IF;"
             ),
             freed: format!(
-                "    UPDATE {t} l SET token = NULL, freed = true, expires_at = v_now
+                "    UPDATE {t} l SET token = NULL, freed = true, expires_at = v_now{unwatch}
     WHERE l.namespace = p_ns AND l.name = p_name;
-    PERFORM pg_notify('{channel}', {wake});
+    {notify}
     RETURN 0;"
             ),
         }
@@ -227,6 +252,10 @@ impl Statements {
                 "SELECT pg_notify('{channel}', {})::text",
                 payload("$1", "$2")
             ),
+            watch: format!(
+                "UPDATE {t} SET watched = true
+                 WHERE namespace = $1 AND name = ANY($2) AND NOT watched"
+            ),
             table: t,
             meta,
             queue,
@@ -253,7 +282,7 @@ impl Statements {
             granted,
             kept,
             freed,
-        } = Fragments::new(t, channel, &wake, "v_acquired");
+        } = Fragments::new(t, channel, &wake, "v_acquired", Wake::Always);
         format!(
             r#"
 CREATE TABLE IF NOT EXISTS {t} (
@@ -368,30 +397,16 @@ UPDATE {meta} SET version = 1 WHERE id = 0;
         )
     }
 
-    /// The migration to version 2: pushed grants. A queue table of waiters, a `pushed`
-    /// column on the lock table (a grant handed over and not yet confirmed by a try), an
-    /// acquire that queues a waiting claim when the lock is held (an overload with three
-    /// more parameters: version 1's acquire stays for clients still running it), and a
-    /// release that hands the lock to the first live waiter queued. Run inside the
-    /// migration's transaction, after version 1.
-    pub(crate) fn schema_v2(&self, schema: &str, table: &str) -> String {
+    /// The migration to version 2: pushed grants. A queue table of waiters, and a `pushed`
+    /// column on the lock table (a grant handed over and not yet confirmed by a try). Its
+    /// functions (an acquire that queues a waiting claim, a release that hands the lock to
+    /// the first live waiter queued) are version 3's, created by the next step of the same
+    /// migration. Run inside the migration's transaction, after version 1.
+    pub(crate) fn schema_v2(&self) -> String {
         let t = &self.table;
         let q = &self.queue;
         let meta = &self.meta;
-        let channel = &self.channel;
-        let f = |suffix: &str| format!("\"{schema}\".\"{table}_{suffix}\"");
-        let now = now_expr("p_offset");
-        let wake = payload("p_ns", "p_name");
-        let acquire = f("acquire");
-        let release = f("release");
-        let key = inbox_key(channel);
-        let Fragments {
-            lock_row,
-            held,
-            granted,
-            kept,
-            freed,
-        } = Fragments::new(t, channel, &wake, "r.acquired_at");
+        let key = inbox_key(&self.channel);
         format!(
             r#"
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS pushed boolean NOT NULL DEFAULT false;
@@ -411,6 +426,39 @@ CREATE TABLE IF NOT EXISTS {q} (
     PRIMARY KEY (namespace, name, token)
 );
 COMMENT ON TABLE {q} IS 'locksmith waiters queued for a lock: a release hands the lock to the first one tried within 5 s whose listener (backend pid inbox, holding advisory lock ({key}, inbox)) still listens, and notifies <channel>_<inbox>';
+
+UPDATE {meta} SET version = 2 WHERE id = 0;
+"#
+        )
+    }
+
+    /// The migration to version 3: a release notifies the table's channel only when a
+    /// waiter that no pushed grant reaches watches the lock. A `watched` column set by such a
+    /// waiter's failed try (and by version 1's acquire, which clients not yet upgraded
+    /// still call: it is now a wrapper of the current one, queueing nothing) and cleared by
+    /// the release that frees the row. The functions of version 2, with the mark. Run inside
+    /// the migration's transaction, after version 2.
+    pub(crate) fn schema_v3(&self, schema: &str, table: &str) -> String {
+        let t = &self.table;
+        let q = &self.queue;
+        let meta = &self.meta;
+        let channel = &self.channel;
+        let f = |suffix: &str| format!("\"{schema}\".\"{table}_{suffix}\"");
+        let now = now_expr("p_offset");
+        let wake = payload("p_ns", "p_name");
+        let acquire = f("acquire");
+        let release = f("release");
+        let key = inbox_key(channel);
+        let Fragments {
+            lock_row,
+            held,
+            granted,
+            kept,
+            freed,
+        } = Fragments::new(t, channel, &wake, "r.acquired_at", Wake::Watched);
+        format!(
+            r#"
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS watched boolean NOT NULL DEFAULT false;
 
 -- p_mode: 0 does not queue; 1 queues the claim if the lock is held; 2 does too, and the
 -- claim may be queued already (it takes a grant pushed to its token, and leaves the queue
@@ -452,6 +500,11 @@ BEGIN
             ON CONFLICT (namespace, name, token) DO UPDATE
             SET last_try = v_now, inbox = p_inbox, grant_id = p_grant_id;
         END IF;
+        -- A waiter watches the lock: the release that frees it notifies the table's channel
+        -- (for a waiter not queued, or queued and skipped).
+        IF r.token IS DISTINCT FROM p_token AND p_mode > 0 AND NOT r.watched THEN
+            UPDATE {t} l SET watched = true WHERE l.namespace = p_ns AND l.name = p_name;
+        END IF;
 {held}
     END IF;
     SELECT m.fence_floor INTO v_floor FROM {meta} m WHERE m.id = 0;
@@ -465,6 +518,19 @@ BEGIN
     END IF;
 {granted}
 END
+$fn$;
+
+-- Version 1's acquire, which clients not yet upgraded call: a claim never queued, which
+-- watches the lock when it finds it held (such a client may wait for the wake-up).
+CREATE OR REPLACE FUNCTION {acquire}(
+    p_ns text, p_name text, p_token text, p_owner text, p_host text, p_pid int8,
+    p_ttl int8, p_min_hold int8, p_offset int8)
+RETURNS TABLE (o_status int4, o_fence int8, o_now int8, o_released bool, o_owner text,
+               o_host text, o_pid int8, o_acquired_at int8, o_expires_at int8,
+               o_min_hold int8)
+LANGUAGE sql AS $fn$
+    SELECT * FROM {acquire}(p_ns, p_name, p_token, p_owner, p_host, p_pid, p_ttl,
+                            p_min_hold, p_offset, 1, '', 0)
 $fn$;
 
 -- Returns 0 (released), 1 (kept until acquired_at + min_hold), 2 (the token did not hold
@@ -513,7 +579,7 @@ BEGIN
 END
 $fn$;
 
-UPDATE {meta} SET version = 2 WHERE id = 0;
+UPDATE {meta} SET version = 3 WHERE id = 0;
 "#
         )
     }
