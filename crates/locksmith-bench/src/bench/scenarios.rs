@@ -829,7 +829,7 @@ pub(crate) async fn pubsub_hop(env: &Env, raw: &Raw) -> Res<Vec<Sample>> {
 /// listeners). K processes waiting on PostgreSQL are K such sessions, one listener each, so
 /// this is the floor of a handoff among K processes. Reported: the `NOTIFY` statement's round
 /// trip (to a channel nobody listens on) with `k` idle sessions each listening on a channel
-/// of its own.
+/// of its own, and locksmith's release statement (uncontended) with the same sessions.
 pub(crate) async fn notify_fanout(env: &Env, raw: &RawPostgres, k: usize) -> Res<Vec<Sample>> {
     let base = env.url.split_once('?').map_or(env.url.as_str(), |(b, _)| b);
     let mut listeners = Vec::with_capacity(k);
@@ -852,16 +852,34 @@ pub(crate) async fn notify_fanout(env: &Env, raw: &RawPostgres, k: usize) -> Res
         lat.push(us(t.elapsed()));
     }
     let took = start.elapsed();
-    for (client, conn) in listeners {
-        drop(client);
-        let _ = conn.await;
-    }
-    Ok(rate_samples(
+    let mut out = rate_samples(
         &format!("raw tokio-postgres: NOTIFY statement, {k} other sessions listening"),
         lat,
         took,
         None,
-    ))
+    );
+    // locksmith's release statement, uncontended, with the same sessions listening: a
+    // release that notified would pay the fan-out above.
+    let (name, mut lat) = (format!("fanout{}-{k}", env.run), Vec::new());
+    let start = Instant::now();
+    while start.elapsed() < env.budget / 2 {
+        let token = fastrand::u128(..);
+        assert!(raw.acquire(&name, token).await, "raw: {name} is free");
+        let t = Instant::now();
+        assert!(raw.release(&name, token).await, "raw: {name} is held");
+        lat.push(us(t.elapsed()));
+    }
+    out.extend(rate_samples(
+        &format!("raw tokio-postgres: release statement alone, {k} other sessions listening"),
+        lat,
+        start.elapsed(),
+        None,
+    ));
+    for (client, conn) in listeners {
+        drop(client);
+        let _ = conn.await;
+    }
+    Ok(out)
 }
 
 /// The worker process of [`pubsub_hop`]: args URL CHANNEL N. Subscribes (`LISTEN`s on
