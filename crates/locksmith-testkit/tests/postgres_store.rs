@@ -399,6 +399,84 @@ async fn releases_notify_only_watched_locks() {
     }
 }
 
+/// The store's listener leaves the database once nothing of its store has waited for or held
+/// a lock for a few seconds (every listening backend is woken by each notification in the
+/// database), stays while a waiter waits longer than that, and comes back for the next wait
+/// or grant: the waiter is still woken by the release, not by its lease running out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_leaves_when_idle_and_comes_back() {
+    let Some(server) = server().await else { return };
+    let url = format!("{}?table=li&schema=locks", server.url("postgres"));
+    let lm = Locksmith::connect(&url).await.unwrap();
+    let other = Locksmith::connect(&url).await.unwrap();
+    let admin = raw(&server.url("postgres")).await;
+    let channel = channel_of("locks", "li");
+    // The listeners of this table: sessions whose last statement was the listener's LISTEN.
+    let listeners = || {
+        let (admin, pattern) = (&admin, format!("%LISTEN \"{channel}\"%"));
+        async move {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE pid <> pg_backend_pid() AND query LIKE $1",
+                    &[&pattern],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    // A guard subscribes to its name, which starts the listener.
+    let g = lm.lock("a").acquire().await.unwrap();
+    eventually("the holder's store listens", || async {
+        listeners().await == 1
+    })
+    .await;
+    g.release().await.unwrap();
+    let start = Instant::now();
+    while listeners().await > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the idle listener stayed connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A wait longer than the linger: both stores listen throughout, and the release wakes
+    // the waiter (the lease had 60 s left).
+    let g = other
+        .lock("b")
+        .ttl(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap();
+    let waiter = tokio::spawn(async move {
+        lm.lock("b")
+            .wait(Wait::For(Duration::from_secs(30)))
+            .acquire()
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        listeners().await,
+        2,
+        "a listener left while its store waited or held"
+    );
+    let released = Instant::now();
+    g.release().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter was woken")
+        .unwrap()
+        .unwrap();
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "the waiter was not woken by the release ({:?})",
+        released.elapsed()
+    );
+    got.release().await.unwrap();
+}
+
 /// A queue entry whose waiter went away without leaving (its process died with nobody
 /// releasing after it) is removed by the garbage sweep once it is 10 s past its last try;
 /// a fresh entry stays.

@@ -126,6 +126,12 @@ const CONFLICT_RETRIES: u32 = 8;
 /// waiter then polls).
 const LISTEN_WAIT: Duration = Duration::from_secs(2);
 
+/// How long the listener stays connected once nothing of its store waits for or holds a
+/// lock: PostgreSQL up to 18 wakes every listening backend of the database at each
+/// notifying commit, so a process that stopped waiting should stop listening. The next wait
+/// or grant connects again.
+const LISTEN_LINGER: Duration = Duration::from_secs(5);
+
 /// The reconnect backoff's first and longest pause.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -1286,7 +1292,9 @@ struct Listener {
     /// queued claim names, so a release notifies `<channel>_<inbox>` and can tell whether
     /// the waiter's process still listens.
     inbox: Arc<AtomicI32>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The listener task. It empties the slot itself when it stops for idleness, under the
+    /// slot's lock, so a `subscribe` racing it either keeps it or starts the next one.
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Listener {
@@ -1297,7 +1305,7 @@ impl Listener {
             hub,
             listening: watch::channel(false).0,
             inbox: Arc::new(AtomicI32::new(0)),
-            task: Mutex::new(None),
+            task: Arc::default(),
         }
     }
 
@@ -1314,11 +1322,12 @@ impl Listener {
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        let (channel, hub, listening, inbox) = (
+        let (channel, hub, listening, inbox, slot) = (
             self.channel.clone(),
             self.hub.clone(),
             self.listening.clone(),
             self.inbox.clone(),
+            self.task.clone(),
         );
         *task = Some(tokio::spawn(async move {
             let mut delay = BACKOFF_MIN;
@@ -1327,6 +1336,7 @@ impl Listener {
                 hub: &hub,
                 listening: &listening,
                 inbox: &inbox,
+                slot: &slot,
             };
             loop {
                 let result = match &tls {
@@ -1334,11 +1344,16 @@ impl Listener {
                     #[cfg(feature = "postgres-tls")]
                     Tls::Rustls(t) => listen_once(&config, t.clone(), &ends).await,
                 };
+                // Stopped for idleness: the state was cleared under the slot's lock, and a
+                // task started since may already listen.
+                if let Ok(Ended::Idle) = result {
+                    return;
+                }
                 inbox.store(0, Ordering::SeqCst);
                 listening.send_replace(false);
                 match result {
                     // It was listening: reconnect at once.
-                    Ok(()) => delay = BACKOFF_MIN,
+                    Ok(_) => delay = BACKOFF_MIN,
                     Err(e) => {
                         tracing::debug!(error = %e, "PostgreSQL listener could not connect; retrying");
                         tokio::time::sleep(jitter(delay)).await;
@@ -1363,18 +1378,31 @@ impl Drop for Listener {
     }
 }
 
-/// What a listener task reports to: the table's channel, the hub, and the listening state
-/// and inbox it keeps current.
+/// What a listener task reports to: the table's channel, the hub, the listening state and
+/// inbox it keeps current, and the slot its handle is kept in.
 struct Ends<'a> {
     channel: &'a str,
     hub: &'a WakeHub,
     listening: &'a watch::Sender<bool>,
     inbox: &'a AtomicI32,
+    slot: &'a Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Connects, listens, and serves notifications until the connection ends: `Ok` if it got
-/// to listening, else the error.
-async fn listen_once<T>(config: &Config, tls: T, ends: &Ends<'_>) -> std::result::Result<(), String>
+/// Why a listener connection that got to listening ended.
+enum Ended {
+    /// The connection was lost: connect again.
+    Lost,
+    /// Nothing subscribed for [`LISTEN_LINGER`]: the task stops (and its state is cleared).
+    Idle,
+}
+
+/// Connects, listens, and serves notifications until the connection ends or nothing has
+/// subscribed for [`LISTEN_LINGER`]: `Ok` if it got to listening, else the error.
+async fn listen_once<T>(
+    config: &Config,
+    tls: T,
+    ends: &Ends<'_>,
+) -> std::result::Result<Ended, String>
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
 {
@@ -1383,6 +1411,7 @@ where
         hub,
         listening,
         inbox,
+        slot,
     } = *ends;
     let (client, mut conn) = config.connect(tls).await.map_err(|e| e.to_string())?;
     // The connection's backend pid names this store's inbox: `LISTEN` on the table's
@@ -1402,8 +1431,33 @@ where
     tokio::pin!(listen);
     let mut listened = false;
     let mut grants = String::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_since: Option<Instant> = None;
     loop {
         tokio::select! {
+            _ = tick.tick(), if listened => {
+                if hub.names() > 0 {
+                    idle_since = None;
+                    continue;
+                }
+                if idle_since.get_or_insert_with(Instant::now).elapsed() < LISTEN_LINGER {
+                    continue;
+                }
+                // Checked again under the slot's lock: a `subscribe` registers in the hub
+                // before it looks at the slot, so it either is seen here or finds the slot
+                // empty and starts the next listener.
+                let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                if hub.names() > 0 {
+                    idle_since = None;
+                    continue;
+                }
+                inbox.store(0, Ordering::SeqCst);
+                listening.send_replace(false);
+                *slot = None;
+                tracing::debug!("PostgreSQL listener idle for {LISTEN_LINGER:?}; disconnecting");
+                return Ok(Ended::Idle);
+            }
             done = &mut listen, if !listened => {
                 let pid = done
                     .map_err(|e| e.to_string())?
@@ -1430,7 +1484,7 @@ where
                 Some(Err(_)) | None => {
                     hub.notify_all();
                     return if listened {
-                        Ok(())
+                        Ok(Ended::Lost)
                     } else {
                         Err("the connection closed before LISTEN".into())
                     };
