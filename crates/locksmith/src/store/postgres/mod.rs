@@ -34,8 +34,11 @@
 //!   closed connections, a server shutting down or not accepting connections are retryable
 //!   [`Error::Store`]s.
 //! - **Waiting: pushed grants.** Each store keeps one dedicated listener connection
-//!   outside the pool, opened on the first `subscribe`, that serves every waiter of the
-//!   store through a [`WakeHub`]. It `LISTEN`s on the table's channel (`locksmith_<hash>`,
+//!   outside the pool, opened on the first `subscribe` (a waiter's, or a guard's: every
+//!   guard watches its name for a `clear`), that serves every waiter of the store through a
+//!   [`WakeHub`]. It disconnects once nothing has subscribed for 5 s, and the next
+//!   `subscribe` connects again: every listening backend is woken by each notification in
+//!   the database, so a process that stopped waiting and holding stops listening. It `LISTEN`s on the table's channel (`locksmith_<hash>`,
 //!   under the 63-byte limit; the payload names the namespace and the lock) and on its own
 //!   inbox, `<channel>_<pid>`, where `pid` is the listener's backend pid. A waiter whose
 //!   try finds the lock held joins the name's queue (`<table>_queue`, in the same
