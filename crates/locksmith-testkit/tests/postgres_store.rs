@@ -477,6 +477,105 @@ async fn the_listener_leaves_when_idle_and_comes_back() {
     got.release().await.unwrap();
 }
 
+/// A pushed grant whose message is held up until its lease has run out, another claim has
+/// taken the lock, and the waiter has tried again (as when the server is frozen) is not
+/// taken: the waiter's later try saw a holder with a higher fence, so the grant is stale.
+/// The message is held up by stopping the waiter's listener backend (SIGSTOP) around the
+/// release that hands the lock over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pushed_grant_is_not_taken() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(server) = server().await else { return };
+    let url = format!("{}?table=st&schema=locks", server.url("postgres"));
+    let (holder, waiter, taker) = (
+        Locksmith::connect(&url).await.unwrap(),
+        Locksmith::connect(&url).await.unwrap(),
+        Locksmith::connect(&url).await.unwrap(),
+    );
+    let admin = raw(&server.url("postgres")).await;
+    let entry = || {
+        let admin = &admin;
+        async move {
+            admin
+                .query_opt(
+                    "SELECT inbox, last_try FROM locks.st_queue WHERE name = 's'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+        }
+    };
+    let h = holder
+        .lock("s")
+        .ttl(Duration::from_secs(60))
+        .renew(Renew::Off)
+        .acquire()
+        .await
+        .unwrap();
+    let w = tokio::spawn(async move {
+        let g = waiter
+            .lock("s")
+            .ttl(Duration::from_millis(300))
+            .renew(Renew::Off)
+            .wait(Wait::For(Duration::from_secs(30)))
+            .acquire()
+            .await
+            .unwrap();
+        (g.fence(), g.leak())
+    });
+    eventually("the waiter queued", || async { entry().await.is_some() }).await;
+    let (inbox, tried) = entry().await.unwrap();
+    // Right after one of the waiter's tries (it tries again a second later), with its
+    // listener stopped: the grant's notification waits in the server.
+    while entry().await.is_some_and(|(_, t)| t == tried) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if let Err(e) = kill(Pid::from_raw(inbox), Signal::SIGSTOP) {
+        eprintln!("skipping: cannot stop the listener backend ({e})");
+        return;
+    }
+    h.release().await.unwrap();
+    let pushed_fence: i64 = admin
+        .query_one(
+            "SELECT fence FROM locks.st WHERE name = 's' AND pushed",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The 300 ms lease runs out; another claim takes the lock.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let x = taker
+        .lock("s")
+        .ttl(Duration::from_secs(60))
+        .renew(Renew::Off)
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("the handed-over lease ran out");
+    assert!(x.fence() > u64::try_from(pushed_fence).unwrap());
+    // The waiter's next try finds the new holder and queues again.
+    eventually("the waiter tried again", || async {
+        entry().await.is_some()
+    })
+    .await;
+    kill(Pid::from_raw(inbox), Signal::SIGCONT).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !w.is_finished(),
+        "the waiter took a stale grant while another claim held the lock"
+    );
+    let x_fence = x.fence();
+    x.release().await.unwrap();
+    let (fence, _token) = tokio::time::timeout(Duration::from_secs(5), w)
+        .await
+        .expect("the waiter got the lock after the new holder released")
+        .unwrap();
+    assert!(fence > x_fence, "{fence} after {x_fence}");
+}
+
 /// A queue entry whose waiter went away without leaving (its process died with nobody
 /// releasing after it) is removed by the garbage sweep once it is 10 s past its last try;
 /// a fresh entry stays.

@@ -841,8 +841,9 @@ async fn try_loop(
             .collect();
     }
     let mut grant_id = pushed.then(|| claims[0].grant_id());
-    // The send time of the last try that found the lock held (and so queued the claim).
-    let mut queued_at: Option<Instant> = None;
+    // The send time of the last try that found the lock held (and so queued the claim), and
+    // the holder's fence it saw.
+    let mut queued_at: Option<(Instant, Option<u64>)> = None;
     // Leaves the store's queue if this loop ends without the lock.
     let mut queued = Leftover {
         calls,
@@ -870,15 +871,21 @@ async fn try_loop(
     }
     loop {
         if let Some((_, w)) = wakeups.as_mut() {
-            if let (Some(id), Some(at)) = (grant_id.as_deref(), queued_at)
+            if let (Some(id), Some((at, seen))) = (grant_id.as_deref(), queued_at)
                 && let Some(grant) = w.take_grant(id)
             {
                 // A release handed the lock to this claim: its lease started no earlier
                 // than the last try that queued it, plus what the store measured since.
                 let sent = at + grant.after_last_try;
-                let late = claims[0]
-                    .ttl
-                    .is_some_and(|ttl| Instant::now() >= sent + ttl / 2);
+                // Unless that try came after the grant: it found another holder, whose fence
+                // is above every earlier grant's, so this grant was already lost (its
+                // message was held up, as by a frozen server, while the lease ran out and
+                // another claim took the lock) and its delay counts from an earlier try.
+                let stale = seen.is_none_or(|holder| grant.fence <= holder);
+                let late = stale
+                    || claims[0]
+                        .ttl
+                        .is_some_and(|ttl| Instant::now() >= sent + ttl / 2);
                 if !late {
                     queued.claims = None;
                     tracing::debug!(lock = %first, fence = grant.fence, waited = ?started.elapsed(), "acquired (pushed grant)");
@@ -886,8 +893,9 @@ async fn try_loop(
                     return Ok((claims, vec![grant.fence], sent));
                 }
                 // Read so late that little of its lease is known to be left (this process
-                // stalled): the try below takes the grant with a lease started anew.
-                tracing::debug!(lock = %first, "a pushed grant was read late; confirming it with a try");
+                // stalled), or stale: the try below takes the grant with a lease started
+                // anew, or finds the lock held.
+                tracing::debug!(lock = %first, stale, "a pushed grant was read late; confirming it with a try");
             }
             w.mark_seen();
         }
@@ -954,7 +962,7 @@ async fn try_loop(
                 // Someone else holds it, so no earlier try of this token was applied.
                 unsettled.claims = None;
                 if pushed {
-                    queued_at = Some(sent);
+                    queued_at = Some((sent, holder.fence));
                     queued.claims = Some(claims.clone());
                 }
                 if !contended {
