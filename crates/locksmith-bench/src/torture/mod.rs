@@ -60,7 +60,8 @@ struct TortureArgs {
     /// skipped, loudly, on other stores.
     #[arg(long)]
     store: Option<String>,
-    /// Run only these scenarios (repeatable; default: all).
+    /// Run only these scenarios (repeatable; default: those every store shares and those of
+    /// `--store`'s kind).
     #[arg(long, value_enum)]
     scenario: Vec<Scenario>,
     /// The long form: more workers, 45 s per scenario, and RELIABILITY.md written at the
@@ -217,7 +218,11 @@ fn torture(mut a: TortureArgs) -> ExitCode {
             .unwrap_or(Duration::from_secs(if a.long { 45 } else { 8 })),
     };
     let scenarios: Vec<Scenario> = if a.scenario.is_empty() {
-        Scenario::value_variants().to_vec()
+        Scenario::value_variants()
+            .iter()
+            .copied()
+            .filter(|s| s.applies_to(store_arg.as_deref()))
+            .collect()
     } else {
         a.scenario.clone()
     };

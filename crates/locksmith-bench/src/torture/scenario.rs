@@ -69,6 +69,31 @@ impl Scenario {
             .get_name()
             .to_string()
     }
+
+    /// Whether a run without `--scenario` on `store` (`--store`'s value; `None`: a SQLite
+    /// file per scenario) includes this scenario: the ones every store shares, and those of
+    /// the store's own kind. Any scenario named with `--scenario` still runs (or says why not).
+    pub(crate) fn applies_to(self, store: Option<&str>) -> bool {
+        let sqlite = store.is_none_or(|s| s.starts_with("sqlite"));
+        let redis = store.is_some_and(|s| s.starts_with("redis"));
+        match self {
+            Scenario::Baseline | Scenario::Sigkill | Scenario::Sigstop => true,
+            Scenario::SqliteTxKill
+            | Scenario::SqliteBusy
+            | Scenario::DiskFull
+            | Scenario::ClockStep => sqlite,
+            Scenario::RedisRestart
+            | Scenario::RedisClientKill
+            | Scenario::RedisFreeze
+            | Scenario::RedisRestartVolatile => redis,
+            Scenario::ServerRestart | Scenario::ConnKill | Scenario::ServerFreeze => {
+                store == Some("mysql")
+            }
+            Scenario::PgRestart | Scenario::PgKillConnections | Scenario::PgFreeze => {
+                store == Some("postgres")
+            }
+        }
+    }
 }
 
 /// How hard to push.
@@ -354,7 +379,8 @@ pub(crate) fn run(
             Some((_, server)) => format!("{}?timeout=1s", server.url()),
             None => String::new(),
         },
-        (Scenario::DiskFull, _) => {
+        // Its own SQLite file on a small tmpfs; on any other store it is skipped below.
+        (Scenario::DiskFull, st) if st.is_none_or(|s| s.starts_with("sqlite")) => {
             let mnt = dir.join("tmpfs");
             std::fs::create_dir_all(&mnt).expect("a mount point");
             let ok = Command::new("mount")
@@ -1222,6 +1248,56 @@ fn redis_freezes(ctx: &mut Ctx, server: &locksmith_testkit::servers::redis::Redi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_run_takes_the_scenarios_of_its_store() {
+        let picked = |store: Option<&str>| -> Vec<String> {
+            Scenario::value_variants()
+                .iter()
+                .filter(|s| s.applies_to(store))
+                .map(|s| s.label())
+                .collect()
+        };
+        let shared = ["baseline", "sigkill", "sigstop"];
+        let sqlite = [
+            &shared[..],
+            &["sqlite-tx-kill", "sqlite-busy", "disk-full", "clock-step"],
+        ]
+        .concat();
+        assert_eq!(picked(None), sqlite);
+        assert_eq!(picked(Some("sqlite:///tmp/l.db")), sqlite);
+        assert_eq!(
+            picked(Some("redis")),
+            [
+                &shared[..],
+                &[
+                    "redis-restart",
+                    "redis-client-kill",
+                    "redis-freeze",
+                    "redis-restart-volatile"
+                ]
+            ]
+            .concat()
+        );
+        assert_eq!(
+            picked(Some("postgres")),
+            [
+                &shared[..],
+                &["pg-restart", "pg-kill-connections", "pg-freeze"]
+            ]
+            .concat()
+        );
+        assert_eq!(
+            picked(Some("mysql")),
+            [
+                &shared[..],
+                &["server-restart", "conn-kill", "server-freeze"]
+            ]
+            .concat()
+        );
+        // A server of the user's own: only what needs no server of the harness's.
+        assert_eq!(picked(Some("postgres://u@h/db")), shared);
+    }
 
     #[test]
     fn proc_locks_lines() {
