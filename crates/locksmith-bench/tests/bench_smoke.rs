@@ -4,27 +4,13 @@
 
 use std::process::Command;
 
-#[test]
-fn quick_memory_run_reports_every_figure() {
+/// Runs the bench with `args` and `--json` into a temporary file; returns the report.
+fn run_bench(args: &[String]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_locksmith-bench"))
-        .args([
-            "--quick",
-            "--store",
-            "memory://",
-            "--runs",
-            "1",
-            "--budget",
-            "50ms",
-            "--waiters",
-            "300",
-            "--many",
-            "2000",
-            "--scenarios",
-            "uncontended,parallel,contended,waiters,many",
-            "--json",
-        ])
+        .args(args)
+        .arg("--json")
         .arg(&json)
         .output()
         .unwrap();
@@ -33,20 +19,49 @@ fn quick_memory_run_reports_every_figure() {
         "bench failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.contains("| memory"), "no table rows:\n{table}");
+    let mut report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    report["table"] = String::from_utf8(out.stdout).unwrap().into();
+    report
+}
 
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+/// The figure `scenario` / `metric` of a report.
+fn figure(report: &serde_json::Value, scenario: &str, metric: &str) -> serde_json::Value {
+    report["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["scenario"] == scenario && f["metric"] == metric)
+        .unwrap_or_else(|| panic!("no figure {scenario} / {metric}"))
+        .clone()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+#[test]
+fn quick_memory_run_reports_every_figure() {
+    let report = run_bench(&strings(&[
+        "--quick",
+        "--store",
+        "memory://",
+        "--runs",
+        "1",
+        "--budget",
+        "50ms",
+        "--waiters",
+        "300",
+        "--many",
+        "2000",
+        "--scenarios",
+        "uncontended,parallel,contended,waiters,many",
+    ]));
+    let table = report["table"].as_str().unwrap();
+    assert!(table.contains("| memory"), "no table rows:\n{table}");
     assert!(report["machine"]["cpus"].as_u64().unwrap() >= 1);
     assert!(!report["versions"]["sqlite"].as_str().unwrap().is_empty());
-    let figures = report["figures"].as_array().unwrap();
-    let figure = |scenario: &str, metric: &str| {
-        figures
-            .iter()
-            .find(|f| f["scenario"] == scenario && f["metric"] == metric)
-            .unwrap_or_else(|| panic!("no figure {scenario} / {metric}"))
-            .clone()
-    };
+    let figure = |scenario: &str, metric: &str| figure(&report, scenario, metric);
     for k in [2, 8, 32] {
         let lost = figure(&format!("contended K={k} tasks"), "lost updates");
         assert_eq!(lost["median"].as_f64(), Some(0.0), "K={k}: {lost}");
@@ -70,28 +85,16 @@ fn quick_memory_run_reports_every_figure() {
 #[test]
 fn quick_sqlite_processes_run_counts_every_update() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let db = dir.path().join("locks.db");
-    let out = Command::new(env!("CARGO_BIN_EXE_locksmith-bench"))
-        .args(["--quick", "--runs", "1", "--budget", "200ms"])
-        .arg("--store")
-        .arg(format!("sqlite://{}", db.display()))
-        .args(["--scenarios", "processes", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let figures = report["figures"].as_array().unwrap();
+    let mut args = strings(&["--quick", "--runs", "1", "--budget", "200ms"]);
+    args.push("--store".into());
+    args.push(format!(
+        "sqlite://{}",
+        dir.path().join("locks.db").display()
+    ));
+    args.extend(strings(&["--scenarios", "processes"]));
+    let report = run_bench(&args);
     let figure = |scenario: &str, metric: &str| {
-        figures
-            .iter()
-            .find(|f| f["scenario"] == scenario && f["metric"] == metric)
-            .unwrap_or_else(|| panic!("no figure {scenario} / {metric}"))["median"]
+        figure(&report, scenario, metric)["median"]
             .as_f64()
             .unwrap()
     };

@@ -301,17 +301,6 @@ async fn a_version_1_table_is_upgraded_in_place() {
     );
 }
 
-/// The table's channel, as the store names it: `locksmith_` and the FNV-1a hash of
-/// `schema.table` (documented as stable across processes and builds).
-fn channel_of(schema: &str, table: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{schema}.{table}").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("locksmith_{h:016x}")
-}
-
 /// A release notifies the table's channel only when a waiter watches the lock: PostgreSQL
 /// up to version 18 wakes every listening backend of the database at each notifying commit,
 /// so uncontended releases, and plain tries that find a lock held, send nothing. A waiting
@@ -337,7 +326,10 @@ async fn releases_notify_only_watched_locks() {
         }
     });
     listener
-        .batch_execute(&format!("LISTEN \"{}\"", channel_of("locks", "wn")))
+        .batch_execute(&format!(
+            "LISTEN \"{}\"",
+            locksmith::store::postgres::channel_name("locks", "wn")
+        ))
         .await
         .unwrap();
     let admin = raw(&server.url("postgres")).await;
@@ -410,7 +402,7 @@ async fn the_listener_leaves_when_idle_and_comes_back() {
     let lm = Locksmith::connect(&url).await.unwrap();
     let other = Locksmith::connect(&url).await.unwrap();
     let admin = raw(&server.url("postgres")).await;
-    let channel = channel_of("locks", "li");
+    let channel = locksmith::store::postgres::channel_name("locks", "li");
     // The listeners of this table: sessions whose last statement was the listener's LISTEN.
     let listeners = || {
         let (admin, pattern) = (&admin, format!("%LISTEN \"{channel}\"%"));

@@ -189,8 +189,8 @@ pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
     }
     if let Raw::Postgres(raw) = &env.raw.1 {
         // What a handoff is compared with: one bare round trip, and the release statement
-        // alone (a round trip plus the commit that wakes waiters).
-        let (mut rtt, mut release) = (Vec::new(), Vec::new());
+        // alone (a round trip plus its commit).
+        let mut rtt = Vec::new();
         let start = Instant::now();
         while start.elapsed() < env.budget / 2 {
             let t = Instant::now();
@@ -198,34 +198,21 @@ pub(crate) async fn uncontended(env: &Env) -> Res<Vec<Sample>> {
             rtt.push(us(t.elapsed()));
         }
         let ping_took = start.elapsed();
-        let start = Instant::now();
-        let name = format!("u{}-release-only", env.run);
-        while start.elapsed() < env.budget / 2 {
-            let token = fastrand::u128(..);
-            assert!(
-                raw.acquire(&name, token).await,
-                "raw baseline: {name} is free"
-            );
-            let t = Instant::now();
-            assert!(
-                raw.release(&name, token).await,
-                "raw baseline: {name} is held"
-            );
-            release.push(us(t.elapsed()));
-        }
-        let release_took = start.elapsed();
         out.extend(rate_samples(
             "raw tokio-postgres: round trip (SELECT 1)",
             rtt,
             ping_took,
             None,
         ));
-        out.extend(rate_samples(
-            "raw tokio-postgres: release statement alone",
-            release,
-            release_took,
-            None,
-        ));
+        out.extend(
+            release_alone(
+                raw,
+                &format!("u{}-release-only", env.run),
+                env.budget / 2,
+                "raw tokio-postgres: release statement alone",
+            )
+            .await,
+        );
     }
     for fresh in [false, true] {
         for spawned in [false, true] {
@@ -823,6 +810,32 @@ pub(crate) async fn pubsub_hop(env: &Env, raw: &Raw) -> Res<Vec<Sample>> {
     ])
 }
 
+/// locksmith's release statement alone, uncontended, through the raw driver for `budget`:
+/// each cycle grants `name` and times only the release.
+async fn release_alone(
+    raw: &RawPostgres,
+    name: &str,
+    budget: Duration,
+    scenario: &str,
+) -> Vec<Sample> {
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        let token = fastrand::u128(..);
+        assert!(
+            raw.acquire(name, token).await,
+            "raw baseline: {name} is free"
+        );
+        let t = Instant::now();
+        assert!(
+            raw.release(name, token).await,
+            "raw baseline: {name} is held"
+        );
+        lat.push(us(t.elapsed()));
+    }
+    rate_samples(scenario, lat, start.elapsed(), None)
+}
+
 /// What one `NOTIFY` costs the server with `k` other sessions listening in the database:
 /// PostgreSQL up to version 18 signals every listening backend of the database at each commit
 /// that notifies, whatever channels they listen on (version 19 keeps a map of channels to
@@ -860,21 +873,15 @@ pub(crate) async fn notify_fanout(env: &Env, raw: &RawPostgres, k: usize) -> Res
     );
     // locksmith's release statement, uncontended, with the same sessions listening: a
     // release that notified would pay the fan-out above.
-    let (name, mut lat) = (format!("fanout{}-{k}", env.run), Vec::new());
-    let start = Instant::now();
-    while start.elapsed() < env.budget / 2 {
-        let token = fastrand::u128(..);
-        assert!(raw.acquire(&name, token).await, "raw: {name} is free");
-        let t = Instant::now();
-        assert!(raw.release(&name, token).await, "raw: {name} is held");
-        lat.push(us(t.elapsed()));
-    }
-    out.extend(rate_samples(
-        &format!("raw tokio-postgres: release statement alone, {k} other sessions listening"),
-        lat,
-        start.elapsed(),
-        None,
-    ));
+    out.extend(
+        release_alone(
+            raw,
+            &format!("fanout{}-{k}", env.run),
+            env.budget / 2,
+            &format!("raw tokio-postgres: release statement alone, {k} other sessions listening"),
+        )
+        .await,
+    );
     for (client, conn) in listeners {
         drop(client);
         let _ = conn.await;

@@ -440,9 +440,12 @@ mod tls {
     }
 }
 
-/// The channel of a table: `locksmith_` and 16 hex digits of an FNV-1a hash of
-/// `schema.table` (the same in every process and build), well under 63 bytes.
-fn channel_of(schema: &str, table: &str) -> String {
+/// The `LISTEN`/`NOTIFY` channel of a lock table: `locksmith_` and 16 hex digits of an
+/// FNV-1a hash of `schema.table` (the same in every process and build), well under
+/// PostgreSQL's 63-byte limit. Its wake-ups (the release that frees a watched lock, a
+/// shortened lease, `clear`, `reset_all`) carry the namespace and the name; another program
+/// can `LISTEN` on it too.
+pub fn channel_name(schema: &str, table: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in format!("{schema}.{table}").bytes() {
         h ^= u64::from(b);
@@ -761,7 +764,7 @@ impl PostgresStore {
         settings: &Settings,
         listen: Option<(Config, Tls)>,
     ) -> Result<Arc<PostgresStore>> {
-        let channel = channel_of(&settings.schema, &settings.table);
+        let channel = channel_name(&settings.schema, &settings.table);
         let sql = Statements::new(&settings.schema, &settings.table, &channel);
         let conns = Conns::new(pool, settings.redacted.clone());
         conns.fill().await?;
@@ -1937,12 +1940,12 @@ mod tests {
 
     #[test]
     fn channels_fit_and_differ() {
-        let a = channel_of("public", "locksmith_locks");
+        let a = channel_name("public", "locksmith_locks");
         let long = "x".repeat(MAX_TABLE_LEN);
-        let b = channel_of(&"s".repeat(63), &long);
+        let b = channel_name(&"s".repeat(63), &long);
         assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
-        assert_ne!(a, channel_of("other", "locksmith_locks"));
-        assert_eq!(a, channel_of("public", "locksmith_locks"));
+        assert_ne!(a, channel_name("other", "locksmith_locks"));
+        assert_eq!(a, channel_name("public", "locksmith_locks"));
     }
 
     #[test]

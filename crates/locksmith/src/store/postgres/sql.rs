@@ -19,6 +19,18 @@ pub(crate) fn now_expr(offset_param: &str) -> String {
     format!("(floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8 + {offset_param})")
 }
 
+/// The parameters every version of the acquire function starts with (version 1's are these
+/// alone), spliced into the schema's SQL.
+const ACQUIRE_PARAMS: &str =
+    "    p_ns text, p_name text, p_token text, p_owner text, p_host text, p_pid int8,
+    p_ttl int8, p_min_hold int8, p_offset int8";
+
+/// What every version of the acquire function returns.
+const ACQUIRE_RETURNS: &str =
+    "RETURNS TABLE (o_status int4, o_fence int8, o_now int8, o_released bool, o_owner text,
+               o_host text, o_pid int8, o_acquired_at int8, o_expires_at int8,
+               o_min_hold int8)";
+
 /// Every statement of one table, with its names spliced in.
 #[derive(Debug)]
 pub(crate) struct Statements {
@@ -303,11 +315,8 @@ COMMENT ON TABLE {t} IS 'locksmith locks: times are microseconds since the Unix 
 CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at) WHERE expires_at IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION {acquire}(
-    p_ns text, p_name text, p_token text, p_owner text, p_host text, p_pid int8,
-    p_ttl int8, p_min_hold int8, p_offset int8)
-RETURNS TABLE (o_status int4, o_fence int8, o_now int8, o_released bool, o_owner text,
-               o_host text, o_pid int8, o_acquired_at int8, o_expires_at int8,
-               o_min_hold int8)
+{ACQUIRE_PARAMS})
+{ACQUIRE_RETURNS}
 LANGUAGE plpgsql AS $fn$
 DECLARE
     r {t}%ROWTYPE;
@@ -465,11 +474,8 @@ ALTER TABLE {t} ADD COLUMN IF NOT EXISTS watched boolean NOT NULL DEFAULT false;
 -- when granted). p_inbox: the backend pid of the claimant's listener (0: not listening,
 -- so not queued).
 CREATE OR REPLACE FUNCTION {acquire}(
-    p_ns text, p_name text, p_token text, p_owner text, p_host text, p_pid int8,
-    p_ttl int8, p_min_hold int8, p_offset int8, p_mode int4, p_grant_id text, p_inbox int4)
-RETURNS TABLE (o_status int4, o_fence int8, o_now int8, o_released bool, o_owner text,
-               o_host text, o_pid int8, o_acquired_at int8, o_expires_at int8,
-               o_min_hold int8)
+{ACQUIRE_PARAMS}, p_mode int4, p_grant_id text, p_inbox int4)
+{ACQUIRE_RETURNS}
 LANGUAGE plpgsql AS $fn$
 DECLARE
     r {t}%ROWTYPE;
@@ -523,11 +529,8 @@ $fn$;
 -- Version 1's acquire, which clients not yet upgraded call: a claim never queued, which
 -- watches the lock when it finds it held (such a client may wait for the wake-up).
 CREATE OR REPLACE FUNCTION {acquire}(
-    p_ns text, p_name text, p_token text, p_owner text, p_host text, p_pid int8,
-    p_ttl int8, p_min_hold int8, p_offset int8)
-RETURNS TABLE (o_status int4, o_fence int8, o_now int8, o_released bool, o_owner text,
-               o_host text, o_pid int8, o_acquired_at int8, o_expires_at int8,
-               o_min_hold int8)
+{ACQUIRE_PARAMS})
+{ACQUIRE_RETURNS}
 LANGUAGE sql AS $fn$
     SELECT * FROM {acquire}(p_ns, p_name, p_token, p_owner, p_host, p_pid, p_ttl,
                             p_min_hold, p_offset, 1, '', 0)
