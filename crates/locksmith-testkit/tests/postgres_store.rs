@@ -611,6 +611,77 @@ async fn stale_queue_entries_are_swept() {
     .await;
 }
 
+/// The garbage sweep finds its rows through the expiry index, not by reading the table:
+/// released rows stay for `retain` (an hour by default), so a table of a busy service holds
+/// many of them, and a sweep that reads them all every 64th grant costs the server far more
+/// than the grants. (A bound of `clock_timestamp()` is volatile and cannot bound an index
+/// scan; the sweep reads it once in a subquery.) Shown by the table's scan counters: sweeps
+/// run (the index is scanned) and no row is read by a scan of the whole table (the
+/// migration's index builds count as whole-table scans, but read no rows: the table was
+/// empty then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_reads_the_expiry_index_not_the_table() {
+    let Some(server) = server().await else { return };
+    let lm = Locksmith::connect(&format!("{}?table=sw", server.url("postgres")))
+        .await
+        .unwrap();
+    let admin = raw(&server.url("postgres")).await;
+    // 5,000 released rows, kept for the default hour.
+    admin
+        .batch_execute(
+            "SELECT count(a) FROM (SELECT public.sw_acquire('', 'r' || i, 't', 'o', 'h', 1,
+                                                        60000000, NULL, 0) a
+                                   FROM generate_series(1, 5000) i) x;
+             SELECT count(r) FROM (SELECT public.sw_release('', 'r' || i, 't', NULL, 0) r
+                                   FROM generate_series(1, 5000) i) x;",
+        )
+        .await
+        .unwrap();
+    // (rows read by whole-table scans, expiry index scans) so far, as the server's
+    // statistics show them (each backend reports its counts within seconds of going idle).
+    let scans = || async {
+        let r = admin
+            .query_one(
+                "SELECT t.seq_tup_read, coalesce(i.idx_scan, 0)
+                 FROM pg_stat_user_tables t
+                 JOIN pg_stat_user_indexes i ON i.relid = t.relid AND i.indexrelname = 'sw_expires_at'
+                 WHERE t.relname = 'sw'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get::<_, i64>(0), r.get::<_, i64>(1))
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (seq_before, idx_before) = scans().await;
+    // Grants sweep in the background, every 64th: 256 grants run 4 sweeps.
+    for _ in 0..256 {
+        lm.lock("busy")
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    let (seq, idx) = loop {
+        let (seq, idx) = scans().await;
+        if idx > idx_before || start.elapsed() > Duration::from_secs(30) {
+            break (seq, idx);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        idx > idx_before,
+        "no sweep scanned the expiry index within 30 s (rows read by table scans {seq_before} -> {seq})"
+    );
+    assert_eq!(
+        seq, seq_before,
+        "rows were read by whole-table scans while the sweeps ran (expiry index scans {idx_before} -> {idx})"
+    );
+}
+
 /// `pg_terminate_backend` of every connection of the store, again and again, while tasks
 /// take turns on a few locks: nothing gets stuck, no lock is left behind, and waiters are
 /// still woken by notifications once the killing stops.

@@ -112,6 +112,11 @@ impl Starter {
             }
         }
         let mut stopped = Stopped(&self, false);
+        // When the last batch was taken: the next is taken a `SETTLE` later at the
+        // earliest, so guards granted one after another share a wake-up instead of each
+        // waking the starter (and, from a `block_on` caller, a parked worker thread) a
+        // `SETTLE` after its own grant.
+        let mut last_batch: Option<Instant> = None;
         loop {
             let next = {
                 let mut queue = self.lock();
@@ -124,10 +129,12 @@ impl Starter {
                     }
                 }
             };
+            let next = last_batch.map_or(next, |last| next.max(last + SETTLE));
             sleep_until(next.into()).await;
             let due: Vec<Pending> = {
                 let mut queue = self.lock();
                 let now = Instant::now();
+                last_batch = Some(now);
                 let n = queue.pending.iter().take_while(|p| p.due <= now).count();
                 queue.pending.drain(..n).collect()
             };

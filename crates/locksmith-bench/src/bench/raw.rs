@@ -411,10 +411,14 @@ impl RawPostgres {
         let token = uuid::Uuid::from_u128(token).to_string();
         let ttl: i64 = 60_000_000;
         let (pid, offset, min_hold) = (1i64, 0i64, None::<i64>);
+        // The statement locksmith sends: the current acquire function, not queued (mode
+        // 0, no grant id, no inbox). Version 1's nine-parameter form is a wrapper around it
+        // and would cost the baseline a function call more.
+        let (mode, grant_id, inbox) = (0i32, "", 0i32);
         let rows = self
             .client
             .query_typed(
-                "SELECT * FROM \"public\".\"locksmith_locks_acquire\"($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "SELECT * FROM \"public\".\"locksmith_locks_acquire\"($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 &[
                     (&self.ns, Type::TEXT),
                     (&name, Type::TEXT),
@@ -425,6 +429,9 @@ impl RawPostgres {
                     (&ttl, Type::INT8),
                     (&min_hold, Type::INT8),
                     (&offset, Type::INT8),
+                    (&mode, Type::INT4),
+                    (&grant_id, Type::TEXT),
+                    (&inbox, Type::INT4),
                 ],
             )
             .await

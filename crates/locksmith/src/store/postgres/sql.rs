@@ -218,7 +218,7 @@ impl Statements {
             ),
             purge_expired: format!(
                 "WITH g AS (DELETE FROM {t} l WHERE l.namespace = $1
-                      AND l.expires_at IS NOT NULL AND l.expires_at <= {now2}
+                      AND l.expires_at IS NOT NULL AND l.expires_at <= (SELECT {now2})
                     RETURNING l.fence, l.freed),
                  f AS (UPDATE {meta} SET fence_floor = GREATEST(fence_floor,
                          (SELECT max(g.fence) FROM g))
@@ -228,12 +228,17 @@ impl Statements {
             // Garbage: rows (of any namespace) that expired or were released more than
             // `retain` ago, at most 64 per sweep, skipping rows a grant holds locked. Their
             // fences raise the table's floor, so a name's next fence stays above them.
+            //
+            // The bound is a subquery (evaluated once, then a parameter of the plan) and the
+            // rows are taken in expiry order: `clock_timestamp()` is volatile, so a bare
+            // `expires_at <= clock_timestamp()…` cannot bound an index scan, and each sweep
+            // read the whole table — retained freed rows included — to find nothing.
             sweep: format!(
                 "WITH q AS (DELETE FROM {queue} e WHERE e.last_try < {now1} - {QUEUE_LIFE_US}),
                  g AS (DELETE FROM {t} l WHERE l.ctid = ANY(ARRAY(
                      SELECT s.ctid FROM {t} s
-                     WHERE s.expires_at IS NOT NULL AND s.expires_at <= {now1} - $2
-                     LIMIT 64 FOR UPDATE SKIP LOCKED))
+                     WHERE s.expires_at IS NOT NULL AND s.expires_at <= (SELECT {now1} - $2)
+                     ORDER BY s.expires_at LIMIT 64 FOR UPDATE SKIP LOCKED))
                    RETURNING l.fence)
                  UPDATE {meta} SET fence_floor = GREATEST(fence_floor, (SELECT max(g.fence) FROM g))
                  WHERE id = 0 AND EXISTS (SELECT 1 FROM g)"
