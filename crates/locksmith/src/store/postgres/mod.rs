@@ -61,7 +61,9 @@
 //!   re-polls and queues again (notifications sent while it was away are lost). Waiters in
 //!   every process are notified, so `poll_interval` is `None`.
 //! - **Garbage.** Every 64th grant of a store sweeps, in the background, up to 64 rows (of
-//!   any namespace) that expired or were released more than `?retain=` ago (default 1 h).
+//!   any namespace) that expired or were released more than `?retain=` ago (default 1 h),
+//!   found through the index on `expires_at` in expiry order, so a sweep costs a few index
+//!   pages however many retained rows the table holds.
 //! - **Credentials.** The URL's password never appears in errors, `Debug` or logs.
 //! - **Layouts.** `?layout=django-lockmgr` keeps the locks in a Django project's
 //!   `lockmgr_lock` table instead, shared with django-lockmgr's Python code (module
