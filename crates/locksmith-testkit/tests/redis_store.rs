@@ -622,3 +622,190 @@ async fn unix_socket_and_database_number() {
     assert!(db0.inspect("s").await.unwrap().is_none());
     g.release().await.unwrap();
 }
+
+/// A TCP proxy in front of a Redis node that can hold back what the server sends on
+/// subscription connections (those whose client sent a `SUBSCRIBE`), as a slow path to one
+/// process's subscriber would; command connections pass at once either way.
+struct SubscriberDelay {
+    port: u16,
+    hold: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SubscriberDelay {
+    async fn start(target: u16) -> SubscriberDelay {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = Arc::new(tokio::sync::watch::channel(false).0);
+        let switch = hold.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let subscriber = Arc::new(AtomicBool::new(false));
+                let ((mut client_in, mut client_out), (mut server_in, mut server_out)) =
+                    (client.into_split(), server.into_split());
+                let marks = subscriber.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = client_in.read(&mut buf).await {
+                        if buf[..n]
+                            .windows(9)
+                            .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                        {
+                            marks.store(true, Ordering::SeqCst);
+                        }
+                        if server_out.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_out.shutdown().await;
+                });
+                let mut held = switch.subscribe();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = server_in.read(&mut buf).await {
+                        if subscriber.load(Ordering::SeqCst) {
+                            let _ = held.wait_for(|h| !*h).await;
+                        }
+                        if client_out.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_out.shutdown().await;
+                });
+            }
+        });
+        SubscriberDelay { port, hold, task }
+    }
+
+    fn hold(&self, on: bool) {
+        self.hold.send_replace(on);
+    }
+}
+
+impl Drop for SubscriberDelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A pushed grant whose message is held up until its lease has run out, another claim has
+/// taken the lock, and the waiter has tried again is not taken: the waiter's later try saw
+/// a holder with a higher fence, so the grant is stale. (PostgreSQL's form of this test
+/// stops the listener's backend; here a proxy holds back what the server sends on the
+/// waiter's subscription connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pushed_grant_is_not_taken() {
+    use locksmith::Renew;
+    let Some(server) = server(RedisConfig::default()).await else {
+        return;
+    };
+    let delay = SubscriberDelay::start(server.port()).await;
+    let (holder, waiter, taker) = (
+        Locksmith::connect(&server.url()).await.unwrap(),
+        Locksmith::connect(&format!("redis://127.0.0.1:{}", delay.port))
+            .await
+            .unwrap(),
+        Locksmith::connect(&server.url()).await.unwrap(),
+    );
+    // The server's time of the waiter's last try, from its queue entry (`stamp …`).
+    let last_try = || {
+        let server = &server;
+        async move {
+            match server.command(&["HVALS", "locksmith:{:s}e"]).await {
+                Reply::Array(v) if !v.is_empty() => {
+                    v[0].text().split(' ').next().map(str::to_string)
+                }
+                _ => None,
+            }
+        }
+    };
+    let h = holder
+        .lock("s")
+        .ttl(Duration::from_secs(60))
+        .renew(Renew::Off)
+        .acquire()
+        .await
+        .unwrap();
+    let w = tokio::spawn(async move {
+        let g = waiter
+            .lock("s")
+            .ttl(ms(300))
+            .renew(Renew::Off)
+            .wait(Wait::For(Duration::from_secs(30)))
+            .acquire()
+            .await
+            .unwrap();
+        (g.fence(), g.leak())
+    });
+    let start = Instant::now();
+    let tried = loop {
+        if let Some(t) = last_try().await {
+            break t;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the waiter never queued"
+        );
+        tokio::time::sleep(ms(5)).await;
+    };
+    // Right after one of the waiter's tries (it tries again a second later), hold back its
+    // subscription: the grant's message waits in the proxy.
+    while last_try().await.is_some_and(|t| t == tried) {
+        tokio::time::sleep(ms(2)).await;
+    }
+    delay.hold(true);
+    h.release().await.unwrap();
+    assert_eq!(
+        server
+            .command(&["HGET", "locksmith:{:s}", "pg"])
+            .await
+            .text(),
+        "1",
+        "the release handed the lock to the queued waiter"
+    );
+    let pushed_fence: u64 = server
+        .command(&["HGET", "locksmith:{:s}", "fence"])
+        .await
+        .text()
+        .parse()
+        .unwrap();
+    // The 300 ms lease runs out; another claim takes the lock.
+    tokio::time::sleep(ms(450)).await;
+    let x = taker
+        .lock("s")
+        .ttl(Duration::from_secs(60))
+        .renew(Renew::Off)
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("the handed-over lease ran out");
+    assert!(x.fence() > pushed_fence);
+    // The waiter's next try finds the new holder and queues again.
+    let start = Instant::now();
+    while last_try().await.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the waiter never tried again"
+        );
+        tokio::time::sleep(ms(2)).await;
+    }
+    delay.hold(false);
+    tokio::time::sleep(ms(700)).await;
+    assert!(
+        !w.is_finished(),
+        "the waiter took a stale grant while another claim held the lock"
+    );
+    let x_fence = x.fence();
+    x.release().await.unwrap();
+    let (fence, _token) = tokio::time::timeout(Duration::from_secs(5), w)
+        .await
+        .expect("the waiter got the lock after the new holder released")
+        .unwrap();
+    assert!(fence > x_fence, "{fence} after {x_fence}");
+}
