@@ -411,9 +411,11 @@ impl RawPostgres {
         let token = uuid::Uuid::from_u128(token).to_string();
         let ttl: i64 = 60_000_000;
         let (pid, offset, min_hold) = (1i64, 0i64, None::<i64>);
-        // The statement locksmith sends: the current acquire function, not queued (mode
-        // 0, no grant id, no inbox). Version 1's nine-parameter form is a wrapper around it
-        // and would cost the baseline a function call more.
+        // The statement locksmith sends: the current acquire function. locksmith's waiting
+        // acquire passes mode 1 with its grant id and inbox, which only matter when the
+        // lock is held (the waiter is queued); on a free lock the function does the same
+        // work with mode 0. Version 1's nine-parameter form is a wrapper around it and would
+        // cost the baseline a function call more.
         let (mode, grant_id, inbox) = (0i32, "", 0i32);
         let rows = self
             .client
