@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use locksmith::{Locksmith, Renew, Wait};
-use locksmith_testkit::cases::eventually;
+use locksmith_testkit::cases::{eventually, stale_grant_is_not_taken};
 use locksmith_testkit::servers::postgres::{PASSWORD, PostgresServer};
 use locksmith_testkit::skip_store;
 
@@ -554,18 +554,7 @@ async fn a_stale_pushed_grant_is_not_taken() {
     })
     .await;
     kill(Pid::from_raw(inbox), Signal::SIGCONT).unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        !w.is_finished(),
-        "the waiter took a stale grant while another claim held the lock"
-    );
-    let x_fence = x.fence();
-    x.release().await.unwrap();
-    let (fence, _token) = tokio::time::timeout(Duration::from_secs(5), w)
-        .await
-        .expect("the waiter got the lock after the new holder released")
-        .unwrap();
-    assert!(fence > x_fence, "{fence} after {x_fence}");
+    stale_grant_is_not_taken(w, x).await;
 }
 
 /// A queue entry whose waiter went away without leaving (its process died with nobody
@@ -680,18 +669,11 @@ async fn the_sweep_reads_the_expiry_index_not_the_table() {
         admin.query(others, &[]).await.unwrap().is_empty()
     })
     .await;
-    let start = Instant::now();
-    let (seq, idx) = loop {
-        let (seq, idx) = scans().await;
-        if idx > idx_before || start.elapsed() > Duration::from_secs(30) {
-            break (seq, idx);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(
-        idx > idx_before,
-        "no sweep scanned the expiry index (rows read by table scans {seq_before} -> {seq})"
-    );
+    eventually("a sweep scanned the expiry index", || async {
+        scans().await.1 > idx_before
+    })
+    .await;
+    let (seq, idx) = scans().await;
     assert_eq!(
         seq, seq_before,
         "rows were read by whole-table scans while the sweeps ran (expiry index scans {idx_before} -> {idx})"

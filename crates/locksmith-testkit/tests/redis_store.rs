@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use locksmith::{ListQuery, Locksmith, Wait};
+use locksmith_testkit::cases::{eventually, stale_grant_is_not_taken};
 use locksmith_testkit::servers::redis::{RedisConfig, RedisServer, Reply};
 
 fn ms(n: u64) -> Duration {
@@ -744,20 +745,11 @@ async fn a_stale_pushed_grant_is_not_taken() {
             .unwrap();
         (g.fence(), g.leak())
     });
-    let start = Instant::now();
-    let tried = loop {
-        if let Some(t) = last_try().await {
-            break t;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the waiter never queued"
-        );
-        tokio::time::sleep(ms(5)).await;
-    };
+    eventually("the waiter queued", || async { last_try().await.is_some() }).await;
+    let tried = last_try().await;
     // Right after one of the waiter's tries (it tries again a second later), hold back its
     // subscription: the grant's message waits in the proxy.
-    while last_try().await.is_some_and(|t| t == tried) {
+    while last_try().await == tried {
         tokio::time::sleep(ms(2)).await;
     }
     delay.hold(true);
@@ -788,25 +780,10 @@ async fn a_stale_pushed_grant_is_not_taken() {
         .expect("the handed-over lease ran out");
     assert!(x.fence() > pushed_fence);
     // The waiter's next try finds the new holder and queues again.
-    let start = Instant::now();
-    while last_try().await.is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the waiter never tried again"
-        );
-        tokio::time::sleep(ms(2)).await;
-    }
+    eventually("the waiter tried again", || async {
+        last_try().await.is_some()
+    })
+    .await;
     delay.hold(false);
-    tokio::time::sleep(ms(700)).await;
-    assert!(
-        !w.is_finished(),
-        "the waiter took a stale grant while another claim held the lock"
-    );
-    let x_fence = x.fence();
-    x.release().await.unwrap();
-    let (fence, _token) = tokio::time::timeout(Duration::from_secs(5), w)
-        .await
-        .expect("the waiter got the lock after the new holder released")
-        .unwrap();
-    assert!(fence > x_fence, "{fence} after {x_fence}");
+    stale_grant_is_not_taken(w, x).await;
 }

@@ -73,6 +73,28 @@ where
     }
 }
 
+/// The end of a stale-grant case (the stores' `a_stale_pushed_grant_is_not_taken`), once
+/// the held-up grant has been let through: `waiter` (a spawned acquire returning its fence
+/// and leaked token) must keep waiting while `taker` holds the lock, then get it with a
+/// higher fence once `taker` releases.
+pub async fn stale_grant_is_not_taken(
+    waiter: tokio::task::JoinHandle<(u64, locksmith::Token)>,
+    taker: locksmith::LockGuard,
+) {
+    tokio::time::sleep(ms(700)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the waiter took a stale grant while another claim held the lock"
+    );
+    let taker_fence = taker.fence();
+    taker.release().await.unwrap();
+    let (fence, _token) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter got the lock after the new holder released")
+        .unwrap();
+    assert!(fence > taker_fence, "{fence} after {taker_fence}");
+}
+
 /// Waits until nobody holds `name` (the row is gone or expired).
 pub async fn eventually_free(lm: &Locksmith, name: &str) {
     eventually(&format!("lock {name:?} becomes free"), || async {
