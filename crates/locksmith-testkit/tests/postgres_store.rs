@@ -207,9 +207,10 @@ async fn concurrent_migration_and_newer_schema() {
 }
 
 /// A table of schema version 1 (no queue table, no `pushed` column, the 9-parameter
-/// acquire only) is upgraded in place by the next store that opens it: a lock held across
-/// the upgrade stays held, its release hands it to a queued waiter, and version 1's acquire
-/// keeps working for clients that have not been upgraded yet.
+/// acquire and 5-parameter release only) is upgraded in place by the next store that opens
+/// it: a lock held across the upgrade stays held, its release hands it to a queued waiter,
+/// and version 1's acquire and version 3's release keep working for clients that have not
+/// been upgraded yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_table_is_upgraded_in_place() {
     let Some(server) = server().await else { return };
@@ -223,6 +224,8 @@ async fn a_version_1_table_is_upgraded_in_place() {
             "DROP TABLE locks.up_queue;
              DROP FUNCTION locks.up_acquire(text, text, text, text, text, int8, int8, int8,
                                             int8, int4, text, int4);
+             DROP FUNCTION locks.up_release(text, text, text, int8, int8, int4, text, text,
+                                            text, int8, int8, int8, text);
              ALTER TABLE locks.up DROP COLUMN pushed;
              ALTER TABLE locks.up DROP COLUMN watched;
              UPDATE locks.up_meta SET version = 1;",
@@ -235,7 +238,7 @@ async fn a_version_1_table_is_upgraded_in_place() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let info = new
         .inspect("kept")
         .await
@@ -299,6 +302,19 @@ async fn a_version_1_table_is_upgraded_in_place() {
             .as_deref(),
         Some("v1")
     );
+    // Version 3's release, as a client not yet upgraded calls it.
+    let g = new.lock("v3").acquire().await.unwrap();
+    let status: i32 = admin
+        .query_one(
+            "SELECT locks.up_release('', 'v3', $1, NULL, 0)",
+            &[&g.token().expose()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, 0, "version 3's release freed the lock");
+    assert!(new.inspect("v3").await.unwrap().is_none());
+    drop(g.leak());
 }
 
 /// A release notifies the table's channel only when a waiter watches the lock: PostgreSQL

@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::lease::Token;
 use crate::name::{LockName, Namespace};
-use crate::store::{Released, Store};
+use crate::registry::{Handover, Offer};
+use crate::store::{Released, Store, Successor};
 
 /// The store, the call timeout, and the background work shared by every handle derived from
 /// one `connect`.
@@ -26,6 +27,10 @@ pub(crate) struct Calls {
     /// The store's [`identity`](Store::identity), computed once: it keys this process's
     /// waiting queues, which every `acquire` joins.
     pub(crate) identity: Arc<str>,
+    /// The store's [`Capabilities::pushed_grants`](crate::store::Capabilities), read once:
+    /// its guards offer the lock to this process's next waiter when they release it (see
+    /// [`registry`](crate::registry)).
+    pub(crate) pushed_grants: bool,
     pub(crate) timeout: Duration,
     background: Arc<Background>,
     /// Starts the tasks of guards that live long enough to need one.
@@ -65,6 +70,7 @@ impl Calls {
     pub(crate) fn new(store: Arc<dyn Store>, timeout: Duration) -> Calls {
         Calls {
             identity: store.identity().into(),
+            pushed_grants: store.capabilities().pushed_grants,
             store,
             timeout,
             background: Arc::default(),
@@ -118,6 +124,45 @@ impl Calls {
     ) -> Result<Released> {
         self.run("release", self.store.release(ns, name, token, min_hold))
             .await
+    }
+
+    /// Releases `token`'s hold on `name` and hands the lock to the claim `offer` holds, under
+    /// the timeout, then tells the claim's waiter what became of it (a release that fails
+    /// tells it nothing: it cannot know whether the claim holds the lock). A waiter that has
+    /// gone away leaves its claim here, and its token is released at once.
+    pub(crate) async fn release_to(
+        &self,
+        ns: &Namespace,
+        name: &LockName,
+        token: &Token,
+        min_hold: Option<Duration>,
+        offer: Offer,
+    ) -> Result<Released> {
+        let sent = Instant::now();
+        let answer = self
+            .run(
+                "release",
+                self.store
+                    .release_to(ns, name, token, min_hold, &offer.claim),
+            )
+            .await;
+        let (released, next) = match answer {
+            Ok(answer) => answer,
+            // The release may have handed the lock over: the waiter settles it.
+            Err(e) => return Err(e),
+        };
+        let word = match next {
+            Successor::Granted { fence } => Handover::Granted { fence, sent },
+            Successor::Queued { holder_fence } => Handover::Queued { holder_fence, sent },
+            _ => Handover::Retry,
+        };
+        let taken = !matches!(word, Handover::Retry);
+        if offer.answer.send(word).is_err() && taken {
+            let c = &offer.claim;
+            tracing::debug!(lock = %name, "the waiter left while its lock was handed to it; releasing");
+            self.store.release_detached(ns, &c.name, &c.token, None);
+        }
+        Ok(released)
     }
 
     /// Keeps retrying a release that failed, in the background, with backoff: until the store

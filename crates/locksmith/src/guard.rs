@@ -335,10 +335,20 @@ impl LockGuard {
         let status = held.set_status(Status::Releasing);
         let now = Instant::now();
         let lost = held.loss_at(status, now).is_some();
-        let answer = held
-            .calls
-            .release(&held.ns, &held.name, &held.token, min_hold)
-            .await;
+        // A waiter of this process offered its claim: the release hands the lock to it.
+        let offer = held.unhold();
+        let answer = match offer {
+            Some(offer) => {
+                held.calls
+                    .release_to(&held.ns, &held.name, &held.token, min_hold, offer)
+                    .await
+            }
+            None => {
+                held.calls
+                    .release(&held.ns, &held.name, &held.token, min_hold)
+                    .await
+            }
+        };
         // Only now: a release cancelled above is retried by Drop.
         held.finish();
         tracing::debug!(lock = %held.name, fence = held.fence, ?answer, "released");
@@ -373,6 +383,8 @@ impl LockGuard {
     /// [`resume`](crate::Locksmith::resume) it or release it later.
     pub fn leak(mut self) -> Token {
         self.stop_watchdog();
+        // A waiter that offered its claim to this guard tries for itself.
+        drop(self.held.unhold());
         self.held.finish();
         self.held.token.clone()
     }
@@ -385,6 +397,7 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         self.stop_watchdog();
+        drop(self.held.unhold());
         if self.held.finish() != Status::Done {
             let h = &self.held;
             h.calls

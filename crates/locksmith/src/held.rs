@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::info::LossReason;
 use crate::lease::Token;
 use crate::name::{LockName, Namespace};
+use crate::registry::{self, Offer};
 use crate::store::{ExtendMode, Extended};
 
 /// The state of a grant as this process knows it.
@@ -212,6 +213,15 @@ impl Held {
         } else {
             LossReason::Expired
         }
+    }
+
+    /// Forgets this grant in the registry of locks held in this process (see
+    /// [`registry::hold`](crate::registry::hold)); returns the claim a waiter offered to it.
+    pub(crate) fn unhold(&self) -> Option<Offer> {
+        if !self.calls.pushed_grants {
+            return None;
+        }
+        registry::unhold(&self.calls.store, &self.ns, &self.name, &self.token)
     }
 
     /// Ends tracking; returns the status it had.

@@ -9,6 +9,14 @@
 //!    of stores that cannot notify every waiter, or the caller's deadline — whichever is
 //!    first — and try again.
 //!
+//! On a store with pushed grants, a head whose lock is held by a guard of the same handle
+//! offers its claim to that guard instead of trying (see [`registry`]): the guard's release
+//! hands the lock over in the same store call ([`Store::release_to`]), so tasks taking turns
+//! on a lock pay one round trip per turn. The offer is taken back at a wake-up, after a
+//! second, at the holder's lease end or at the deadline, and the head tries as above.
+//!
+//! [`Store::release_to`]: crate::store::Store::release_to
+//!
 //! Each try runs under the call timeout (`?timeout=`), polled by the caller itself (no
 //! thread hop). If the caller goes away while a try is in flight, the rest of the try is
 //! handed to a task, which releases a grant (or the claim of a failed try), so a cancelled
@@ -25,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 
 use crate::calls::Calls;
@@ -35,7 +44,7 @@ use crate::info::{LockInfo, LossReason};
 use crate::lease::{Lease, Token};
 use crate::name::{LockName, Namespace};
 use crate::options::{Options, Plan, Renew, Wait};
-use crate::registry::Ticket;
+use crate::registry::{self, Handover, Ticket};
 use crate::store::{Claim, Grant, GrantAll, Wakeups};
 use crate::{Inner, Locksmith};
 
@@ -719,6 +728,83 @@ impl Backoff {
     }
 }
 
+/// What became of a claim offered to this process's holder of the lock (see
+/// [`registry::offer`]).
+enum Offered {
+    /// The holder's release handed the lock to the claim; its lease started after `sent`.
+    Granted { fence: u64, sent: Instant },
+    /// The claim is queued in the store behind the new holder, as by a try sent at `sent`.
+    Queued { holder_fence: u64, sent: Instant },
+    /// Nothing was done for the claim: it tries.
+    Retry,
+    /// The release failed or was abandoned: the claim may hold the lock.
+    Unknown,
+    /// No answer in time; the claim was taken back unused.
+    TimedOut,
+}
+
+/// Takes back an offered claim if its waiter goes away before an answer.
+struct Offering<'a> {
+    calls: &'a Calls,
+    ns: &'a Namespace,
+    claim: &'a Claim,
+    open: bool,
+}
+
+impl Drop for Offering<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let c = self.claim;
+            registry::withdraw(&self.calls.store, self.ns, &c.name, &c.token);
+        }
+    }
+}
+
+/// Waits for the answer to a claim offered to this process's holder: the holder's release,
+/// or, after [`REPOLL`], at `give_up` (the caller's deadline, or the holder's lease end:
+/// a holder whose lease ran out may never release) or at a wake-up of the name (a `clear`,
+/// say, frees the lock without the holder), the offer taken back. An offer a release has
+/// taken already is waited for: its answer comes within the call timeout.
+async fn offered(
+    calls: &Calls,
+    ns: &Namespace,
+    claim: &Claim,
+    wakeups: &mut Wakeups,
+    mut answer: oneshot::Receiver<Handover>,
+    give_up: Option<Instant>,
+) -> Offered {
+    let mut offering = Offering {
+        calls,
+        ns,
+        claim,
+        open: true,
+    };
+    let at = Instant::now() + REPOLL;
+    let at = give_up.map_or(at, |d| d.min(at));
+    let word = tokio::select! {
+        word = &mut answer => word,
+        woken = async {
+            tokio::select! {
+                _ = wakeups.changed() => true,
+                _ = sleep_until(at.into()) => false,
+            }
+        } => {
+            if registry::withdraw(&calls.store, ns, &claim.name, &claim.token) {
+                offering.open = false;
+                return if woken { Offered::Retry } else { Offered::TimedOut };
+            }
+            answer.await
+        }
+    };
+    offering.open = false;
+    match word {
+        Ok(Handover::Granted { fence, sent }) => Offered::Granted { fence, sent },
+        Ok(Handover::Queued { holder_fence, sent }) => Offered::Queued { holder_fence, sent },
+        Ok(Handover::Retry) => Offered::Retry,
+        Err(_) => Offered::Unknown,
+    }
+}
+
 /// The poll backoff cap of a waiter whose subscription failed, on a store that gives none.
 const POLL_CAP: Duration = Duration::from_millis(25);
 
@@ -801,7 +887,23 @@ async fn wait_loop(
     };
     // Only the head of the queue gets here. The state of trying and waiting on the store
     // lives on the heap, so each queued waiter costs only its ticket and this frame.
-    Box::pin(try_loop(inner, claims, plan, started, deadline, first)).await
+    let won = Box::pin(try_loop(inner, claims, plan, started, deadline, first)).await;
+    // Recorded before the ticket goes, so the next head finds the lock held here and offers
+    // its claim to this holder instead of trying.
+    if let Ok((claims, _, sent)) = &won
+        && let [claim] = &claims[..]
+        && calls.pushed_grants
+    {
+        let lease_end = claim.ttl.and_then(|t| sent.checked_add(t));
+        registry::hold(
+            &calls.store,
+            &inner.ns,
+            &claim.name,
+            &claim.token,
+            lease_end,
+        );
+    }
+    won
 }
 
 /// The head's part of [`wait_loop`]: try, wait for a wake-up, try again.
@@ -898,6 +1000,57 @@ async fn try_loop(
                 tracing::debug!(lock = %first, stale, "a pushed grant was read late; confirming it with a try");
             }
             w.mark_seen();
+        }
+        // A guard of this process holds the lock: offer it this claim, and its release hands
+        // the lock over in the same store call, with no try of this claim's own. (Subscribed
+        // first: another process's waiter may come first, and the claim is queued behind it.)
+        if pushed
+            && wakeups.as_ref().is_some_and(|(n, _)| *n == first.as_str())
+            && let Some((answer, lease_end)) =
+                registry::offer(&calls.store, &inner.ns, &first, &claims[0])
+        {
+            // Released if the wait ends without the lock (the release may hand it over).
+            queued.claims = Some(claims.clone());
+            if !contended {
+                contended = true;
+                metrics::counter!("locksmith_contended_total", "store" => kind).increment(1);
+            }
+            // Taken back at the holder's lease end, when the lock may be free without a
+            // release.
+            let give_up = match (deadline, lease_end) {
+                (Some(d), Some(e)) => Some(d.min(e)),
+                (d, e) => d.or(e),
+            };
+            let (_, w) = wakeups.as_mut().expect("subscribed above");
+            match offered(calls, &inner.ns, &claims[0], w, answer, give_up).await {
+                Offered::Granted { fence, sent } => {
+                    queued.claims = None;
+                    unsettled.claims = None;
+                    tracing::debug!(lock = %first, fence, waited = ?started.elapsed(), "acquired (handed over in this process)");
+                    acquired_metrics(kind, 1, contended, started);
+                    return Ok((claims, vec![fence], sent));
+                }
+                Offered::Queued { holder_fence, sent } => {
+                    // As after a try that found the lock held: wait for the pushed grant.
+                    queued_at = Some((sent, Some(holder_fence)));
+                    let at = deadline
+                        .map_or(Instant::now() + REPOLL, |d| d.min(Instant::now() + REPOLL));
+                    let (_, w) = wakeups.as_mut().expect("subscribed above");
+                    tokio::select! {
+                        _ = w.changed() => {}
+                        _ = sleep_until(at.into()) => {}
+                    }
+                    continue;
+                }
+                Offered::Retry => {}
+                // The release that was to hand the lock over failed: the claim may hold it.
+                // The try below tells (as for the caller's own token after a failed try).
+                Offered::Unknown => unsettled.claims = Some(claims.clone()),
+                Offered::TimedOut if deadline.is_some_and(|d| d <= Instant::now()) => {
+                    return Err(timeout(first.as_str(), started));
+                }
+                Offered::TimedOut => {}
+            }
         }
         let sent = Instant::now();
         if !std::mem::take(&mut first_try) {

@@ -887,12 +887,16 @@ pub async fn subscribed_waiter_granted_after_one_try(ctx: Ctx) {
     })
     .await;
     g.release().await.unwrap();
-    let held = tokio::time::timeout(SOON, first)
+    let granted = tokio::time::timeout(SOON, first)
         .await
         .expect("granted")
         .unwrap()
         .unwrap();
-    // A second waiter of the same process, right away, while the first holds the lock.
+    // Another handle holds the lock (a waiter of the holder's own handle would be handed
+    // it with no try at all: see `waiter_of_the_holders_handle_needs_no_try`).
+    granted.release().await.unwrap();
+    let held = ctx.lm.lock("s1").acquire().await.unwrap();
+    // A second waiter of b, right away, while ctx.lm holds the lock.
     let ns = locksmith::Namespace::new(b.namespace()).unwrap();
     let name = LockName::new("s1").unwrap();
     let at_once = b.store().subscribes_at_once(&ns, &name);
@@ -923,5 +927,100 @@ pub async fn subscribed_waiter_granted_after_one_try(ctx: Ctx) {
         wanted,
         "tries of a waiter that {} subscribe at once",
         if at_once { "can" } else { "cannot" }
+    );
+}
+
+/// A waiter of the same handle as the lock's holder offers its claim to the holder instead
+/// of trying: the holder's release hands the lock over in the same store call, so the
+/// waiter never tries. A waiter of another process that queued first still comes first:
+/// the offered claim is queued behind it, and its release pushes the grant. A waiter that
+/// times out or is dropped takes its offer back, so the release frees the lock.
+pub async fn waiter_of_the_holders_handle_needs_no_try(ctx: Ctx) {
+    if !ctx.requires(&[Cap::PushedGrants]) {
+        return;
+    }
+    let (b, tries) = ctx.faulty_client().await;
+    let ns = locksmith::Namespace::new(b.namespace()).unwrap();
+    let name = LockName::new("hh").unwrap();
+    let ttl = Duration::from_secs(30);
+    let g = b.lock("hh").owner("a").ttl(ttl).acquire().await.unwrap();
+    // The holder's guard subscribes to its name, so a waiter subscribes at once.
+    eventually("the holder's handle listens for the name", || {
+        let at_once = b.store().subscribes_at_once(&ns, &name);
+        async move { at_once }
+    })
+    .await;
+    let made = tries.waits_seen().len();
+    let waiter = |owner: &'static str| {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock("hh").owner(owner).ttl(ttl).acquire().await })
+    };
+    let w = waiter("w");
+    tokio::time::sleep(ms(200)).await;
+    assert!(!w.is_finished(), "the waiter got a held lock");
+    let fence = g.fence();
+    g.release().await.unwrap();
+    let info = ctx.lm.inspect("hh").await.unwrap().expect("handed over");
+    assert_eq!(info.owner.as_deref(), Some("w"), "{info:?}");
+    let gw = tokio::time::timeout(SOON, w)
+        .await
+        .expect("granted")
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.fence, Some(gw.fence()));
+    assert!(gw.fence() > fence);
+    let store_left = lease_left(&ctx.lm, "hh").await;
+    let local_left = gw.expires_in().expect("a lease");
+    let slack = ctx.caps().ttl_granularity * 2;
+    assert!(
+        local_left <= store_left + slack && local_left > Duration::from_secs(25),
+        "the guard believes {local_left:?} is left, the store keeps {store_left:?}"
+    );
+    assert_eq!(tries.waits_seen().len(), made, "the waiter tried");
+
+    // Another process's waiter queued first: it comes first, and the offered claim is
+    // queued behind it. (Within one process, waiters of one store take turns, so only
+    // another process has a waiter in the store's queue beside this process's head.)
+    let gw = if ctx.caps().cross_process {
+        let url = ctx.url();
+        let mut other = ctx.spawn_helper(&["wait", &url, "hh", "20000"]);
+        other.expect("waiting", Duration::from_secs(10)).await;
+        // Its first try finds the lock held and queues it.
+        tokio::time::sleep(ms(500)).await;
+        let w2 = waiter("w2");
+        tokio::time::sleep(ms(200)).await;
+        assert!(!w2.is_finished(), "w2 got a held lock");
+        gw.release().await.unwrap();
+        let words = other.expect("acquired", SOON).await;
+        let other_fence: u64 = words
+            .first()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected helper output {words:?}"));
+        let g2 = tokio::time::timeout(SOON, w2)
+            .await
+            .expect("w2 granted after the other process")
+            .unwrap()
+            .unwrap();
+        assert!(
+            g2.fence() > other_fence,
+            "w2 ({}) came before the process that queued first ({other_fence})",
+            g2.fence()
+        );
+        other.finish(SOON).await;
+        assert_eq!(tries.waits_seen().len(), made, "a waiter of b tried");
+        g2
+    } else {
+        gw
+    };
+
+    // Waiters that leave take their offer back: the release frees the lock.
+    let timed_out = b.lock("hh").wait(Wait::For(ms(300))).acquire().await;
+    assert_err(timed_out, "a wait that timed out", |e| e.is_timeout());
+    let dropped = tokio::time::timeout(ms(300), b.lock("hh").acquire()).await;
+    assert!(dropped.is_err(), "got a held lock");
+    gw.release().await.unwrap();
+    assert!(
+        ctx.lm.inspect("hh").await.unwrap().is_none(),
+        "the release handed the lock to a waiter that left"
     );
 }

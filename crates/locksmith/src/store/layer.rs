@@ -39,7 +39,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, Wakeups};
+use super::{
+    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, Successor, Wakeups,
+};
 use crate::error::Result;
 use crate::info::LockInfo;
 use crate::lease::Token;
@@ -269,6 +271,25 @@ impl<L: Layer> Store for Layered<L> {
         min_hold: Option<Duration>,
     ) -> Result<Released> {
         let answer = self.inner.release(ns, name, token, min_hold);
+        let call = Call::Release {
+            ns,
+            name,
+            token,
+            min_hold,
+        };
+        self.layer.around(call, answer).await
+    }
+
+    /// Seen by the layer as the [`Call::Release`] it is.
+    async fn release_to(
+        &self,
+        ns: &Namespace,
+        name: &LockName,
+        token: &Token,
+        min_hold: Option<Duration>,
+        next: &Claim,
+    ) -> Result<(Released, Successor)> {
+        let answer = self.inner.release_to(ns, name, token, min_hold, next);
         let call = Call::Release {
             ns,
             name,

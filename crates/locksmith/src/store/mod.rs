@@ -170,6 +170,27 @@ pub enum Released {
     NotHeld,
 }
 
+/// What became of the claim [`Store::release_to`] offered the lock to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Successor {
+    /// The claim holds the lock now, granted in the release's atomic step with this fence;
+    /// its lease started after the release was sent.
+    Granted {
+        /// The fence minted for the claim.
+        fence: u64,
+    },
+    /// A waiter queued in the store came first and holds the lock now, with this fence; the
+    /// claim is queued behind it, as by a try at the release's time that found it held.
+    Queued {
+        /// The new holder's fence.
+        holder_fence: u64,
+    },
+    /// Nothing was done for the claim (the token did not hold the lock, `min_hold` keeps
+    /// it, or the store hands nothing over): it must try for itself.
+    NotTaken,
+}
+
 /// How [`Store::extend`] changes the lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -354,6 +375,26 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         token: &Token,
         min_hold: Option<Duration>,
     ) -> Result<Released>;
+
+    /// Releases the lock held by `token` and, in the same atomic step, hands it to `next`:
+    /// a queued claim ([`Claim::queue`]) of this process that waits for the lock, offered
+    /// by the core when the holder and the waiter share this store, so a handoff between
+    /// tasks costs the release alone. Waiters queued in the store come first (the first of
+    /// them gets the lock as by [`release`](Store::release), and `next` is queued behind
+    /// it); a release that does not free the lock takes nothing for `next`. The default
+    /// releases and answers [`Successor::NotTaken`]: the waiter then tries for itself.
+    async fn release_to(
+        &self,
+        ns: &Namespace,
+        name: &LockName,
+        token: &Token,
+        min_hold: Option<Duration>,
+        next: &Claim,
+    ) -> Result<(Released, Successor)> {
+        let _ = next;
+        let released = self.release(ns, name, token, min_hold).await?;
+        Ok((released, Successor::NotTaken))
+    }
 
     /// Starts a release without waiting for it, for `Drop`: never blocks, needs no runtime,
     /// reports nothing.

@@ -46,7 +46,9 @@
 //!   lock to the first waiter queued in the same statement: the lock is never free in
 //!   between, waiters are served in the order they first tried, and the new holder learns
 //!   of its grant from a notification to its inbox (`id fence µs-since-its-last-try`),
-//!   delivered at the release's commit, with no try of its own. A release skips a waiter
+//!   delivered at the release's commit, with no try of its own. When the new holder waits
+//!   in the releasing process (tasks taking turns), nothing is notified: the release names
+//!   its own inbox and answers with the grant, which the waiter takes at once. A release skips a waiter
 //!   that has not tried for 5 s (waiters re-poll at least once a second) or whose
 //!   listener no longer holds its advisory lock (a session lock on `(hash of the channel,
 //!   pid)`, taken when it starts listening: its process died). A waiter that
@@ -94,7 +96,7 @@ use tokio_postgres::{AsyncMessage, Config, Row as PgRow};
 use super::rows::{self, DEFAULT_RETAIN, Row, Table, micros};
 use super::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, PushedGrant, Released, Store,
-    WakeHub, Wakeups,
+    Successor, WakeHub, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
@@ -633,6 +635,9 @@ struct Inner {
     conns: Conns,
     sql: Statements,
     hub: Arc<WakeHub>,
+    /// The listener's inbox (see [`Listener::inbox`]), which a release names so that a
+    /// grant to a waiter of this store comes back in its answer instead of a notification.
+    inbox: Arc<AtomicI32>,
     clock: Arc<AtomicI64>,
     retain_us: i64,
     grants: AtomicU32,
@@ -772,10 +777,12 @@ impl PostgresStore {
         conns.fill().await?;
         migrate(&conns, &sql, &settings.schema, &settings.table).await?;
         let hub = Arc::new(WakeHub::default());
+        let inbox = Arc::new(AtomicI32::new(0));
         let inner = Arc::new(Inner {
             conns,
             sql,
             hub: hub.clone(),
+            inbox: inbox.clone(),
             clock: clock_offset(&settings.identity),
             retain_us: micros(settings.retain),
             grants: AtomicU32::new(0),
@@ -784,7 +791,7 @@ impl PostgresStore {
         tokio::spawn(detached_worker(inner.clone(), rx));
         tokio::spawn(refill_shared(Arc::downgrade(&inner)));
         Ok(Arc::new(PostgresStore {
-            listener: Listener::new(listen, channel, hub),
+            listener: Listener::new(listen, channel, hub, inbox),
             inner,
             identity: settings.identity.clone(),
             redacted: settings.redacted.clone(),
@@ -871,6 +878,11 @@ async fn migrate(conns: &Conns, sql: &Statements, schema: &str, table: &str) -> 
             .await
             .map_err(err)?;
     }
+    if version < 4 {
+        tx.batch_execute(&sql.schema_v4(schema, table))
+            .await
+            .map_err(err)?;
+    }
     tx.commit().await.map_err(err)?;
     Ok(())
 }
@@ -950,7 +962,7 @@ async fn detached_worker(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>
             } => {
                 // A few tries, then the lease ends on its own.
                 for attempt in 0..4u32 {
-                    let call = inner.release(&ns, &name, &token, min_hold);
+                    let call = inner.release(&ns, &name, &token, min_hold, None);
                     match tokio::time::timeout(Duration::from_secs(2), call).await {
                         Ok(Ok(_)) => break,
                         Ok(Err(e)) if !e.is_retryable() => {
@@ -1025,15 +1037,21 @@ impl Inner {
         }
     }
 
+    /// Releases `token`'s lock and, when this store listens (a queued claim needs an
+    /// inbox), hands it to `next` in the same statement (see [`Store::release_to`]).
     async fn release(
         &self,
         ns: &Namespace,
         name: &LockName,
         token: &Token,
         min_hold: Option<Duration>,
-    ) -> Result<Released> {
+        next: Option<&Claim>,
+    ) -> Result<(Released, Successor)> {
         let min_hold = opt_micros(min_hold);
         let offset = self.offset();
+        let inbox = self.inbox.load(Ordering::SeqCst);
+        let next = next.filter(|_| inbox != 0);
+        let next_id = next.map(Claim::grant_id);
         let rows = self
             .query(
                 "release",
@@ -1044,15 +1062,44 @@ impl Inner {
                     (&token.expose(), Type::TEXT),
                     (&min_hold, Type::INT8),
                     (&offset, Type::INT8),
+                    (&inbox, Type::INT4),
+                    (&next.map(|c| c.token.expose()), Type::TEXT),
+                    (&next.map(|c| &*c.owner), Type::TEXT),
+                    (&next.map(|c| &*c.host), Type::TEXT),
+                    (&next.map(|c| i64::from(c.pid)), Type::INT8),
+                    (&next.and_then(|c| opt_micros(c.ttl)), Type::INT8),
+                    (&next.and_then(|c| opt_micros(c.min_hold)), Type::INT8),
+                    (&next_id, Type::TEXT),
                 ],
             )
             .await?;
-        let status: i32 = rows.first().map(|r| r.get(0)).unwrap_or(2);
+        let answer: Option<String> = rows.first().and_then(|r| r.get(0));
+        let answer = answer.unwrap_or_default();
+        let (status, grant) = answer.split_once(' ').unwrap_or((&answer, ""));
         Ok(match status {
-            // 3: handed to the first live waiter queued.
-            0 | 3 => Released::Released,
-            1 => Released::Kept,
-            _ => Released::NotHeld,
+            "0" => (Released::Released, Successor::NotTaken),
+            "1" => (Released::Kept, Successor::NotTaken),
+            // Handed to the first live waiter queued: `next`, or a waiter that came before
+            // it. A waiter of this store takes the grant from this answer (the release sent
+            // no notification for it).
+            "3" => match PushedGrant::parse(grant) {
+                Some((id, grant)) if next_id.as_deref() == Some(id) => (
+                    Released::Released,
+                    Successor::Granted { fence: grant.fence },
+                ),
+                Some((id, grant)) => {
+                    self.hub.grant(ns, name, id, grant);
+                    let next = match next {
+                        Some(_) => Successor::Queued {
+                            holder_fence: grant.fence,
+                        },
+                        None => Successor::NotTaken,
+                    };
+                    (Released::Released, next)
+                }
+                None => (Released::Released, Successor::NotTaken),
+            },
+            _ => (Released::NotHeld, Successor::NotTaken),
         })
     }
 
@@ -1306,13 +1353,18 @@ struct Listener {
 }
 
 impl Listener {
-    fn new(config: Option<(Config, Tls)>, channel: String, hub: Arc<WakeHub>) -> Listener {
+    fn new(
+        config: Option<(Config, Tls)>,
+        channel: String,
+        hub: Arc<WakeHub>,
+        inbox: Arc<AtomicI32>,
+    ) -> Listener {
         Listener {
             config,
             channel,
             hub,
             listening: watch::channel(false).0,
-            inbox: Arc::new(AtomicI32::new(0)),
+            inbox,
             task: Arc::default(),
         }
     }
@@ -1695,7 +1747,21 @@ impl Store for PostgresStore {
         token: &Token,
         min_hold: Option<Duration>,
     ) -> Result<Released> {
-        self.inner.release(ns, name, token, min_hold).await
+        let (released, _) = self.inner.release(ns, name, token, min_hold, None).await?;
+        Ok(released)
+    }
+
+    async fn release_to(
+        &self,
+        ns: &Namespace,
+        name: &LockName,
+        token: &Token,
+        min_hold: Option<Duration>,
+        next: &Claim,
+    ) -> Result<(Released, Successor)> {
+        self.inner
+            .release(ns, name, token, min_hold, Some(next))
+            .await
     }
 
     fn release_detached(

@@ -2,7 +2,7 @@
 //! sends, built once per table (the table's name is a validated identifier, never input).
 
 /// The schema version this build writes (in the meta table).
-pub(crate) const SCHEMA_VERSION: i32 = 3;
+pub(crate) const SCHEMA_VERSION: i32 = 4;
 
 /// How long after its last try a queued waiter may still be handed the lock, in µs: waiters
 /// try again at least once a second, so an older entry is a waiter that went away without
@@ -175,7 +175,10 @@ impl Statements {
                 "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 f("acquire")
             ),
-            release: format!("SELECT {}($1, $2, $3, $4, $5)", f("release")),
+            release: format!(
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                f("release")
+            ),
             extend: format!("SELECT * FROM {}($1, $2, $3, $4, $5, $6)", f("extend")),
             inspect: format!(
                 "SELECT {COLUMNS}, l.token, {now} FROM {t} l
@@ -450,7 +453,8 @@ UPDATE {meta} SET version = 2 WHERE id = 0;
     /// waiter that no pushed grant reaches watches the lock. A `watched` column set by such a
     /// waiter's failed try (and by version 1's acquire, which clients not yet upgraded
     /// still call: it is now a wrapper of the current one, queueing nothing) and cleared by
-    /// the release that frees the row. The functions of version 2, with the mark. Run inside
+    /// the release that frees the row. Version 2's acquire, with the mark; the release that
+    /// clears it is version 4's, created by the next step of the same migration. Run inside
     /// the migration's transaction, after version 2.
     pub(crate) fn schema_v3(&self, schema: &str, table: &str) -> String {
         let t = &self.table;
@@ -461,14 +465,11 @@ UPDATE {meta} SET version = 2 WHERE id = 0;
         let now = now_expr("p_offset");
         let wake = payload("p_ns", "p_name");
         let acquire = f("acquire");
-        let release = f("release");
-        let key = inbox_key(channel);
         let Fragments {
             lock_row,
             held,
             granted,
-            kept,
-            freed,
+            ..
         } = Fragments::new(t, channel, &wake, "r.acquired_at", Wake::Watched);
         format!(
             r#"
@@ -541,17 +542,53 @@ LANGUAGE sql AS $fn$
                             p_min_hold, p_offset, 1, '', 0)
 $fn$;
 
--- Returns 0 (released), 1 (kept until acquired_at + min_hold), 2 (the token did not hold
--- the lock; it leaves the queue) or 3 (handed to the first live waiter queued).
+UPDATE {meta} SET version = 3 WHERE id = 0;
+"#
+        )
+    }
+
+    /// The migration to version 4: a release that takes the releasing process's inbox and
+    /// a claim of that process waiting for the lock, and answers with the grant it handed
+    /// (the message its notification carries). So a waiter of the releasing process takes
+    /// its grant at once, with no notification and no hop through its listener, and tasks
+    /// taking turns on a lock need no try of their own. Version 3's release, which clients
+    /// not yet upgraded call, becomes a wrapper answering the status alone. Run inside the
+    /// migration's transaction, after version 3.
+    pub(crate) fn schema_v4(&self, schema: &str, table: &str) -> String {
+        let t = &self.table;
+        let q = &self.queue;
+        let meta = &self.meta;
+        let channel = &self.channel;
+        let f = |suffix: &str| format!("\"{schema}\".\"{table}_{suffix}\"");
+        let now = now_expr("p_offset");
+        let wake = payload("p_ns", "p_name");
+        let release = f("release");
+        let key = inbox_key(channel);
+        let Fragments { kept, freed, .. } =
+            Fragments::new(t, channel, &wake, "r.acquired_at", Wake::Watched);
+        format!(
+            r#"
+-- p_inbox: the backend pid of the releasing process's listener (0: not listening).
+-- p_next_…: a claim of the releasing process that waits for the lock (p_next_token NULL:
+-- none), queued in this step behind the waiters queued already, so the lock is handed to
+-- it at once if nobody came first.
+-- Answers '0' (released), '1' (kept until acquired_at + min_hold), '2' (the token did not
+-- hold the lock; it leaves the queue) or '3 <grant id> <fence> <µs since the waiter's last
+-- try>' (handed to the first live waiter queued: the grant its notification carries). A
+-- waiter of the releasing process (its inbox is p_inbox) takes the grant from the answer,
+-- and is not notified.
 CREATE OR REPLACE FUNCTION {release}(
-    p_ns text, p_name text, p_token text, p_min_hold int8, p_offset int8)
-RETURNS int4
+    p_ns text, p_name text, p_token text, p_min_hold int8, p_offset int8, p_inbox int4,
+    p_next_token text, p_next_owner text, p_next_host text, p_next_pid int8,
+    p_next_ttl int8, p_next_min_hold int8, p_next_grant text)
+RETURNS text
 LANGUAGE plpgsql AS $fn$
 DECLARE
     r {t}%ROWTYPE;
     e {q}%ROWTYPE;
     v_now int8;
     v_fence int8;
+    v_grant text;
 BEGIN
     -- The row is locked by name, not by token: a release racing one that hands the lock to
     -- this token then sees the handed-over row (and releases it), never the old holder's.
@@ -565,6 +602,26 @@ BEGIN
         RETURN 2;
     END IF;
 {kept}
+    -- The releasing process's claim takes the lock at once when nobody is queued; it is
+    -- queued behind the waiters queued otherwise.
+    IF p_next_token IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM {q} q WHERE q.namespace = p_ns AND q.name = p_name) THEN
+        v_fence := GREATEST(r.fence + 1, v_now);
+        UPDATE {t} l SET token = p_next_token, owner = p_next_owner, host = p_next_host,
+            pid = p_next_pid, fence = v_fence, acquired_at = v_now,
+            expires_at = v_now + p_next_ttl, min_hold = p_next_min_hold, freed = false,
+            pushed = true
+        WHERE l.namespace = p_ns AND l.name = p_name;
+        RETURN '3 ' || p_next_grant || ' ' || v_fence || ' 0';
+    END IF;
+    IF p_next_token IS NOT NULL THEN
+        INSERT INTO {q} AS e (namespace, name, token, first_try, last_try, ttl, min_hold,
+                              owner, host, pid, grant_id, inbox)
+        VALUES (p_ns, p_name, p_next_token, v_now, v_now, p_next_ttl, p_next_min_hold,
+                p_next_owner, p_next_host, p_next_pid, p_next_grant, p_inbox)
+        ON CONFLICT (namespace, name, token) DO UPDATE
+        SET last_try = v_now, inbox = p_inbox, grant_id = p_next_grant;
+    END IF;
     -- At most a few dead or stale entries are skipped per release; the rest wait for the
     -- next one (or the garbage sweep).
     FOR e IN SELECT * FROM {q} q WHERE q.namespace = p_ns AND q.name = p_name
@@ -579,15 +636,27 @@ BEGIN
             fence = v_fence, acquired_at = v_now, expires_at = v_now + e.ttl,
             min_hold = e.min_hold, freed = false, pushed = true
         WHERE l.namespace = p_ns AND l.name = p_name;
-        PERFORM pg_notify('{channel}_' || e.inbox,
-            e.grant_id || ' ' || v_fence || ' ' || (v_now - e.last_try) || ' ' || {wake});
-        RETURN 3;
+        v_grant := e.grant_id || ' ' || v_fence || ' ' || (v_now - e.last_try);
+        IF e.inbox <> p_inbox THEN
+            PERFORM pg_notify('{channel}_' || e.inbox, v_grant || ' ' || {wake});
+        END IF;
+        RETURN '3 ' || v_grant;
     END LOOP;
 {freed}
 END
 $fn$;
 
-UPDATE {meta} SET version = 3 WHERE id = 0;
+-- Version 3's release, as clients not yet upgraded call it: the status alone, and every
+-- grant notified.
+CREATE OR REPLACE FUNCTION {release}(
+    p_ns text, p_name text, p_token text, p_min_hold int8, p_offset int8)
+RETURNS int4
+LANGUAGE sql AS $fn$
+    SELECT split_part({release}(p_ns, p_name, p_token, p_min_hold, p_offset, 0,
+                                NULL, NULL, NULL, NULL, NULL, NULL, NULL), ' ', 1)::int4
+$fn$;
+
+UPDATE {meta} SET version = 4 WHERE id = 0;
 "#
         )
     }

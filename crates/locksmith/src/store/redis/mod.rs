@@ -52,7 +52,9 @@
 //! the lock is never free in between, waiters are served in the order they first tried,
 //! and the new holder learns of its grant from a message (its fence, and how long after its
 //! last try the lease started), with no try of its own — a handoff costs the release's
-//! round trip and one message, and wakes only the new holder's process. Every process has
+//! round trip and one message, and wakes only the new holder's process (a new holder in the
+//! releasing process takes the grant from the release's answer: nothing is published).
+//! Every process has
 //! its own inbox channel per name, and a release skips a waiter whose process no longer
 //! listens (it died, or its last waiter of the name left) or that has not tried for
 //! 5 s (it hangs, or its host is gone); a waiter that leaves (a timeout, a
@@ -104,7 +106,8 @@ use crate::options::{
     Cursor, Expired, ListQuery, Page, SetAction, SetOutcome, SetPolicy, SetStatus,
 };
 use crate::store::{
-    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, Wakeups,
+    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, PushedGrant, Released, Store,
+    Successor, Wakeups,
 };
 use crate::url::{StoreUrl, redact_url};
 
@@ -779,15 +782,38 @@ impl RedisStore {
         }
     }
 
+    /// Releases `token`'s lock and, with pushed grants, hands it to `next` in the same
+    /// script (see [`Store::release_to`]).
     async fn release_now(
         &self,
         ns: &Namespace,
         name: &LockName,
         token: &Token,
         min_hold: Option<Duration>,
-    ) -> Result<Released> {
+        next: Option<&Claim>,
+    ) -> Result<(Released, Successor)> {
         let keys = self.keys(ns);
         let n = name.as_str();
+        let next = next.filter(|_| self.caps.pushed_grants);
+        let next_id = next.map(Claim::grant_id);
+        let (next_token, next_entry) = match (next, &next_id) {
+            (Some(c), Some(id)) => (
+                c.token.expose().to_string(),
+                format!(
+                    "{} {} {} {id} {} {} {}{}",
+                    c.ttl.map(ttl_ms).unwrap_or_default(),
+                    c.min_hold
+                        .map(|m| m.as_micros().to_string())
+                        .unwrap_or_default(),
+                    c.pid,
+                    self.subs.inbox(),
+                    c.owner.len(),
+                    c.owner,
+                    c.host
+                ),
+            ),
+            _ => (String::new(), String::new()),
+        };
         let out: String = self
             .conn
             .invoke(
@@ -802,16 +828,42 @@ impl RedisStore {
                     self.sharded(),
                     FENCE_KEY_TTL.as_millis().to_string(),
                     QUEUE_STALE.as_micros().to_string(),
+                    self.subs.inbox().to_string(),
+                    next_token,
+                    next_entry,
+                    QUEUE_LIFE.as_millis().to_string(),
                 ],
             )
             .await
             .map_err(store_error)?;
-        let (answer, wake_here) = match out.as_str() {
-            "released" => (Released::Released, true),
-            // The new holder learns of it from the channel; nobody else here may have it.
-            "handed" => (Released::Released, false),
-            "kept" => (Released::Kept, true),
-            "nothere" => (Released::NotHeld, false),
+        let (status, grant) = out.split_once(' ').unwrap_or((&out, ""));
+        let (answer, wake_here) = match status {
+            "released" => ((Released::Released, Successor::NotTaken), true),
+            // The new holder learns of it from its inbox's channel; nobody else here may
+            // have it. A waiter of this process takes it from this answer (nothing was
+            // published to it): `next`, or one that came before it.
+            "handed" => match PushedGrant::parse(grant) {
+                Some((id, grant)) if next_id.as_deref() == Some(id) => (
+                    (
+                        Released::Released,
+                        Successor::Granted { fence: grant.fence },
+                    ),
+                    false,
+                ),
+                Some((id, grant)) => {
+                    self.subs.grant(ns, name, id, grant);
+                    let next = match next {
+                        Some(_) => Successor::Queued {
+                            holder_fence: grant.fence,
+                        },
+                        None => Successor::NotTaken,
+                    };
+                    ((Released::Released, next), false)
+                }
+                None => return Err(bad_reply("release")),
+            },
+            "kept" => ((Released::Kept, Successor::NotTaken), true),
+            "nothere" => ((Released::NotHeld, Successor::NotTaken), false),
             _ => return Err(bad_reply("release")),
         };
         if wake_here {
@@ -1042,7 +1094,7 @@ async fn detached_worker(
                 let Some(store) = store.upgrade() else {
                     return;
                 };
-                let release = store.release_now(&ns, &name, &token, min_hold);
+                let release = store.release_now(&ns, &name, &token, min_hold, None);
                 match tokio::time::timeout(store.timeout, release).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(err)) => {
@@ -1163,7 +1215,11 @@ impl Store for RedisStore {
             };
             let taken = if blocked.is_err() { i + 1 } else { i };
             for c in &claims[..taken] {
-                if self.release_now(ns, &c.name, &c.token, None).await.is_err() {
+                if self
+                    .release_now(ns, &c.name, &c.token, None, None)
+                    .await
+                    .is_err()
+                {
                     self.release_detached(ns, &c.name, &c.token, None);
                 }
             }
@@ -1179,7 +1235,20 @@ impl Store for RedisStore {
         token: &Token,
         min_hold: Option<Duration>,
     ) -> Result<Released> {
-        self.release_now(ns, name, token, min_hold).await
+        let (released, _) = self.release_now(ns, name, token, min_hold, None).await?;
+        Ok(released)
+    }
+
+    async fn release_to(
+        &self,
+        ns: &Namespace,
+        name: &LockName,
+        token: &Token,
+        min_hold: Option<Duration>,
+        next: &Claim,
+    ) -> Result<(Released, Successor)> {
+        self.release_now(ns, name, token, min_hold, Some(next))
+            .await
     }
 
     fn release_detached(

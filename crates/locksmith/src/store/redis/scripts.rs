@@ -121,9 +121,26 @@ return fences
 
 /// Releases, hands the lock to the first queued waiter, or keeps it until `at + min_hold`.
 /// KEYS: lock, fence, queue and entries key. ARGV: token, min_hold (µs or empty), wake
-/// channel, sharded ('1'/'0'), fence-key lifetime (ms), stale limit (µs). Returns
-/// 'released', 'handed', 'kept' or 'nothere'; 'nothere' takes the token off the queue.
+/// channel, sharded ('1'/'0'), fence-key lifetime (ms), stale limit (µs), the releasing
+/// process's inbox, then a claim of the releasing process that waits for the lock, queued
+/// in this step ('' when none: its token, then its queue entry without the leading stamp),
+/// and the queue lifetime (ms). Returns 'released', 'handed <grant>' (the grant's message,
+/// published to the new holder unless it waits in the releasing process), 'kept' or
+/// 'nothere'; 'nothere' takes the token off the queue.
 const RELEASE: &str = r#"
+local function last_fence() return tonumber(redis.call('GET', KEYS[2]) or '0') or 0 end
+-- Grants the lock to a queued claim (its entry's fields; `rest` is owner then host) with
+-- fence `f` (minted now if nil), as a grant not yet confirmed by a try; returns the fence.
+local function hand(tok, ttl, mh, pid, olen, rest, now, f)
+  f = f or num(math.max(last_fence() + 1, now))
+  local ol = tonumber(olen)
+  redis.call('HSET', KEYS[1], 'tok', tok, 'owner', string.sub(rest, 1, ol),
+             'host', string.sub(rest, ol + 1), 'pid', pid, 'fence', f, 'at', num(now),
+             'mh', mh, 'pg', '1')
+  if ttl == '' then redis.call('PERSIST', KEYS[1]) else lease(KEYS[1], ttl) end
+  redis.call('SET', KEYS[2], f, 'PX', ARGV[5])
+  return f
+end
 if redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1] then
   if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then redis.call('ZREM', KEYS[3], ARGV[1]) end
   return 'nothere'
@@ -140,6 +157,21 @@ if ARGV[2] ~= '' then
     return 'kept'
   end
 end
+-- A claim of the releasing process that waits for the lock takes it at once when nobody is
+-- queued, and is queued behind the others otherwise.
+if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then
+  now = now or now_us()
+  local ttl, mh, pid, id, _, olen, rest =
+    string.match(ARGV[9], '^(%d*) (%d*) (%d+) (%x+) (%x+) (%d+) (.*)$')
+  return 'handed ' .. id .. ' ' .. hand(ARGV[8], ttl, mh, pid, olen, rest, now) .. ' 0'
+end
+if ARGV[8] ~= '' then
+  now = now or now_us()
+  redis.call('HSET', KEYS[4], ARGV[8], num(now) .. ' ' .. ARGV[9])
+  redis.call('ZADD', KEYS[3], 'NX', num(now), ARGV[8])
+  redis.call('PEXPIRE', KEYS[3], ARGV[10])
+  redis.call('PEXPIRE', KEYS[4], ARGV[10])
+end
 -- At most a few stale entries are skipped per release; the rest wait for the next one.
 for _ = 1, 8 do
   local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
@@ -152,18 +184,13 @@ for _ = 1, 8 do
     local stamp, ttl, mh, pid, id, inbox, olen, rest =
       string.match(e, '^(%d+) (%d*) (%d*) (%d+) (%x+) (%x+) (%d+) (.*)$')
     if stamp and now - tonumber(stamp) <= tonumber(ARGV[6]) then
-      local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-      local f = num(math.max(last + 1, now))
+      local f = num(math.max(last_fence() + 1, now))
       local message = id .. ' ' .. f .. ' ' .. num(now - tonumber(stamp))
-      -- Only a process that still listens can take the grant.
-      if publish(ARGV[3] .. ':' .. inbox, ARGV[4], message) > 0 then
-        local ol = tonumber(olen)
-        redis.call('HSET', KEYS[1], 'tok', head, 'owner', string.sub(rest, 1, ol),
-                   'host', string.sub(rest, ol + 1), 'pid', pid, 'fence', f, 'at', num(now),
-                   'mh', mh, 'pg', '1')
-        if ttl == '' then redis.call('PERSIST', KEYS[1]) else lease(KEYS[1], ttl) end
-        redis.call('SET', KEYS[2], f, 'PX', ARGV[5])
-        return 'handed'
+      -- Only a process that still listens can take the grant. The releasing process (its
+      -- inbox is ARGV[7]) does, and takes it from the answer: nothing is published.
+      if inbox == ARGV[7] or publish(ARGV[3] .. ':' .. inbox, ARGV[4], message) > 0 then
+        hand(head, ttl, mh, pid, olen, rest, now, f)
+        return 'handed ' .. message
       end
     end
   end

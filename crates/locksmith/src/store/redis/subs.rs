@@ -203,6 +203,12 @@ impl Subscriptions {
         self.hub.notify(ns, name);
     }
 
+    /// Hands a grant this process's release pushed to the local waiter that expects `id`,
+    /// if there is one.
+    pub(super) fn grant(&self, ns: &Namespace, name: &LockName, id: &str, grant: PushedGrant) {
+        self.hub.grant(ns, name, id, grant);
+    }
+
     /// Wakes this process's waiters in `ns`.
     pub(super) fn notify_namespace(&self, ns: &Namespace) {
         self.hub.notify_namespace(ns);
