@@ -74,6 +74,10 @@ struct TortureArgs {
     /// Worker processes (default 4, or 6 with --long).
     #[arg(long)]
     workers: Option<u32>,
+    /// Tasks per library (async) worker, each its own contender on the worker's one
+    /// `Locksmith`: tasks of one process hand locks to each other inside a release.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    tasks: u32,
     /// Write the markdown report here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -210,6 +214,7 @@ fn torture(mut a: TortureArgs) -> ExitCode {
     let plan = Plan {
         workers: a.workers.unwrap_or(if a.long { 6 } else { 4 }),
         names: if a.long { 3 } else { 2 },
+        tasks: a.tasks,
         ttl: Duration::from_secs(1),
         hold: Duration::from_millis(20),
         wait: Duration::from_secs(4),
@@ -425,13 +430,22 @@ fn markdown(
          loop acquire (one of {} names, wait up to {}) → fenced read, hold {}, fenced write of a counter in a \
          separate SQLite file → release, with TTL {} (renewed automatically), for {}. \
          A \"lock cycle\" is one finished hold. The checker's rules are in \
-         `crates/locksmith-bench/src/torture/check.rs`.\n",
+         `crates/locksmith-bench/src/torture/check.rs`.{}\n",
         plan.workers,
         plan.names,
         humantime::format_duration(plan.wait),
         humantime::format_duration(plan.hold),
         humantime::format_duration(plan.ttl),
-        humantime::format_duration(plan.duration)
+        humantime::format_duration(plan.duration),
+        if plan.tasks > 1 {
+            format!(
+                " Each library (async) worker runs {} such loops as tasks on its one `Locksmith`, \
+                 each a contender of its own.",
+                plan.tasks
+            )
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(s, "{table}\n");
     for o in outcomes {

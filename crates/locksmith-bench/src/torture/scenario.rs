@@ -101,6 +101,8 @@ impl Scenario {
 pub(crate) struct Plan {
     pub(crate) workers: u32,
     pub(crate) names: u32,
+    /// Contending tasks per library (async) worker.
+    pub(crate) tasks: u32,
     pub(crate) ttl: Duration,
     pub(crate) hold: Duration,
     pub(crate) wait: Duration,
@@ -167,6 +169,7 @@ impl Ctx {
             .args(["--id", &id.to_string()])
             .args(["--mode", mode_arg(mode)])
             .args(["--names", &p.names.to_string()])
+            .args(["--tasks", &p.tasks.to_string()])
             .args(["--ttl", &humantime::format_duration(p.ttl).to_string()])
             .args(["--hold", &humantime::format_duration(p.hold).to_string()])
             .args(["--wait", &humantime::format_duration(p.wait).to_string()])

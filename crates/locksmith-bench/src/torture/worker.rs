@@ -56,6 +56,10 @@ pub(crate) struct WorkerArgs {
     /// How many lock names (`t0`…).
     #[arg(long, default_value_t = 2)]
     pub(crate) names: u32,
+    /// Contending tasks on this worker's one `Locksmith` (`--mode async` only). Task `t > 0`
+    /// logs as worker `id + 1000 t`, to this log's name with `.t<t>` before the extension.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) tasks: u32,
     /// The lease TTL.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) ttl: Duration,
@@ -246,47 +250,24 @@ pub(crate) fn worker(args: WorkerArgs) {
                 let lm = locksmith::Locksmith::connect(&args.store)
                     .await
                     .expect("the store opens");
-                while mono_ns() < args.until {
+                let mut others = Vec::new();
+                for t in 1..args.tasks {
+                    let (lm, args) = (lm.clone(), args.clone());
+                    let id = args.id + 1000 * t;
+                    let path = args.log.with_extension(format!("t{t}.jsonl"));
+                    let res = Resource::open(&args.resource).expect("the fenced resource opens");
+                    others.push(tokio::spawn(async move {
+                        let mut log = open_log(&path);
+                        contend(&lm, &args, id, &mut log, res, |_| false).await;
+                    }));
+                }
+                let step = |cycle: u32| {
                     maybe_step(cycle, &mut stepped);
-                    cycle += 1;
-                    let name = format!("t{}", fastrand::u32(0..args.names));
-                    let got = lm
-                        .lock(name.as_str())
-                        .ttl(args.ttl)
-                        .wait(Wait::For(args.wait))
-                        .acquire()
-                        .await;
-                    let g = match got {
-                        Ok(g) => g,
-                        Err(e) => {
-                            miss(&mut log, args.id, &name, &e);
-                            continue;
-                        }
-                    };
-                    let start = mono_ns();
-                    let fence = g.fence();
-                    append(
-                        &mut log,
-                        &Record::Grant {
-                            worker: args.id,
-                            name: name.clone(),
-                            fence,
-                            start,
-                        },
-                    );
-                    let mut w = Watch {
-                        deadline: None,
-                        lost_at: None,
-                    };
-                    let write = tokio::task::block_in_place(|| {
-                        body(&mut res, &name, fence, args.id, args.hold, &g, &mut w)
-                    });
-                    let end = mono_ns();
-                    releasing(&mut log, args.id, &name, fence);
-                    let released = g.release().await;
-                    finish(
-                        &mut log, &args, name, fence, start, end, w, stepped, write, released,
-                    );
+                    stepped
+                };
+                contend(&lm, &args, args.id, &mut log, res, step).await;
+                for t in others {
+                    let _ = t.await;
                 }
                 let _ = lm.close().await;
             });
@@ -329,7 +310,7 @@ pub(crate) fn worker(args: WorkerArgs) {
                 releasing(&mut log, args.id, &name, fence);
                 let released = g.release();
                 finish(
-                    &mut log, &args, name, fence, start, end, w, stepped, write, released,
+                    &mut log, &args, args.id, name, fence, start, end, w, stepped, write, released,
                 );
             }
             let _ = lm.close();
@@ -341,6 +322,61 @@ pub(crate) fn worker(args: WorkerArgs) {
                 cli_cycle(&mut log, &args, &bin, &name);
             }
         }
+    }
+}
+
+/// One contender of an async worker: acquire → fenced read-modify-write → release, logged as
+/// worker `id`, until `args.until`. `step(cycle)` steps the SQLite lock clock when due and
+/// says whether it has been stepped.
+async fn contend(
+    lm: &locksmith::Locksmith,
+    args: &WorkerArgs,
+    id: u32,
+    log: &mut std::fs::File,
+    mut res: Resource,
+    mut step: impl FnMut(u32) -> bool,
+) {
+    let mut cycle = 0u32;
+    while mono_ns() < args.until {
+        let stepped = step(cycle);
+        cycle += 1;
+        let name = format!("t{}", fastrand::u32(0..args.names));
+        let got = lm
+            .lock(name.as_str())
+            .ttl(args.ttl)
+            .wait(Wait::For(args.wait))
+            .acquire()
+            .await;
+        let g = match got {
+            Ok(g) => g,
+            Err(e) => {
+                miss(log, id, &name, &e);
+                continue;
+            }
+        };
+        let start = mono_ns();
+        let fence = g.fence();
+        append(
+            log,
+            &Record::Grant {
+                worker: id,
+                name: name.clone(),
+                fence,
+                start,
+            },
+        );
+        let mut w = Watch {
+            deadline: None,
+            lost_at: None,
+        };
+        let write =
+            tokio::task::block_in_place(|| body(&mut res, &name, fence, id, args.hold, &g, &mut w));
+        let end = mono_ns();
+        releasing(log, id, &name, fence);
+        let released = g.release().await;
+        finish(
+            log, args, id, name, fence, start, end, w, stepped, write, released,
+        );
     }
 }
 
@@ -361,6 +397,7 @@ fn releasing(log: &mut std::fs::File, worker: u32, name: &str, fence: u64) {
 fn finish(
     log: &mut std::fs::File,
     args: &WorkerArgs,
+    id: u32,
     name: String,
     fence: u64,
     start: u64,
@@ -382,7 +419,7 @@ fn finish(
     append(
         log,
         &Record::Hold(Hold {
-            worker: args.id,
+            worker: id,
             mode: args.mode.label().into(),
             name,
             fence,
