@@ -420,6 +420,9 @@ fn markdown(
     if let Some(st) = store_arg {
         let _ = write!(cmd, " --store {}", locksmith::redact_url(st));
     }
+    if a.tasks > 1 {
+        let _ = write!(cmd, " --tasks {}", a.tasks);
+    }
     for sc in &a.scenario {
         let _ = write!(cmd, " --scenario {}", sc.label());
     }
