@@ -573,6 +573,87 @@ async fn a_stale_pushed_grant_is_not_taken() {
     stale_grant_is_not_taken(w, x).await;
 }
 
+/// A release that hands the lock to a queued waiter of the releasing handle does not
+/// notify it: the grant comes back in the release's answer and the waiter takes it from
+/// there, with no try of its own. Shown with the handle's listener stopped (SIGSTOP), so a
+/// notification could not arrive: the row is still marked `pushed` (no try confirmed the
+/// grant) when the waiter holds the lock. The holder is a resumed guard, which offers
+/// nothing, so the waiter is queued by its own try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_to_the_releasing_handle_comes_in_the_answer() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(server) = server().await else { return };
+    let url = format!("{}?table=da&schema=locks", server.url("postgres"));
+    let (lm, b) = (
+        Locksmith::connect(&url).await.unwrap(),
+        Locksmith::connect(&url).await.unwrap(),
+    );
+    let admin = raw(&server.url("postgres")).await;
+    let entry = || {
+        let admin = &admin;
+        async move {
+            admin
+                .query_opt(
+                    "SELECT inbox, last_try FROM locks.da_queue WHERE name = 'd'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+        }
+    };
+    let token = lm
+        .lock("d")
+        .ttl(Duration::from_secs(60))
+        .renew(Renew::Off)
+        .acquire()
+        .await
+        .unwrap()
+        .leak();
+    let holder = b.resume("d", token).await.unwrap();
+    let w = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.lock("d")
+                .ttl(Duration::from_secs(60))
+                .renew(Renew::Off)
+                .wait(Wait::For(Duration::from_secs(30)))
+                .acquire()
+                .await
+                .unwrap()
+        })
+    };
+    eventually("the waiter queued", || async {
+        entry().await.is_some_and(|(inbox, _)| inbox != 0)
+    })
+    .await;
+    let (inbox, tried) = entry().await.unwrap();
+    // Right after one of the waiter's tries (it tries again a second later).
+    while entry().await.is_some_and(|(_, t)| t == tried) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if let Err(e) = kill(Pid::from_raw(inbox), Signal::SIGSTOP) {
+        eprintln!("skipping: cannot stop the listener backend ({e})");
+        return;
+    }
+    holder.release().await.unwrap();
+    // Without the answer's grant, the waiter's next try (within a second) would take it,
+    // and clear the mark.
+    let got = tokio::time::timeout(Duration::from_secs(5), w).await;
+    let pushed: bool = admin
+        .query_one("SELECT pushed FROM locks.da WHERE name = 'd'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    kill(Pid::from_raw(inbox), Signal::SIGCONT).unwrap();
+    let g = got
+        .expect("the waiter took its grant without its listener")
+        .unwrap();
+    assert!(pushed, "a try confirmed the grant: it did not come in the answer");
+    g.release().await.unwrap();
+}
+
 /// A queue entry whose waiter went away without leaving (its process died with nobody
 /// releasing after it) is removed by the garbage sweep once it is 10 s past its last try;
 /// a fresh entry stays.
