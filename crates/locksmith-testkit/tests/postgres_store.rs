@@ -650,7 +650,10 @@ async fn a_grant_to_the_releasing_handle_comes_in_the_answer() {
     let g = got
         .expect("the waiter took its grant without its listener")
         .unwrap();
-    assert!(pushed, "a try confirmed the grant: it did not come in the answer");
+    assert!(
+        pushed,
+        "a try confirmed the grant: it did not come in the answer"
+    );
     g.release().await.unwrap();
 }
 
