@@ -35,6 +35,35 @@ async fn raw(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The queue entry of the waiter of `name` in `locks.<table>`: its inbox and last try.
+async fn queue_entry(
+    admin: &tokio_postgres::Client,
+    table: &str,
+    name: &str,
+) -> Option<(i32, i64)> {
+    admin
+        .query_opt(
+            &format!("SELECT inbox, last_try FROM locks.{table}_queue WHERE name = $1"),
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+}
+
+/// Waits until the queued waiter of `name` tries again (it then waits a second before its
+/// next try) and returns its inbox, the pid of its listener backend.
+async fn right_after_a_try(admin: &tokio_postgres::Client, table: &str, name: &str) -> i32 {
+    let (inbox, tried) = queue_entry(admin, table, name).await.expect("queued");
+    while queue_entry(admin, table, name)
+        .await
+        .is_some_and(|(_, t)| t == tried)
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    inbox
+}
+
 const TOKEN_A: &str = "11111111-2222-4333-8444-555555555555";
 
 /// A grant that waited for another transaction's row lock gets a fence above every fence
@@ -502,19 +531,7 @@ async fn a_stale_pushed_grant_is_not_taken() {
         Locksmith::connect(&url).await.unwrap(),
     );
     let admin = raw(&server.url("postgres")).await;
-    let entry = || {
-        let admin = &admin;
-        async move {
-            admin
-                .query_opt(
-                    "SELECT inbox, last_try FROM locks.st_queue WHERE name = 's'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
-        }
-    };
+    let entry = || queue_entry(&admin, "st", "s");
     let h = holder
         .lock("s")
         .ttl(Duration::from_secs(60))
@@ -534,12 +551,9 @@ async fn a_stale_pushed_grant_is_not_taken() {
         (g.fence(), g.leak())
     });
     eventually("the waiter queued", || async { entry().await.is_some() }).await;
-    let (inbox, tried) = entry().await.unwrap();
-    // Right after one of the waiter's tries (it tries again a second later), with its
-    // listener stopped: the grant's notification waits in the server.
-    while entry().await.is_some_and(|(_, t)| t == tried) {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    // Right after one of the waiter's tries, with its listener stopped: the grant's
+    // notification waits in the server.
+    let inbox = right_after_a_try(&admin, "st", "s").await;
     if let Err(e) = kill(Pid::from_raw(inbox), Signal::SIGSTOP) {
         eprintln!("skipping: cannot stop the listener backend ({e})");
         return;
@@ -590,19 +604,7 @@ async fn a_grant_to_the_releasing_handle_comes_in_the_answer() {
         Locksmith::connect(&url).await.unwrap(),
     );
     let admin = raw(&server.url("postgres")).await;
-    let entry = || {
-        let admin = &admin;
-        async move {
-            admin
-                .query_opt(
-                    "SELECT inbox, last_try FROM locks.da_queue WHERE name = 'd'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
-        }
-    };
+    let entry = || queue_entry(&admin, "da", "d");
     let token = lm
         .lock("d")
         .ttl(Duration::from_secs(60))
@@ -628,11 +630,7 @@ async fn a_grant_to_the_releasing_handle_comes_in_the_answer() {
         entry().await.is_some_and(|(inbox, _)| inbox != 0)
     })
     .await;
-    let (inbox, tried) = entry().await.unwrap();
-    // Right after one of the waiter's tries (it tries again a second later).
-    while entry().await.is_some_and(|(_, t)| t == tried) {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let inbox = right_after_a_try(&admin, "da", "d").await;
     if let Err(e) = kill(Pid::from_raw(inbox), Signal::SIGSTOP) {
         eprintln!("skipping: cannot stop the listener backend ({e})");
         return;

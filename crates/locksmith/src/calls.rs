@@ -139,18 +139,15 @@ impl Calls {
         offer: Offer,
     ) -> Result<Released> {
         let sent = Instant::now();
-        let answer = self
+        // On an error the offer is dropped unanswered: the release may have handed the
+        // lock over, and the waiter settles it.
+        let (released, next) = self
             .run(
                 "release",
                 self.store
                     .release_to(ns, name, token, min_hold, &offer.claim),
             )
-            .await;
-        let (released, next) = match answer {
-            Ok(answer) => answer,
-            // The release may have handed the lock over: the waiter settles it.
-            Err(e) => return Err(e),
-        };
+            .await?;
         let word = match next {
             Successor::Granted { fence } => Handover::Granted { fence, sent },
             Successor::Queued { holder_fence } => Handover::Queued { holder_fence, sent },

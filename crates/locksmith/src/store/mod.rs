@@ -556,6 +556,29 @@ impl PushedGrant {
     }
 }
 
+/// What a release that handed the lock to a queued waiter means for the claim it was
+/// offered (`next_id`, the grant id of [`Store::release_to`]'s `next`), from the grant the
+/// release answers with (`id fence µs`). A grant to another waiter goes to `local` (it may
+/// be one of this store's waiters). `None` when the grant cannot be read.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn handed(
+    grant: &str,
+    next_id: Option<&str>,
+    local: impl FnOnce(&str, PushedGrant),
+) -> Option<Successor> {
+    let (id, grant) = PushedGrant::parse(grant)?;
+    if next_id == Some(id) {
+        return Some(Successor::Granted { fence: grant.fence });
+    }
+    local(id, grant);
+    Some(match next_id {
+        Some(_) => Successor::Queued {
+            holder_fence: grant.fence,
+        },
+        None => Successor::NotTaken,
+    })
+}
+
 /// Pushed grants waiting to be taken, by grant id. Only ids a local waiter expects are kept.
 #[derive(Default)]
 struct Grants {

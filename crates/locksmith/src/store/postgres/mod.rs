@@ -96,7 +96,7 @@ use tokio_postgres::{AsyncMessage, Config, Row as PgRow};
 use super::rows::{self, DEFAULT_RETAIN, Row, Table, micros};
 use super::{
     Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, PushedGrant, Released, Store,
-    Successor, WakeHub, Wakeups,
+    Successor, WakeHub, Wakeups, handed,
 };
 use crate::error::{Error, Result};
 use crate::info::LockInfo;
@@ -1082,23 +1082,12 @@ impl Inner {
             // Handed to the first live waiter queued: `next`, or a waiter that came before
             // it. A waiter of this store takes the grant from this answer (the release sent
             // no notification for it).
-            "3" => match PushedGrant::parse(grant) {
-                Some((id, grant)) if next_id.as_deref() == Some(id) => (
-                    Released::Released,
-                    Successor::Granted { fence: grant.fence },
-                ),
-                Some((id, grant)) => {
+            "3" => {
+                let next = handed(grant, next_id.as_deref(), |id, grant| {
                     self.hub.grant(ns, name, id, grant);
-                    let next = match next {
-                        Some(_) => Successor::Queued {
-                            holder_fence: grant.fence,
-                        },
-                        None => Successor::NotTaken,
-                    };
-                    (Released::Released, next)
-                }
-                None => (Released::Released, Successor::NotTaken),
-            },
+                });
+                (Released::Released, next.unwrap_or(Successor::NotTaken))
+            }
             _ => (Released::NotHeld, Successor::NotTaken),
         })
     }

@@ -80,6 +80,33 @@ fn payload(ns: &str, name: &str) -> String {
     format!("length({ns})::text || ':' || {ns} || {name}")
 }
 
+/// PL/pgSQL that queues a claim whose fields are `{claim}token`, `{claim}ttl`, … (the
+/// parameters `p_…` of a try, or `p_next_…` of a release), with the time `v_now` and the
+/// inbox `p_inbox`; a claim queued already keeps its place.
+fn queue_claim(q: &str, claim: &str) -> String {
+    format!(
+        "INSERT INTO {q} AS e (namespace, name, token, first_try, last_try, ttl, min_hold,
+                              owner, host, pid, grant_id, inbox)
+        VALUES (p_ns, p_name, {claim}token, v_now, v_now, {claim}ttl, {claim}min_hold,
+                {claim}owner, {claim}host, {claim}pid, {claim}grant_id, p_inbox)
+        ON CONFLICT (namespace, name, token) DO UPDATE
+        SET last_try = v_now, inbox = p_inbox, grant_id = {claim}grant_id;"
+    )
+}
+
+/// PL/pgSQL that hands the row to a queued claim (fields `{claim}token`, …: an entry `e.`
+/// of the queue, or the release's `p_next_…`) with fence `v_fence`, as a grant not yet
+/// confirmed by a try.
+fn hand_row(t: &str, claim: &str) -> String {
+    format!(
+        "UPDATE {t} l SET token = {claim}token, owner = {claim}owner, host = {claim}host,
+            pid = {claim}pid, fence = v_fence, acquired_at = v_now,
+            expires_at = v_now + {claim}ttl, min_hold = {claim}min_hold, freed = false,
+            pushed = true
+        WHERE l.namespace = p_ns AND l.name = p_name;"
+    )
+}
+
 /// PL/pgSQL that both schema versions' functions share, over `r` (the row), `v_now` and the
 /// parameters `p_…`.
 struct Fragments {
@@ -465,6 +492,7 @@ UPDATE {meta} SET version = 2 WHERE id = 0;
         let now = now_expr("p_offset");
         let wake = payload("p_ns", "p_name");
         let acquire = f("acquire");
+        let queue = queue_claim(q, "p_");
         let Fragments {
             lock_row,
             held,
@@ -505,12 +533,7 @@ BEGIN
             RETURN;
         END IF;
         IF r.token IS DISTINCT FROM p_token AND p_mode > 0 AND p_inbox <> 0 THEN
-            INSERT INTO {q} AS e (namespace, name, token, first_try, last_try, ttl, min_hold,
-                                  owner, host, pid, grant_id, inbox)
-            VALUES (p_ns, p_name, p_token, v_now, v_now, p_ttl, p_min_hold, p_owner, p_host,
-                    p_pid, p_grant_id, p_inbox)
-            ON CONFLICT (namespace, name, token) DO UPDATE
-            SET last_try = v_now, inbox = p_inbox, grant_id = p_grant_id;
+            {queue}
         END IF;
         -- A waiter watches the lock: the release that frees it notifies the table's channel
         -- (for a waiter not queued, or queued and skipped).
@@ -564,6 +587,8 @@ UPDATE {meta} SET version = 3 WHERE id = 0;
         let wake = payload("p_ns", "p_name");
         let release = f("release");
         let key = inbox_key(channel);
+        let (hand_next, hand_queued) = (hand_row(t, "p_next_"), hand_row(t, "e."));
+        let queue_next = queue_claim(q, "p_next_");
         let Fragments { kept, freed, .. } =
             Fragments::new(t, channel, &wake, "r.acquired_at", Wake::Watched);
         format!(
@@ -580,7 +605,7 @@ UPDATE {meta} SET version = 3 WHERE id = 0;
 CREATE OR REPLACE FUNCTION {release}(
     p_ns text, p_name text, p_token text, p_min_hold int8, p_offset int8, p_inbox int4,
     p_next_token text, p_next_owner text, p_next_host text, p_next_pid int8,
-    p_next_ttl int8, p_next_min_hold int8, p_next_grant text)
+    p_next_ttl int8, p_next_min_hold int8, p_next_grant_id text)
 RETURNS text
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -604,23 +629,13 @@ BEGIN
 {kept}
     -- The releasing process's claim takes the lock at once when nobody is queued; it is
     -- queued behind the waiters queued otherwise.
-    IF p_next_token IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM {q} q WHERE q.namespace = p_ns AND q.name = p_name) THEN
-        v_fence := GREATEST(r.fence + 1, v_now);
-        UPDATE {t} l SET token = p_next_token, owner = p_next_owner, host = p_next_host,
-            pid = p_next_pid, fence = v_fence, acquired_at = v_now,
-            expires_at = v_now + p_next_ttl, min_hold = p_next_min_hold, freed = false,
-            pushed = true
-        WHERE l.namespace = p_ns AND l.name = p_name;
-        RETURN '3 ' || p_next_grant || ' ' || v_fence || ' 0';
-    END IF;
     IF p_next_token IS NOT NULL THEN
-        INSERT INTO {q} AS e (namespace, name, token, first_try, last_try, ttl, min_hold,
-                              owner, host, pid, grant_id, inbox)
-        VALUES (p_ns, p_name, p_next_token, v_now, v_now, p_next_ttl, p_next_min_hold,
-                p_next_owner, p_next_host, p_next_pid, p_next_grant, p_inbox)
-        ON CONFLICT (namespace, name, token) DO UPDATE
-        SET last_try = v_now, inbox = p_inbox, grant_id = p_next_grant;
+        IF NOT EXISTS (SELECT 1 FROM {q} q WHERE q.namespace = p_ns AND q.name = p_name) THEN
+            v_fence := GREATEST(r.fence + 1, v_now);
+            {hand_next}
+            RETURN '3 ' || p_next_grant_id || ' ' || v_fence || ' 0';
+        END IF;
+        {queue_next}
     END IF;
     -- At most a few dead or stale entries are skipped per release; the rest wait for the
     -- next one (or the garbage sweep).
@@ -632,10 +647,7 @@ BEGIN
         CONTINUE WHEN v_now - e.last_try > {QUEUE_STALE_US}
             OR pg_try_advisory_xact_lock_shared({key}, e.inbox);
         v_fence := GREATEST(r.fence + 1, v_now);
-        UPDATE {t} l SET token = e.token, owner = e.owner, host = e.host, pid = e.pid,
-            fence = v_fence, acquired_at = v_now, expires_at = v_now + e.ttl,
-            min_hold = e.min_hold, freed = false, pushed = true
-        WHERE l.namespace = p_ns AND l.name = p_name;
+        {hand_queued}
         v_grant := e.grant_id || ' ' || v_fence || ' ' || (v_now - e.last_try);
         IF e.inbox <> p_inbox THEN
             PERFORM pg_notify('{channel}_' || e.inbox, v_grant || ' ' || {wake});

@@ -106,8 +106,8 @@ use crate::options::{
     Cursor, Expired, ListQuery, Page, SetAction, SetOutcome, SetPolicy, SetStatus,
 };
 use crate::store::{
-    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, PushedGrant, Released, Store,
-    Successor, Wakeups,
+    Capabilities, Claim, ExtendMode, Extended, Grant, GrantAll, Released, Store, Successor,
+    Wakeups, handed,
 };
 use crate::url::{StoreUrl, redact_url};
 
@@ -842,26 +842,13 @@ impl RedisStore {
             // The new holder learns of it from its inbox's channel; nobody else here may
             // have it. A waiter of this process takes it from this answer (nothing was
             // published to it): `next`, or one that came before it.
-            "handed" => match PushedGrant::parse(grant) {
-                Some((id, grant)) if next_id.as_deref() == Some(id) => (
-                    (
-                        Released::Released,
-                        Successor::Granted { fence: grant.fence },
-                    ),
-                    false,
-                ),
-                Some((id, grant)) => {
+            "handed" => {
+                let next = handed(grant, next_id.as_deref(), |id, grant| {
                     self.subs.grant(ns, name, id, grant);
-                    let next = match next {
-                        Some(_) => Successor::Queued {
-                            holder_fence: grant.fence,
-                        },
-                        None => Successor::NotTaken,
-                    };
-                    ((Released::Released, next), false)
-                }
-                None => return Err(bad_reply("release")),
-            },
+                })
+                .ok_or_else(|| bad_reply("release"))?;
+                ((Released::Released, next), false)
+            }
             "kept" => ((Released::Kept, Successor::NotTaken), true),
             "nothere" => ((Released::NotHeld, Successor::NotTaken), false),
             _ => return Err(bad_reply("release")),
