@@ -896,7 +896,10 @@ pub async fn subscribed_waiter_granted_after_one_try(ctx: Ctx) {
     // it with no try at all: see `waiter_of_the_holders_handle_needs_no_try`).
     granted.release().await.unwrap();
     let held = ctx.lm.lock("s1").acquire().await.unwrap();
-    // A second waiter of b, right away, while ctx.lm holds the lock.
+    // That release freed a lock a waiter had marked watched: its wake-up reaches b's
+    // listener a little later, and must not count against the next waiter.
+    tokio::time::sleep(ms(300)).await;
+    // A second waiter of b, while ctx.lm holds the lock.
     let ns = locksmith::Namespace::new(b.namespace()).unwrap();
     let name = LockName::new("s1").unwrap();
     let at_once = b.store().subscribes_at_once(&ns, &name);
