@@ -787,3 +787,82 @@ async fn a_stale_pushed_grant_is_not_taken() {
     delay.hold(false);
     stale_grant_is_not_taken(w, x).await;
 }
+
+/// How many `PUBLISH` commands the server ran since the last `CONFIG RESETSTAT` (scripts'
+/// calls included).
+async fn publishes(server: &RedisServer) -> u64 {
+    let stats = server.command(&["INFO", "commandstats"]).await.text();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_publishes_a_wake_up_only_when_a_try_found_the_lock_held() {
+    let Some(server) = server(RedisConfig::default()).await else {
+        return;
+    };
+    let lm = Locksmith::connect(&server.url()).await.unwrap();
+    let other = Locksmith::connect(&server.url()).await.unwrap();
+    server.command(&["CONFIG", "RESETSTAT"]).await;
+    // Nobody tried these locks while they were held: no wake-up is published.
+    for _ in 0..5 {
+        lm.lock("quiet")
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let g = lm.lock("kept").min_hold(ms(200)).acquire().await.unwrap();
+    g.release().await.unwrap();
+    assert_eq!(
+        publishes(&server).await,
+        0,
+        "a release nobody waited for published"
+    );
+    // A try from another process that found the lock held: its release wakes the name.
+    let g = lm.lock("busy").acquire().await.unwrap();
+    let tried = other.lock("busy").wait(Wait::No).acquire().await;
+    assert!(tried.is_err(), "the lock was free: {tried:?}");
+    g.release().await.unwrap();
+    assert_eq!(publishes(&server).await, 1);
+    // So does a release after a hand-over: a waiter of several locks (never queued) found
+    // one held before another waiter was handed it, and is woken when that one releases.
+    let g = lm.lock("a").acquire().await.unwrap();
+    let queued = {
+        let other = other.clone();
+        tokio::spawn(async move {
+            let g = other
+                .lock("a")
+                .wait(Wait::For(Duration::from_secs(20)))
+                .acquire()
+                .await
+                .unwrap();
+            tokio::time::sleep(ms(300)).await;
+            g.release().await.unwrap();
+        })
+    };
+    tokio::time::sleep(ms(200)).await;
+    let third = Locksmith::connect(&server.url()).await.unwrap();
+    let both = tokio::spawn(async move {
+        third
+            .acquire_all(["a", "b"])
+            .wait(Wait::For(Duration::from_secs(20)))
+            .acquire()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(ms(100)).await;
+    server.command(&["CONFIG", "RESETSTAT"]).await;
+    g.release().await.unwrap();
+    queued.await.unwrap();
+    let g = both.await.unwrap();
+    // The grant to the queued waiter, then the wake-up of its release: the hand-over kept
+    // the mark of the try that found the lock held.
+    assert_eq!(publishes(&server).await, 2, "the grant and the wake-up");
+    drop(g);
+}

@@ -59,9 +59,11 @@
 //! listens (it died, or its last waiter of the name left) or that has not tried for
 //! 5 s (it hangs, or its host is gone); a waiter that leaves (a timeout, a
 //! dropped future) takes itself off the queue, and hands on a grant that reached it too
-//! late. Releases without queued waiters publish a plain wake-up, and every waiter also
-//! re-polls at the holder's expiry and at least once a second. One subscription connection
-//! per store multiplexes every waiter of this process (see `subs`).
+//! late. A release that hands the lock to nobody publishes a plain wake-up, but only if a
+//! try found the lock held since it was granted (the try marks the lock's hash, field `w`),
+//! so a lock nobody waited for costs no publish; every waiter also re-polls at the holder's
+//! expiry and at least once a second. One subscription connection per store multiplexes
+//! every waiter of this process (see `subs`).
 //!
 //! # Cluster failover
 //!

@@ -3,8 +3,10 @@
 //!
 //! Layout of one lock (see the [module docs](super)): a hash at the lock key with the fields
 //! `tok` (absent once released under `min_hold`), `owner`, `host`, `pid`, `fence`, `at`
-//! (grant time, µs since the Unix epoch on the server's clock) and `mh` (`min_hold` in µs,
-//! empty when none); its lease is the key's own TTL (`PEXPIRE`), so Redis drops the key
+//! (grant time, µs since the Unix epoch on the server's clock), `mh` (`min_hold` in µs,
+//! empty when none) and `w` (set by a try that found the lock held: the release that frees
+//! the lock publishes a wake-up only then; a hand-over keeps it, for waiters not queued);
+//! its lease is the key's own TTL (`PEXPIRE`), so Redis drops the key
 //! when the lease ends. The fence key (`…}f`) keeps the name's last fence for a while after
 //! the lock is gone, so fences keep increasing when the server's clock steps back.
 //!
@@ -58,10 +60,12 @@ local function wake(channel, sharded) publish(channel, sharded, '') end
 /// queue mode ('': none; '1': queue the claim if held; '2': the same, and it may be queued
 /// already), grant id, queue lifetime (ms), inbox, then per claim: token, owner, host, pid, ttl
 /// (ms, empty: never expires), min_hold (µs or empty). Returns `{'ok', fence…}`,
-/// `{'mine', i}` or `{'held', i, info…}` (1-based claim index). A claim that finds a grant
-/// pushed to its token takes it: `{'ok', fence}`, its lease set anew from now.
+/// `{'mine', i}` or `{'held', i, info…}` (1-based claim index); a claim found held marks the
+/// lock watched (`w`). A claim that finds a grant pushed to its token takes it:
+/// `{'ok', fence}`, its lease set anew from now.
 const ACQUIRE: &str = r#"
 local now = now_us()
+local at = num(now)
 local mode = ARGV[2]
 local n = #KEYS / 2
 if mode ~= '' then n = 1 end
@@ -81,12 +85,14 @@ for i = 1, n do
     end
     local r = info(key, now)
     if r then
+      -- Whoever found the lock held may wait for the wake-up of the release that frees it.
+      redis.call('HSETNX', key, 'w', '1')
       if mode ~= '' then
         local owner = ARGV[base + 2]
-        redis.call('HSET', KEYS[4], ARGV[base + 1], num(now) .. ' ' .. ARGV[base + 5] .. ' ' ..
+        redis.call('HSET', KEYS[4], ARGV[base + 1], at .. ' ' .. ARGV[base + 5] .. ' ' ..
                    ARGV[base + 6] .. ' ' .. ARGV[base + 4] .. ' ' .. ARGV[3] .. ' ' .. ARGV[5] ..
                    ' ' .. #owner .. ' ' .. owner .. ARGV[base + 3])
-        redis.call('ZADD', KEYS[3], 'NX', num(now), ARGV[base + 1])
+        redis.call('ZADD', KEYS[3], 'NX', at, ARGV[base + 1])
         redis.call('PEXPIRE', KEYS[3], ARGV[4])
         redis.call('PEXPIRE', KEYS[4], ARGV[4])
       end
@@ -108,7 +114,7 @@ for i = 1, n do
   local fence = math.max(last + 1, now + i - 1)
   local f = num(fence)
   redis.call('HSET', key, 'tok', ARGV[base + 1], 'owner', ARGV[base + 2], 'host', ARGV[base + 3],
-             'pid', ARGV[base + 4], 'fence', f, 'at', num(now), 'mh', ARGV[base + 6])
+             'pid', ARGV[base + 4], 'fence', f, 'at', at, 'mh', ARGV[base + 6])
   if ARGV[base + 5] ~= '' then lease(key, ARGV[base + 5]) end
   redis.call('SET', fkey, f, 'PX', ARGV[1])
   table.insert(fences, f)
@@ -124,7 +130,9 @@ return fences
 /// channel, sharded ('1'/'0'), fence-key lifetime (ms), stale limit (µs), the releasing
 /// process's inbox, then a claim of the releasing process that waits for the lock, queued
 /// in this step ('' when none: its token, then its queue entry without the leading stamp),
-/// and the queue lifetime (ms). Returns 'released', 'handed <grant>' (the grant's message,
+/// and the queue lifetime (ms). A release that frees the lock, or keeps it for `min_hold`,
+/// publishes a wake-up on the wake channel only if the lock is marked watched (`w`).
+/// Returns 'released', 'handed <grant>' (the grant's message,
 /// published to the new holder unless it waits in the releasing process), 'kept' or
 /// 'nothere'; 'nothere' takes the token off the queue.
 const RELEASE: &str = r#"
@@ -141,10 +149,14 @@ local function hand(tok, ttl, mh, pid, olen, rest, now, f)
   redis.call('SET', KEYS[2], f, 'PX', ARGV[5])
   return f
 end
-if redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1] then
+local held = redis.call('HMGET', KEYS[1], 'tok', 'w')
+if held[1] ~= ARGV[1] then
   if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then redis.call('ZREM', KEYS[3], ARGV[1]) end
   return 'nothere'
 end
+-- Nobody found the lock held since it was granted: nobody waits for a wake-up.
+local watched = held[2] == '1'
+
 local now = nil
 if ARGV[2] ~= '' then
   now = now_us()
@@ -153,7 +165,7 @@ if ARGV[2] ~= '' then
   if keep > now then
     redis.call('HDEL', KEYS[1], 'tok')
     lease(KEYS[1], math.ceil((keep - now) / 1000))
-    wake(ARGV[3], ARGV[4])
+    if watched then wake(ARGV[3], ARGV[4]) end
     return 'kept'
   end
 end
@@ -196,7 +208,7 @@ for _ = 1, 8 do
   end
 end
 redis.call('DEL', KEYS[1])
-wake(ARGV[3], ARGV[4])
+if watched then wake(ARGV[3], ARGV[4]) end
 return 'released'
 "#;
 
