@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use locksmith::{Locksmith, Renew, Wait};
 use locksmith_testkit::cases::{eventually, stale_grant_is_not_taken};
+use locksmith_testkit::servers::pgbouncer::PgBouncer;
 use locksmith_testkit::servers::postgres::{PASSWORD, PostgresServer};
 use locksmith_testkit::skip_store;
 
@@ -980,4 +981,73 @@ async fn a_pool_can_be_handed_over() {
         .release()
         .await
         .unwrap();
+}
+
+/// Through a transaction-mode PgBouncer with `?listen=off`, the store opens no listener
+/// (waiters poll; nothing is pushed), and tasks of two stores taking turns on one lock never
+/// overlap, each grant with a fence of its own. (The whole conformance suite runs through
+/// the pooler with `?listen=` pointing at the server: `conformance_postgres_pooler`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_transaction_pooler_with_the_listener_off_waiters_poll() {
+    let Some(server) = server().await else {
+        return;
+    };
+    let bouncer = match PgBouncer::start(&server).await {
+        Ok(b) => b,
+        Err(why) => {
+            skip_store("pgbouncer", &why);
+            return;
+        }
+    };
+    let url = format!("{}?listen=off&table=pooled", bouncer.url("postgres"));
+    let stores = [
+        Locksmith::connect(&url).await.unwrap(),
+        Locksmith::connect(&url).await.unwrap(),
+    ];
+    let caps = stores[0].capabilities();
+    assert!(!caps.notify && !caps.pushed_grants, "{caps:?}");
+    assert!(caps.poll_interval.is_some(), "{caps:?}");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for lm in &stores {
+        for _ in 0..3 {
+            let (lm, inside) = (lm.clone(), inside.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut fences = Vec::new();
+                for _ in 0..15 {
+                    let g = lm
+                        .lock("turns")
+                        .wait(Wait::For(Duration::from_secs(60)))
+                        .acquire()
+                        .await
+                        .unwrap();
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    fences.push(g.fence());
+                    g.release().await.unwrap();
+                }
+                fences
+            }));
+        }
+    }
+    let mut fences = Vec::new();
+    for t in tasks {
+        fences.extend(t.await.unwrap());
+    }
+    fences.sort_unstable();
+    fences.dedup();
+    assert_eq!(fences.len(), 6 * 15, "a fence was handed out twice");
+    // Nothing listens on the server, through the pooler or around it.
+    let admin = raw(&server.url("postgres")).await;
+    let listening: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND query ILIKE '%listen%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listening, 0, "{}", bouncer.log_tail(10));
 }

@@ -7,6 +7,8 @@
 //! server kind lives in its own submodule.
 
 #[cfg(feature = "postgres")]
+pub mod pgbouncer;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 
 use std::fs::File;

@@ -66,6 +66,14 @@
 //!   any namespace) that expired or were released more than `?retain=` ago (default 1 h),
 //!   found through the index on `expires_at` in expiry order, so a sweep costs a few index
 //!   pages however many retained rows the table holds.
+//! - **Behind a pooler.** A transaction-mode pooler (PgBouncer's `pool_mode = transaction`)
+//!   hands each transaction to any server connection, so `LISTEN` and the listener's
+//!   session lock cannot go through it. Point the listener at the server itself with
+//!   `?listen=host:port` (or an absolute Unix socket directory; port 5432 unless given,
+//!   and the URL's user, password, database and TLS settings), or switch it off with
+//!   `?listen=off`: waiters then poll (25 ms backoff cap) and nothing is pushed. Every
+//!   other statement goes through the pooler unchanged; the test kit runs the whole
+//!   conformance suite through a real PgBouncer in transaction mode.
 //! - **Credentials.** The URL's password never appears in errors, `Debug` or logs.
 //! - **Layouts.** `?layout=django-lockmgr` keeps the locks in a Django project's
 //!   `lockmgr_lock` table instead, shared with django-lockmgr's Python code (module
@@ -206,6 +214,113 @@ struct Settings {
     timeout: Duration,
     /// `?layout=django-lockmgr`: Django's `lockmgr_lock` table (see [`lockmgr`]).
     lockmgr: bool,
+    /// Where the listener connects (`?listen=`).
+    listen: Listen,
+}
+
+/// Where the store's listener connection goes (`?listen=`).
+#[derive(Clone, Debug, PartialEq)]
+enum Listen {
+    /// The URL's own host and port.
+    Same,
+    /// No listener: waiters poll.
+    Off,
+    /// Another host (a name, an address, or a Unix socket directory) and port: the server
+    /// itself, when the URL names a transaction-mode pooler, which cannot carry `LISTEN`.
+    At { host: String, port: u16 },
+}
+
+impl Listen {
+    /// Parses `?listen=`: `off`, `host`, `host:port`, `[v6-address]:port` or an absolute
+    /// Unix socket directory (port 5432 unless given).
+    fn parse(url: &StoreUrl, value: Option<String>) -> Result<Listen> {
+        let Some(value) = value else {
+            return Ok(Listen::Same);
+        };
+        let bad = |why: &str| {
+            Error::config(format!(
+                "store URL {:?}: listen={value:?} {why} — write listen=host:port (the server itself, bypassing a pooler), listen=/unix/socket/dir, or listen=off (waiters poll)",
+                url.redacted()
+            ))
+        };
+        if value == "off" {
+            return Ok(Listen::Off);
+        }
+        if value.starts_with('/') {
+            return Ok(Listen::At {
+                host: value.clone(),
+                port: 5432,
+            });
+        }
+        let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("has no closing ']'"))?;
+            match after {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("has text after ']' that is not ':port'"))?,
+                    ),
+                ),
+            }
+        } else {
+            match value.split_once(':') {
+                Some((_, p)) if p.contains(':') => {
+                    return Err(bad("looks like an IPv6 address without brackets"));
+                }
+                Some((h, p)) => (h, Some(p)),
+                None => (value.as_str(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("names no host"));
+        }
+        let port = match port {
+            None => 5432,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?,
+        };
+        Ok(Listen::At {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The listener's connection settings: `base`'s (user, password, database, TLS…) with
+    /// this host and port; `None` when off.
+    fn config(&self, base: &Config, tls: &Tls) -> Option<(Config, Tls)> {
+        match self {
+            Listen::Off => None,
+            Listen::Same => Some((base.clone(), tls.clone())),
+            Listen::At { host, port } => {
+                let mut c = Config::new();
+                c.host(host).port(*port).ssl_mode(base.get_ssl_mode());
+                if let Some(user) = base.get_user() {
+                    c.user(user);
+                }
+                if let Some(password) = base.get_password() {
+                    c.password(password);
+                }
+                if let Some(db) = base.get_dbname() {
+                    c.dbname(db);
+                }
+                if let Some(name) = base.get_application_name() {
+                    c.application_name(name);
+                }
+                if let Some(timeout) = base.get_connect_timeout() {
+                    c.connect_timeout(*timeout);
+                }
+                Some((c, tls.clone()))
+            }
+        }
+    }
 }
 
 fn check_identifier(url: &StoreUrl, key: &str, value: &str, max: usize) -> Result<()> {
@@ -243,8 +358,16 @@ impl Settings {
         let sslmode = url.take("sslmode");
         let sslrootcert = url.take("sslrootcert");
         let application_name = url.take("application_name");
+        let listen = url.take("listen");
+        if lockmgr && listen.is_some() {
+            return Err(Error::config(format!(
+                "store URL {:?}: the django-lockmgr layout has no listener (its waiters poll) and takes no ?listen= — drop it",
+                url.redacted()
+            )));
+        }
+        let listen = Listen::parse(url, listen)?;
         url.finish(
-            ", ?layout=django-lockmgr, ?table=, ?schema=, ?retain=, ?sslmode=disable|prefer|require|verify-full, ?sslrootcert=PATH and ?application_name=",
+            ", ?layout=django-lockmgr, ?table=, ?schema=, ?retain=, ?sslmode=disable|prefer|require|verify-full, ?sslrootcert=PATH, ?application_name= and ?listen=host:port|off",
         )?;
         let mut config = Config::from_str(&format!("postgresql://{}", url.body)).map_err(|e| {
             Error::config(format!(
@@ -293,6 +416,7 @@ impl Settings {
             redacted: url.redacted().to_string(),
             timeout: url.timeout,
             lockmgr,
+            listen,
         })
     }
 }
@@ -719,7 +843,7 @@ impl Default for PoolOptions {
 impl PostgresStore {
     async fn open(settings: Settings) -> Result<Arc<PostgresStore>> {
         let pool = make_pool(&settings)?;
-        let listen = Some((settings.config.clone(), settings.tls.clone()));
+        let listen = settings.listen.config(&settings.config, &settings.tls);
         PostgresStore::build(pool, &settings, listen).await
     }
 
@@ -761,6 +885,7 @@ impl PostgresStore {
             redacted: "postgres://(a pool handed over)".to_string(),
             timeout: crate::url::DEFAULT_TIMEOUT,
             lockmgr: false,
+            listen: Listen::Same,
         };
         let listen = options.listen.map(|c| (c, Tls::Plain));
         PostgresStore::build(pool, &settings, listen).await
@@ -2055,5 +2180,78 @@ mod tests {
         }
         let id = identity_of("postgres://u:secret@db.example:6543/locks?table=t1").unwrap();
         assert_eq!(id, "postgres://db.example:6543/locks?table=public.t1");
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<Settings> {
+        Settings::parse(&mut StoreUrl::parse(url).unwrap())
+    }
+
+    #[test]
+    fn listen_parses_hosts_ports_sockets_and_off() {
+        let base = "postgres://app:s3cret@pooler:6432/db";
+        assert_eq!(parse(base).unwrap().listen, Listen::Same);
+        assert_eq!(
+            parse(&format!("{base}?listen=off")).unwrap().listen,
+            Listen::Off
+        );
+        let at = |host: &str, port| Listen::At {
+            host: host.to_string(),
+            port,
+        };
+        for (value, want) in [
+            ("db", at("db", 5432)),
+            ("db:5433", at("db", 5433)),
+            ("10.0.0.7:5433", at("10.0.0.7", 5433)),
+            ("[::1]:5433", at("::1", 5433)),
+            ("[::1]", at("::1", 5432)),
+            ("/var/run/postgresql", at("/var/run/postgresql", 5432)),
+        ] {
+            let got = parse(&format!("{base}?listen={value}")).unwrap().listen;
+            assert_eq!(got, want, "listen={value}");
+        }
+        // The listener keeps the URL's user, password, database and application name, and
+        // connects to the host given.
+        let s = parse(&format!("{base}?listen=db:5433")).unwrap();
+        let (c, _) = s.listen.config(&s.config, &s.tls).unwrap();
+        assert_eq!(c.get_user(), Some("app"));
+        assert_eq!(c.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(c.get_dbname(), Some("db"));
+        assert_eq!(c.get_application_name(), Some("locksmith"));
+        assert_eq!(
+            c.get_hosts(),
+            [tokio_postgres::config::Host::Tcp("db".into())]
+        );
+        assert_eq!(c.get_ports(), [5433]);
+        assert!(s.listen.config(&s.config, &s.tls).is_some());
+        assert!(Listen::Off.config(&s.config, &s.tls).is_none());
+    }
+
+    #[test]
+    fn bad_listen_values_name_the_fix() {
+        let base = "postgres://app:s3cret@pooler:6432/db";
+        for value in [
+            "", "db:", "db:0", "db:70000", "db:x", "::1:5432", "[::1", "[::1]x", ":5432",
+        ] {
+            let err = parse(&format!("{base}?listen={value}"))
+                .err()
+                .unwrap_or_else(|| panic!("listen={value:?} was accepted"))
+                .to_string();
+            assert!(err.contains("listen="), "{err}");
+            assert!(err.contains("listen=off"), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        let err = parse(&format!("{base}?layout=django-lockmgr&listen=db"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("django-lockmgr") && err.contains("listen"),
+            "{err}"
+        );
     }
 }
