@@ -594,6 +594,7 @@ macro_rules! for_each_case {
             abandoned_waiters_leave_the_queue,
             subscribed_waiter_granted_after_one_try,
             waiter_of_the_holders_handle_needs_no_try,
+            waiter_of_a_renewed_holder_needs_no_try,
             dead_waiter_process_never_granted,
             repoll_at_holder_expiry_bounded,
             held_for_tracks_real_time,

@@ -224,6 +224,19 @@ impl Held {
         registry::unhold(&self.calls.store, &self.ns, &self.name, &self.token)
     }
 
+    /// Records a confirmed new lease end in the registry of locks held in this process.
+    fn rehold(&self, lease_end: Option<Instant>) {
+        if self.calls.pushed_grants {
+            registry::renewed(
+                &self.calls.store,
+                &self.ns,
+                &self.name,
+                &self.token,
+                lease_end,
+            );
+        }
+    }
+
     /// Ends tracking; returns the status it had.
     pub(crate) fn finish(&self) -> Status {
         self.set_status(Status::Done)
@@ -281,11 +294,13 @@ impl Held {
                     *self.ttl.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
                 }
                 self.confirm(self.status_until(end, self.ttl()));
+                self.rehold(end);
             }
             Extended::NotHeld => self.mark_lost(LossReason::Revoked),
             Extended::NotExpirable => {
                 *self.ttl.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.confirm(self.status_until(None, None));
+                self.rehold(None);
             }
         }
         Ok(answer)

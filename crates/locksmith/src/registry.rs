@@ -151,7 +151,8 @@ pub(crate) struct Offer {
 /// A lock a guard of this process holds, and the claim offered to it, if any.
 struct Hold {
     token: Token,
-    /// When the grant's lease ends unless renewed (`None`: never).
+    /// When the lease ends unless renewed (`None`: never): the grant's, then each confirmed
+    /// renewal's or extend's ([`renewed`]).
     lease_end: Option<Instant>,
     offer: Option<Offer>,
 }
@@ -214,6 +215,24 @@ pub(crate) fn unhold(
         return None;
     }
     holds.remove(&key).and_then(|h| h.offer)
+}
+
+/// Moves the lease end recorded for `token`'s hold on `name` (a renewal or an extend
+/// confirmed a new one; `None`: never expires), so a waiter offering its claim later waits
+/// for the release instead of giving up at the grant's first lease end.
+pub(crate) fn renewed(
+    store: &Arc<dyn Store>,
+    ns: &Namespace,
+    name: &LockName,
+    token: &Token,
+    lease_end: Option<Instant>,
+) {
+    let key = hold_key(store, ns, name);
+    if let Some(hold) = holds().get_mut(&key)
+        && hold.token == *token
+    {
+        hold.lease_end = lease_end;
+    }
 }
 
 /// Offers `claim` to the guard of this process that holds `name` through `store` with another

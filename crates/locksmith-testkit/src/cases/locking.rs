@@ -1027,3 +1027,48 @@ pub async fn waiter_of_the_holders_handle_needs_no_try(ctx: Ctx) {
         "the release handed the lock to a waiter that left"
     );
 }
+
+/// A waiter of the holder's handle that comes after the holder's first lease would have
+/// ended (its renewals kept it) still offers its claim and waits for the release: the
+/// registry follows the holder's renewals, so the waiter makes no try.
+pub async fn waiter_of_a_renewed_holder_needs_no_try(ctx: Ctx) {
+    if !ctx.requires(&[Cap::PushedGrants]) {
+        return;
+    }
+    let (b, tries) = ctx.faulty_client().await;
+    let ns = locksmith::Namespace::new(b.namespace()).unwrap();
+    let name = LockName::new("renewed").unwrap();
+    // Renewed every 500 ms, so at least 1 s of lease is always known to be left.
+    let g = b.lock("renewed").ttl(ms(1500)).acquire().await.unwrap();
+    eventually("the holder's handle listens for the name", || {
+        let at_once = b.store().subscribes_at_once(&ns, &name);
+        async move { at_once }
+    })
+    .await;
+    // Past the grant's own lease end.
+    tokio::time::sleep(ms(2000)).await;
+    assert!(g.is_held(), "the renewals did not keep the lock");
+    let made = tries.waits_seen().len();
+    let w = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.lock("renewed")
+                .owner("w")
+                .ttl(Duration::from_secs(30))
+                .acquire()
+                .await
+        })
+    };
+    tokio::time::sleep(ms(300)).await;
+    assert!(!w.is_finished(), "the waiter got a held lock");
+    let fence = g.fence();
+    g.release().await.unwrap();
+    let gw = tokio::time::timeout(SOON, w)
+        .await
+        .expect("granted")
+        .unwrap()
+        .unwrap();
+    assert!(gw.fence() > fence);
+    assert_eq!(tries.waits_seen().len(), made, "the waiter tried");
+    gw.release().await.unwrap();
+}
