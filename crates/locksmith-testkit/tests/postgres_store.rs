@@ -1051,3 +1051,71 @@ async fn through_a_transaction_pooler_with_the_listener_off_waiters_poll() {
         .get(0);
     assert_eq!(listening, 0, "{}", bouncer.log_tail(10));
 }
+
+/// A waiter that offered its claim to its own handle's holder, and was queued in the store
+/// by that holder's release behind another process's waiter, never tried for itself. When
+/// the lock then reaches it as a pushed grant whose notification does not arrive (its
+/// listener backend is stopped), its next try takes that grant — it does not take the lock
+/// held by its own token for somebody else's ("already held by this token").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_queued_by_a_hand_over_takes_its_grant_by_a_try() {
+    use locksmith_testkit::process::{Helper, find_helper};
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(server) = server().await else { return };
+    let Some(helper) = find_helper() else {
+        panic!("the locksmith-test-helper binary is not built next to this test");
+    };
+    let url = format!("{}?table=qh&schema=locks", server.url("postgres"));
+    let b = Locksmith::connect(&url).await.unwrap();
+    let admin = raw(&server.url("postgres")).await;
+    let queued = || async {
+        admin
+            .query_one("SELECT count(*) FROM locks.qh_queue WHERE name = 'q'", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let holder = b
+        .lock("q")
+        .ttl(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap();
+    // Another process waits first: its try queues it in the store.
+    let mut other = Helper::spawn(&helper, &["churn", &url, "q", "300", "1"]);
+    eventually("the other process queued", || async { queued().await == 1 }).await;
+    // A waiter of the holder's handle offers its claim to the holder (no try).
+    let w = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.lock("q")
+                .ttl(Duration::from_secs(60))
+                .wait(Wait::For(Duration::from_secs(20)))
+                .acquire()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The release hands the lock to the other process and queues the offered claim.
+    holder.release().await.unwrap();
+    other.expect("started", Duration::from_secs(10)).await;
+    let (inbox, _) = queue_entry(&admin, "qh", "q")
+        .await
+        .expect("the claim queued");
+    // The other process releases within 300 ms, handing the lock to the claim; its
+    // notification stays with the stopped listener.
+    if let Err(e) = kill(Pid::from_raw(inbox), Signal::SIGSTOP) {
+        eprintln!("skipping: cannot stop the listener backend ({e})");
+        return;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(10), w).await;
+    kill(Pid::from_raw(inbox), Signal::SIGCONT).unwrap();
+    other.finish(Duration::from_secs(10)).await;
+    let g = got
+        .expect("the waiter ended")
+        .unwrap()
+        .expect("the waiter got the lock");
+    assert_eq!(queued().await, 0);
+    g.release().await.unwrap();
+}

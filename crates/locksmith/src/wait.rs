@@ -1033,6 +1033,10 @@ async fn try_loop(
                 Offered::Queued { holder_fence, sent } => {
                     // As after a try that found the lock held: wait for the pushed grant.
                     queued_at = Some((sent, Some(holder_fence)));
+                    // The claim is queued in the store although it never tried: its next
+                    // try must be one that takes a grant pushed to it meanwhile (a first try
+                    // would find its own token holding the lock, "already held").
+                    first_try = false;
                     let at = deadline
                         .map_or(Instant::now() + REPOLL, |d| d.min(Instant::now() + REPOLL));
                     let (_, w) = wakeups.as_mut().expect("subscribed above");
@@ -1043,9 +1047,13 @@ async fn try_loop(
                     continue;
                 }
                 Offered::Retry => {}
-                // The release that was to hand the lock over failed: the claim may hold it.
-                // The try below tells (as for the caller's own token after a failed try).
-                Offered::Unknown => unsettled.claims = Some(claims.clone()),
+                // The release that was to hand the lock over failed: the claim may hold it,
+                // or be queued. The try below tells (as for the caller's own token after a
+                // failed try), as one that takes a grant pushed to the claim.
+                Offered::Unknown => {
+                    unsettled.claims = Some(claims.clone());
+                    first_try = false;
+                }
                 Offered::TimedOut if deadline.is_some_and(|d| d <= Instant::now()) => {
                     return Err(timeout(first.as_str(), started));
                 }
@@ -1054,7 +1062,9 @@ async fn try_loop(
         }
         let sent = Instant::now();
         if !std::mem::take(&mut first_try) {
-            claims = stamped(&claims, sent.saturating_duration_since(started));
+            // Never zero: a store takes a zero as a first try, which cannot be queued yet.
+            let waited = sent.saturating_duration_since(started);
+            claims = stamped(&claims, waited.max(Duration::from_micros(1)));
         }
         let answer = try_claims(inner, &claims).answer().await;
         let attempt = match answer {
@@ -1097,10 +1107,11 @@ async fn try_loop(
             }
             Attempt::AlreadyHeld(name) => {
                 // The token holds the lock by the caller's own doing: never release it.
-                queued.claims = None;
+                let was_queued = queued.claims.take().is_some();
                 // The caller's token holds the lock: if an earlier try of this loop failed,
-                // that try was applied after all — adopt its grant.
-                if unsettled.claims.is_some()
+                // that try was applied after all, and if the claim is queued, a release
+                // handed it the lock — adopt the grant.
+                if (unsettled.claims.is_some() || was_queued)
                     && let Some((fences, sent)) = adopt(inner, &claims).await?
                 {
                     unsettled.claims = None;

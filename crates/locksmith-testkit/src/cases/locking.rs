@@ -1,5 +1,6 @@
 //! Acquiring, contention, ownership and leases.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use locksmith::{Error, LockName, Renew, Token, Wait};
@@ -749,14 +750,34 @@ pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
         return;
     }
     let ((b, tries_b), (c, tries_c)) = (ctx.faulty_client().await, ctx.faulty_client().await);
-    // A waiter is queued, and subscribed, once it tries a second time: its first try found
-    // the lock held, and it tries again after subscribing.
-    let queued = |tries: crate::Faults| async move {
-        eventually("the waiter queued", || {
+    let (store_b, store_c) = (b.store(), c.store());
+    let ns = locksmith::Namespace::new(b.namespace()).unwrap();
+    let name = LockName::new("pg").unwrap();
+    // A waiter is queued, and subscribed, once it has tried since its subscription listens:
+    // its first try found the lock held, and it tries again after subscribing. (On a busy
+    // machine a listener may take longer to connect than a waiter waits for it; the
+    // waiter's tries until then, made without an inbox, queue nothing.)
+    let queued = |store: Arc<dyn locksmith::store::Store>, tries: crate::Faults| {
+        let (ns, name) = (ns.clone(), name.clone());
+        async move {
+            eventually("the waiter tried twice", || {
+                let n = tries.waits_seen().len();
+                async move { n >= 2 }
+            })
+            .await;
+            eventually("the waiter's subscription listens", || {
+                let at_once = store.subscribes_at_once(&ns, &name);
+                async move { at_once }
+            })
+            .await;
+            // Its next try (at most a second away) is made with its inbox, and queues it.
             let n = tries.waits_seen().len();
-            async move { n >= 2 }
-        })
-        .await
+            eventually("the waiter tried since it listens", || {
+                let m = tries.waits_seen().len();
+                async move { m > n }
+            })
+            .await;
+        }
     };
     let g = ctx.lm.lock("pg").owner("a").acquire().await.unwrap();
     let waiter = |lm: locksmith::Locksmith, owner: &'static str, token: Token| {
@@ -773,7 +794,7 @@ pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
         })
     };
     let wb = waiter(b, "b", Token::new());
-    queued(tries_b).await;
+    queued(store_b, tries_b).await;
     // In this process c waits behind b, and joins the store's queue when b has the lock.
     let token_c = Token::new();
     let wc = waiter(c, "c", token_c.clone());
@@ -806,7 +827,7 @@ pub async fn pushed_grant_hands_over_in_order(ctx: Ctx) {
         local_left <= store_left + slack && local_left > Duration::from_secs(25),
         "the guard believes {local_left:?} is left, the store keeps {store_left:?}"
     );
-    queued(tries_c).await;
+    queued(store_c, tries_c).await;
     assert!(!wc.is_finished(), "c got a lock b holds");
     gb.release().await.unwrap();
     let info = ctx.lm.inspect("pg").await.unwrap().expect("handed to c");
