@@ -214,3 +214,58 @@ async fn cluster_needs_hash_tags() {
     assert_eq!(names, ["{plain}"]);
     assert_eq!(lm.reset_all().await.unwrap(), 1);
 }
+
+/// A release's signal is a turn for one waiter. When no acquire of this process waits for
+/// the name — only something watching it, like a guard watching for a `clear`, or the
+/// releasing guard itself — the wake-up task that took the signal hands it back for another
+/// process's waiter (a Python one may block on it). When an acquire here waits, that
+/// waiter takes the turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_nobody_here_waits_for_is_handed_back() {
+    use locksmith::{LockName, Namespace, Wait};
+    let Some((server, lm)) = node().await else {
+        return;
+    };
+    let g = lm.lock("sig").acquire().await.unwrap();
+    // A watcher that is no waiter: the name's wake-up task blocks on the signal list.
+    let _watch = lm
+        .store()
+        .subscribe(&Namespace::default(), &LockName::new("sig").unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    g.release().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        int(server.command(&["LLEN", "lock-signal:sig"]).await),
+        1,
+        "the signal was taken by a process where nobody waits"
+    );
+    let pttl = int(server.command(&["PTTL", "lock-signal:sig"]).await);
+    assert!((1..=1000).contains(&pttl), "signal PTTL {pttl}");
+
+    // A waiter of this process takes its turn.
+    let g = lm.lock("turn").acquire().await.unwrap();
+    let w = {
+        let lm = lm.clone();
+        tokio::spawn(async move {
+            lm.lock("turn")
+                .wait(Wait::For(Duration::from_secs(10)))
+                .acquire()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    g.release().await.unwrap();
+    let gw = tokio::time::timeout(Duration::from_secs(5), w)
+        .await
+        .expect("the waiter got its turn")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        int(server.command(&["EXISTS", "lock-signal:turn"]).await),
+        0,
+        "the waiter here did not take the signal"
+    );
+    gw.release().await.unwrap();
+}

@@ -19,7 +19,11 @@
 //! - Waiting: Python never publishes, so waiters here `BLPOP lock-signal:<name>` on a
 //!   connection of their own — one per waiting *name* in this process, however many waiters
 //!   queue behind it (the core's in-process FIFO) — with a one-second timeout, so a Python
-//!   holder's key that expires without a signal is noticed at the next poll.
+//!   holder's key that expires without a signal is noticed at the next poll. Guards watch
+//!   their name the same way (a `clear` pushes a signal too). A signal is one waiter's turn:
+//!   the task keeps it only when an acquire of this process waits for the name, and hands
+//!   it back otherwise (only guards watching, among them the one whose release pushed it),
+//!   so a Python waiter blocked on it is not left waiting.
 //!
 //! What the layout cannot do: fencing tokens, holder metadata, namespaces, `min_hold`
 //! (python-redis-lock waiters may block in `BLPOP … 0` and would never learn that a kept
@@ -210,7 +214,7 @@ return out
     )
 });
 
-/// Puts a wake-up back that a wake-up task took when nobody here waited any more.
+/// Puts a wake-up back that a wake-up task took when nobody here waited for it.
 static GIVE_BACK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r#"
@@ -622,9 +626,18 @@ async fn detached_worker(
     }
 }
 
+/// How long a wake-up task that handed a signal back waits before it blocks again: the
+/// signal is still there for another process, and only guards of this process watch the
+/// name (for a `clear`), so blocking at once would take it again and again.
+const GIVE_BACK_PAUSE: Duration = Duration::from_millis(100);
+
 /// One name's wake-up task: `BLPOP lock-signal:<name>` on a connection of its own while
-/// this process has waiters for the name; each signal (and each timeout, and each
-/// reconnect) wakes them so they try again.
+/// this process has waiters for the name, or guards watching it; each signal (and each
+/// timeout, and each reconnect) wakes them so they try again, or check that they still
+/// hold the lock. A signal is a turn for one waiter (python-redis-lock's protocol): it is
+/// kept only when an acquire of this process waits for the name (`identity`'s queue in the
+/// registry); otherwise — nobody here, or only guards, among them the guard whose own
+/// release pushed it — it is handed back for another process's waiter.
 async fn wake_task(
     hub: std::sync::Weak<WakeHub>,
     blocking: Arc<Mutex<HashSet<LockName>>>,
@@ -632,6 +645,7 @@ async fn wake_task(
     name: LockName,
     timeout: Duration,
     signal_expire_ms: u64,
+    identity: Arc<str>,
 ) {
     let ns = Namespace::default();
     let signal = signal_key(name.as_str());
@@ -673,10 +687,13 @@ async fn wake_task(
         };
         match popped {
             Ok(Some(_)) => {
-                if h.has_subscribers(&ns, &name) {
+                let watched = h.has_subscribers(&ns, &name);
+                if watched {
                     h.notify(&ns, &name);
-                } else {
-                    // Nobody here waits any more: leave the wake-up to another process.
+                }
+                drop(h);
+                if crate::registry::queued(&identity, &ns, &name) == 0 {
+                    // Nobody here waits: leave the turn to another process's waiter.
                     let _ = c
                         .invoke::<i64>(
                             &GIVE_BACK,
@@ -684,6 +701,9 @@ async fn wake_task(
                             &[signal_expire_ms.to_string()],
                         )
                         .await;
+                    if watched {
+                        tokio::time::sleep(GIVE_BACK_PAUSE).await;
+                    }
                 }
             }
             Ok(None) => h.notify(&ns, &name),
@@ -1024,6 +1044,7 @@ impl Store for PrlStore {
                 name.clone(),
                 self.timeout,
                 self.signal_expire_ms,
+                self.identity.clone().into(),
             ));
         }
         Ok(wakeups)
