@@ -65,6 +65,25 @@ async fn right_after_a_try(admin: &tokio_postgres::Client, table: &str, name: &s
     inbox
 }
 
+/// Stops the backend `pid` (SIGSTOP), so what the server sends it waits; `false` (after
+/// saying why) when this process may not signal it, and the test should end.
+fn stop_backend(pid: i32) -> bool {
+    use nix::sys::signal::{Signal, kill};
+    match kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipping: cannot stop the listener backend ({e})");
+            false
+        }
+    }
+}
+
+/// Lets a backend stopped by [`stop_backend`] go on (SIGCONT).
+fn resume_backend(pid: i32) {
+    use nix::sys::signal::{Signal, kill};
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+}
+
 const TOKEN_A: &str = "11111111-2222-4333-8444-555555555555";
 
 /// A grant that waited for another transaction's row lock gets a fence above every fence
@@ -522,8 +541,6 @@ async fn the_listener_leaves_when_idle_and_comes_back() {
 /// release that hands the lock over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_pushed_grant_is_not_taken() {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
     let Some(server) = server().await else { return };
     let url = format!("{}?table=st&schema=locks", server.url("postgres"));
     let (holder, waiter, taker) = (
@@ -555,8 +572,7 @@ async fn a_stale_pushed_grant_is_not_taken() {
     // Right after one of the waiter's tries, with its listener stopped: the grant's
     // notification waits in the server.
     let inbox = right_after_a_try(&admin, "st", "s").await;
-    if let Err(e) = kill(Pid::from_raw(inbox), Signal::SIGSTOP) {
-        eprintln!("skipping: cannot stop the listener backend ({e})");
+    if !stop_backend(inbox) {
         return;
     }
     h.release().await.unwrap();
@@ -584,7 +600,7 @@ async fn a_stale_pushed_grant_is_not_taken() {
         entry().await.is_some()
     })
     .await;
-    kill(Pid::from_raw(inbox), Signal::SIGCONT).unwrap();
+    resume_backend(inbox);
     stale_grant_is_not_taken(w, x).await;
 }
 
@@ -596,8 +612,6 @@ async fn a_stale_pushed_grant_is_not_taken() {
 /// nothing, so the waiter is queued by its own try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_to_the_releasing_handle_comes_in_the_answer() {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
     let Some(server) = server().await else { return };
     let url = format!("{}?table=da&schema=locks", server.url("postgres"));
     let (lm, b) = (
@@ -632,8 +646,7 @@ async fn a_grant_to_the_releasing_handle_comes_in_the_answer() {
     })
     .await;
     let inbox = right_after_a_try(&admin, "da", "d").await;
-    if let Err(e) = kill(Pid::from_raw(inbox), Signal::SIGSTOP) {
-        eprintln!("skipping: cannot stop the listener backend ({e})");
+    if !stop_backend(inbox) {
         return;
     }
     holder.release().await.unwrap();
@@ -645,7 +658,7 @@ async fn a_grant_to_the_releasing_handle_comes_in_the_answer() {
         .await
         .unwrap()
         .get(0);
-    kill(Pid::from_raw(inbox), Signal::SIGCONT).unwrap();
+    resume_backend(inbox);
     let g = got
         .expect("the waiter took its grant without its listener")
         .unwrap();
@@ -1060,8 +1073,6 @@ async fn through_a_transaction_pooler_with_the_listener_off_waiters_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_queued_by_a_hand_over_takes_its_grant_by_a_try() {
     use locksmith_testkit::process::{Helper, find_helper};
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
     let Some(server) = server().await else { return };
     let Some(helper) = find_helper() else {
         panic!("the locksmith-test-helper binary is not built next to this test");
@@ -1105,12 +1116,11 @@ async fn a_waiter_queued_by_a_hand_over_takes_its_grant_by_a_try() {
         .expect("the claim queued");
     // The other process releases within 300 ms, handing the lock to the claim; its
     // notification stays with the stopped listener.
-    if let Err(e) = kill(Pid::from_raw(inbox), Signal::SIGSTOP) {
-        eprintln!("skipping: cannot stop the listener backend ({e})");
+    if !stop_backend(inbox) {
         return;
     }
     let got = tokio::time::timeout(Duration::from_secs(10), w).await;
-    kill(Pid::from_raw(inbox), Signal::SIGCONT).unwrap();
+    resume_backend(inbox);
     other.finish(Duration::from_secs(10)).await;
     let g = got
         .expect("the waiter ended")

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::postgres::{PASSWORD, PostgresServer, capabilities};
+use super::postgres::{PASSWORD, PostgresServer, server_target};
 use super::{ServerProcess, as_user, chown_to, find_binary, free_port};
 use crate::{Target, skip_store};
 
@@ -153,23 +153,9 @@ pub async fn target() -> Option<Target> {
         bouncer.url("postgres"),
         server.port()
     );
-    let mut target = Target::new("postgres", url, capabilities());
-    let s = server.clone();
-    target.faults = Some(Arc::new(
-        move |offline| {
-            if offline { s.freeze() } else { s.thaw() }
-        },
-    ));
-    let s = server.clone();
-    target.restart = Some(Arc::new(move || {
-        let s = s.clone();
-        Box::pin(async move { s.restart().await })
-    }));
-    let identity =
-        locksmith::store::postgres::identity_of(&target.base_url).expect("the target's URL");
-    target.step_clock = Some(Arc::new(move |micros| {
-        locksmith::store::postgres::step_clock(&identity, micros);
-    }));
-    target.keep_alive = Some(Box::new((server, bouncer)));
-    Some(target)
+    Some(server_target(
+        &server,
+        url,
+        Box::new((server.clone(), bouncer)),
+    ))
 }

@@ -446,7 +446,20 @@ pub async fn target() -> Option<Target> {
             return None;
         }
     };
-    let mut target = Target::new("postgres", server.url("postgres"), capabilities());
+    let url = server.url("postgres");
+    Some(server_target(&server, url, Box::new(server.clone())))
+}
+
+/// A conformance target at `url` whose store lives on `server` (directly or through a
+/// pooler): the fault switch freezes the server, the restart hook restarts it, the clock
+/// step applies to the URL's store, and `keep_alive` (the server, and whatever stands in
+/// front of it) lives as long as the target.
+pub fn server_target(
+    server: &Arc<PostgresServer>,
+    url: String,
+    keep_alive: Box<dyn std::any::Any + Send + Sync>,
+) -> Target {
+    let mut target = Target::new("postgres", url, capabilities());
     let s = server.clone();
     target.faults = Some(Arc::new(
         move |offline| {
@@ -463,8 +476,8 @@ pub async fn target() -> Option<Target> {
     target.step_clock = Some(Arc::new(move |micros| {
         locksmith::store::postgres::step_clock(&identity, micros);
     }));
-    target.keep_alive = Some(Box::new(server));
-    Some(target)
+    target.keep_alive = Some(keep_alive);
+    target
 }
 
 /// `url` with `?table=` (or `&table=`) appended.
